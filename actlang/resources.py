@@ -1,0 +1,30 @@
+"""Locate the files that ship with the language: the grammar and the standard library.
+
+In a source checkout (or an editable install) they sit at the repository root; a wheel
+carries them under ``actlang/_data``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _data_dir(name: str) -> Path:
+    packaged = _PACKAGE_DIR / "_data" / name
+    if packaged.is_dir():
+        return packaged
+    checkout = _PACKAGE_DIR.parent / name
+    assert checkout.is_dir(), f"actlang installation is missing its {name}/ directory"
+    return checkout
+
+
+def grammar_path() -> Path:
+    """Path of the Lark grammar of the .act language."""
+    return _data_dir("grammar") / "act.lark"
+
+
+def stdlib_dir() -> Path:
+    """Root of the standard library: ``use std.x`` loads ``<stdlib_dir>/std/x.act``."""
+    return _data_dir("stdlib")
