@@ -357,8 +357,16 @@ class _Builder(Transformer):
     def string(self, meta, token):
         return ast.Str(self._string(token), span=self._span(meta))
 
+    def _integer(self, token: Token) -> int:
+        try:
+            return int(token)
+        except ValueError:  # over Python's limit on digits in an int conversion
+            self.errors.append(Diagnostic("E004", "integer literal is too long",
+                                          self._token_span(token)))
+            return 0
+
     def int(self, meta, token):
-        return ast.Int(int(token), span=self._span(meta))
+        return ast.Int(self._integer(token), span=self._span(meta))
 
     def float(self, meta, token):
         return ast.Float(float(token), span=self._span(meta))
@@ -371,7 +379,7 @@ class _Builder(Transformer):
         return ast.Size(float(number), str(token)[len(number):], span=self._span(meta))
 
     def range(self, meta, start, stop):
-        return ast.Range(int(start), int(stop), span=self._span(meta))
+        return ast.Range(self._integer(start), self._integer(stop), span=self._span(meta))
 
     def true(self, meta):
         return ast.Bool(True, span=self._span(meta))
