@@ -22,6 +22,9 @@ KEYWORDS = ("use", "as", "let", "model", "corpus", "ability", "surgery", "recipe
             "from", "merge", "finetune", "expect", "global", "per", "true", "false")
 TOP_LEVEL_KEYWORDS = ("use", "let", "model", "corpus", "ability", "surgery", "recipe")
 BLOCK_KEYWORDS = ("transfer", "merge", "finetune", "expect")
+# Keywords that can never be names. The top-level keywords are only keywords at the start of
+# a declaration, so `ability` can still name a recipe parameter or a keyword argument.
+RESERVED = ("as", "from", "global", "per", "true", "false", *BLOCK_KEYWORDS)
 
 # How Lark's terminal names read in an error message.
 _TERMINAL_WORDS = {
@@ -223,8 +226,8 @@ class _Builder(Transformer):
                         meta.start_pos, meta.end_pos)
 
     def _name(self, token: Token) -> str:
-        """A declared name; keywords are reserved even where the lexer let one through."""
-        if token in KEYWORDS:
+        """A declared name; reserved words are refused even where the lexer let one through."""
+        if token in RESERVED:
             self.errors.append(Diagnostic(
                 "E004", f"`{token}` is a keyword and cannot be used as a name",
                 self._token_span(token), hint=f"rename it, e.g. `{token}_`"))

@@ -1,0 +1,136 @@
+"""Reading a spec and everything it imports.
+
+``use std.selectors`` loads ``<stdlib>/std/selectors.act``; ``use "./x.act"`` loads a file
+relative to the importing one. Every file is parsed once; import cycles are reported with the
+chain that closes them. A file that fails to parse still yields its diagnostics, and the files
+that import it go on being checked (names from it are then unknown without further errors).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actlang.lang import ast
+from actlang.lang.diagnostics import Diagnostic, DiagnosticError, SourceCache, did_you_mean
+from actlang.lang.parser import parse
+from actlang.resources import stdlib_dir
+
+
+@dataclass
+class LoadedFile:
+    """One parsed file. ``imports`` maps the name each ``use`` binds to the imported file's key
+    (None when the import failed, so uses of the name stay quiet)."""
+
+    key: str  # absolute path
+    display: str  # the name diagnostics show
+    module: ast.Module | None
+    imports: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class LoadResult:
+    main: str
+    files: dict[str, LoadedFile]
+    diagnostics: list[Diagnostic]
+    sources: SourceCache
+
+
+def display_name(path: Path) -> str:
+    """A path as diagnostics show it: relative to the working directory when below it."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def stdlib_modules() -> list[str]:
+    """Dotted names of every stdlib module, e.g. ``std.selectors``."""
+    root = stdlib_dir()
+    return sorted(".".join(p.relative_to(root).with_suffix("").parts)
+                  for p in root.rglob("*.act"))
+
+
+def load(path: Path | str, text: str | None = None) -> LoadResult:
+    """Load a spec and, transitively, its imports.
+
+    Args:
+        path: the spec file.
+        text: its text, if already read (otherwise the file is read).
+    """
+    loader = _Loader()
+    main = loader.load_file(Path(path).resolve(), text=text, via=None)
+    return LoadResult(main=main, files=loader.files, diagnostics=loader.diagnostics,
+                      sources=loader.sources)
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.files: dict[str, LoadedFile] = {}
+        self.diagnostics: list[Diagnostic] = []
+        self.sources = SourceCache()
+        self._stack: list[str] = []  # files being loaded, for cycle detection
+
+    def load_file(self, path: Path, text: str | None, via: ast.Use | None) -> str:
+        key = str(path)
+        if key in self.files:
+            return key
+        display = display_name(path)
+        if text is None:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                reason = error.strerror if isinstance(error, OSError) else "not valid UTF-8"
+                self.diagnostics.append(Diagnostic(
+                    "E005", f"cannot read `{display}`: {reason}",
+                    via.span if via is not None else None,
+                    hint="check the path; file imports are relative to the importing file"
+                    if via is not None else None))
+                self.files[key] = LoadedFile(key, display, None)
+                return key
+        self.sources.add(display, text)
+        try:
+            module = parse(text, display)
+        except DiagnosticError as error:
+            self.diagnostics.extend(error.diagnostics)
+            self.files[key] = LoadedFile(key, display, None)
+            return key
+        loaded = LoadedFile(key, display, module)
+        self.files[key] = loaded
+        self._stack.append(key)
+        for item in module.items:
+            if isinstance(item, ast.Use):
+                loaded.imports[item.bound_name] = self._load_import(item, path)
+        self._stack.pop()
+        return key
+
+    def _load_import(self, use: ast.Use, importer: Path) -> str | None:
+        if use.module is not None:
+            target = stdlib_dir().joinpath(*use.module).with_suffix(".act")
+            if use.module[0] != "std" or not target.is_file():
+                dotted = ".".join(use.module)
+                hint = did_you_mean(dotted, stdlib_modules())
+                if use.module[0] != "std":
+                    hint = hint or f'stdlib modules start with `std.`; for a file write `use "./{dotted.replace(".", "/")}.act"`'
+                self.diagnostics.append(Diagnostic(
+                    "E103", f"unknown stdlib module `{dotted}`", use.span,
+                    hint=hint or "stdlib modules: " + ", ".join(stdlib_modules())))
+                return None
+        else:
+            target = (importer.parent / use.file).resolve()  # type: ignore[operator]
+            if not target.is_file():
+                self.diagnostics.append(Diagnostic(
+                    "E103", f"cannot find `{use.file}`", use.span,
+                    label=f"looked for {display_name(target)}",
+                    hint="file imports are relative to the importing file"))
+                return None
+        key = str(target)
+        if key in self._stack:
+            chain = self._stack[self._stack.index(key):] + [key]
+            names = " -> ".join(display_name(Path(k)) for k in chain)
+            self.diagnostics.append(Diagnostic(
+                "E104", f"import cycle: {names}", use.span,
+                hint="move the shared declarations into a file both can import"))
+            return None
+        return self.load_file(target, text=None, via=use)

@@ -1,0 +1,281 @@
+"""The checked program: what a spec means, with every name resolved and every default filled.
+
+The checker turns syntax (``ast``) into these frozen, hashable values; the compiler lowers them
+to an operation graph. Nothing here refers to syntax except spans kept for error messages
+later in the pipeline. Sweeps are already expanded: a surgery with ``budget = sweep(1%, 2%)``
+becomes two :class:`SurgerySpec` values that share a ``sweep_group``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from actlang.lang.ast import Span
+
+
+def _span() -> Span | None:
+    return field(default=None, compare=False, repr=False)  # type: ignore[return-value]
+
+
+# ---- models and data --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model. ``source`` is "local" (a directory), "hub" (id at a pinned revision, read from
+    the local Hugging Face cache) or "zoo" (a tiny synthetic model actlang builds itself)."""
+
+    name: str  # qualified: "zoo.tuned" for a model declared in the module imported as zoo
+    source: str
+    location: str  # directory path (resolved against the spec file), hub id, or zoo name
+    revision: str | None = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class CorpusOptions:
+    limit: int | None = None  # at most this many documents (after shuffling with seed)
+    seed: int = 0
+    max_tokens: int = 512  # per document; longer ones are truncated
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """A text file, one document per line; every token is scored."""
+
+    path: str
+    options: CorpusOptions = CorpusOptions()
+
+
+@dataclass(frozen=True)
+class JsonlCorpus:
+    """A jsonl file. ``text`` is a template over record fields (``"{q} {a}"``); when ``score``
+    names a field, only the tokens of that field's span are scored. ``prompt`` / ``answer``
+    name the fields an exact-match evaluation uses."""
+
+    path: str
+    text: str | None = None
+    score: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
+    options: CorpusOptions = CorpusOptions()
+
+
+@dataclass(frozen=True)
+class LinesCorpus:
+    """Documents written inline in the spec."""
+
+    lines: tuple[str, ...]
+    options: CorpusOptions = CorpusOptions()
+
+
+@dataclass(frozen=True)
+class ZooCorpus:
+    """A split of one of the zoo's synthetic abilities (e.g. "arithmetic", split "probe")."""
+
+    ability: str
+    split: str
+    options: CorpusOptions = CorpusOptions()
+
+
+@dataclass(frozen=True)
+class MixCorpus:
+    """Documents drawn from several corpora with the given weights (normalized to sum 1)."""
+
+    parts: tuple[Corpus, ...]
+    weights: tuple[float, ...]
+    options: CorpusOptions = CorpusOptions()
+
+
+Corpus = Union[TextCorpus, JsonlCorpus, LinesCorpus, ZooCorpus, MixCorpus]
+
+
+@dataclass(frozen=True)
+class ExactMatchEval:
+    """Greedy generation from each record's prompt; score = share of exact answers."""
+
+    corpus: Corpus
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class PerplexityEval:
+    corpus: Corpus
+
+
+EvalSpec = Union[ExactMatchEval, PerplexityEval]
+
+
+@dataclass(frozen=True)
+class AbilitySpec:
+    name: str
+    probe: Corpus
+    control: Corpus | None = None
+    evals: tuple[EvalSpec, ...] = ()
+    span: Span | None = _span()
+
+
+# ---- channel selection ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindPattern:
+    """Canonical module kinds matched by a glob over names like ``attn.q`` or ``mlp.*``."""
+
+    glob: str
+
+
+@dataclass(frozen=True)
+class RawModule:
+    """The escape hatch: checkpoint tensor names matched by a glob, channels on ``axis``."""
+
+    glob: str
+    axis: int = 0
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A set of modules built left to right: each term adds (+1) or removes (-1) its matches."""
+
+    terms: tuple[tuple[int, KindPattern | RawModule], ...]
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """How channels are ranked: an activation statistic, or a control (random, weight_delta)."""
+
+    name: str
+    seed: int = 0  # for random
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many channels move. ``kind``: "fraction" (value in (0, 1]), "count" or "threshold";
+    ``scope``: "global" (rank all channels together, the paper's default), "module" or "layer"."""
+
+    kind: str
+    value: float
+    scope: str = "global"
+
+
+@dataclass(frozen=True)
+class TransferRule:
+    ability: AbilitySpec
+    donor: ModelSpec
+    channels: Selector
+    budget: Budget
+    score: ScoreSpec = ScoreSpec("paired_absdiff")
+    normalize: str = "none"
+    contrast: float = 0.0  # beta: score(probe) - beta * score(control)
+    granularity: str = "channel"
+    tie: str = "none"
+    lambda_: float = 1.0
+    layers: tuple[int, int] | None = None  # half-open [start, stop)
+    exclude: Selector = Selector(())
+    min_per_module: int = 0
+    max_per_module: Budget | None = None
+    include_global: bool = False
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """A whole-model baseline, defined as mergekit defines it."""
+
+    method: str  # linear | task_arithmetic | ties | dare_linear | dare_ties
+    donors: tuple[ModelSpec, ...]
+    base: ModelSpec | None = None
+    weights: tuple[float, ...] | None = None
+    density: float = 1.0
+    lambda_: float = 1.0
+    normalize: bool = True
+    rescale: bool = True
+    seed: int = 0
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    data: Corpus
+    steps: int = 100
+    lr: float = 1e-5
+    batch_size: int = 8
+    seed: int = 0
+    scope: str = "transferred"  # transferred | full | none
+    weight_decay: float = 0.0
+    span: Span | None = _span()
+
+
+# ---- acceptance gates -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    """``eval(ability, on = ...)``: the ability's first eval, measured on a model or stage.
+
+    ``on`` is a model name or one of "output" (after fine-tune, the default) and "transferred"
+    (after transfer, before fine-tune)."""
+
+    ability: AbilitySpec
+    on: str
+    metric: str = "primary"
+
+
+@dataclass(frozen=True)
+class Number:
+    value: float
+
+
+@dataclass(frozen=True)
+class Arith:
+    op: str
+    left: Quantity
+    right: Quantity
+
+
+Quantity = Union[Measure, Number, Arith]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    op: str
+    left: Quantity
+    right: Quantity
+    source: str  # the condition as written, for reports
+    span: Span | None = _span()
+
+
+# ---- surgeries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SurgerySpec:
+    name: str
+    output: str  # resolved against the spec's directory; sweeps add "/param=value"
+    target: ModelSpec
+    transfers: tuple[TransferRule, ...] = ()
+    merge: MergeRule | None = None
+    finetune: FinetuneSpec | None = None
+    evals: tuple[AbilitySpec, ...] = ()
+    expects: tuple[Expectation, ...] = ()
+    overlap: str = "mean"
+    seed: int = 0
+    shard_size: int = 5 * 10**9
+    sweep_group: str | None = None  # the surgery's name when it came from a sweep
+    sweep_point: tuple[tuple[str, str], ...] = ()  # (parameter, value as written)
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Program:
+    """A checked spec: its surgeries (sweeps expanded) and everything they reference."""
+
+    file: str
+    surgeries: tuple[SurgerySpec, ...]
+    models: tuple[ModelSpec, ...]
+    abilities: tuple[AbilitySpec, ...]
+    files: tuple[str, ...] = ()  # every .act file read, the main file first

@@ -1,0 +1,250 @@
+"""What the language's blocks, fields and builtin functions accept — kept as data.
+
+The grammar only knows ``name = value``; this module says which names each block takes, of
+which type and unit, with which default. The checker reads these tables, LANGUAGE.md documents
+them (a test keeps the two in sync), and a new field is one line here.
+
+Types are short strings: ``model corpus ability eval selector score budget string int float
+bool range size enum list[T] model|enum``. Numeric fields carry bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One ``name = value`` field of a block (or one parameter of a builtin function).
+
+    Args:
+        name: the field's name.
+        type: the value's type (see the module docstring).
+        doc: one line for LANGUAGE.md and hover text.
+        required: the block is an error without it.
+        default: the default, as it would be written in a spec (documentation only).
+        choices: the allowed names of an ``enum`` type.
+        low, high: inclusive numeric bounds (``low_open``: exclusive lower bound).
+        scopes: scopes the value may carry (``2% per module``); empty means none.
+        sweep: whether ``sweep(...)`` may range over it.
+    """
+
+    name: str
+    type: str
+    doc: str
+    required: bool = False
+    default: str | None = None
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    scopes: tuple[str, ...] = ()
+    sweep: bool = True
+
+
+def _fields(*specs: FieldSpec) -> dict[str, FieldSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+# ---- canonical module kinds ---------------------------------------------------------------------
+
+# Every architecture adapter maps these names to checkpoint tensors (actlang/run/adapters).
+MODULE_KINDS: tuple[str, ...] = (
+    "attn.q", "attn.k", "attn.v", "attn.o", "attn.q_norm", "attn.k_norm",
+    "mlp.gate", "mlp.up", "mlp.down",
+    "norm.input", "norm.post_attn", "norm.pre_mlp", "norm.post_mlp", "norm.final",
+    "embed", "lm_head",
+)
+# Kinds whose channels are residual-stream dimensions shared by the whole model (or, for
+# q_norm / k_norm, by every head): they move only when a rule sets include_global = true.
+GLOBAL_KINDS: tuple[str, ...] = (
+    "embed", "lm_head", "attn.q_norm", "attn.k_norm",
+    "norm.input", "norm.post_attn", "norm.pre_mlp", "norm.post_mlp", "norm.final",
+)
+MODULE_NAMESPACES: tuple[str, ...] = ("attn", "mlp", "norm", "embed", "lm_head", "all")
+
+# ---- enumerations ---------------------------------------------------------------------------------
+
+SCORES = ("paired_absdiff", "absmean_diff", "mean_diff", "m2_diff", "freq_diff",
+          "weight_delta", "random")
+NORMALIZATIONS = ("none", "relative", "zscore")
+GRANULARITIES = ("channel", "neuron", "head", "module", "layer")
+TIES = ("none", "neuron", "head", "kv_group")
+OVERLAP_POLICIES = ("mean", "max_score", "priority", "error")
+FINETUNE_SCOPES = ("transferred", "full", "none")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+STAGES = ("output", "transferred", "target")
+BUDGET_SCOPES = ("global", "module", "layer")
+
+# ---- blocks -----------------------------------------------------------------------------------------
+
+ABILITY_FIELDS = _fields(
+    FieldSpec("probe", "corpus", "inputs whose activations localize the ability", required=True),
+    FieldSpec("control", "corpus",
+              "a corpus the ability is *not* about (e.g. the specialist's own domain), "
+              "for contrastive scores"),
+    FieldSpec("eval", "list[eval]", "how the ability is measured: exact_match(...), "
+              "perplexity(...), or a list of them"),
+)
+
+TRANSFER_FIELDS = _fields(
+    FieldSpec("channels", "selector", "the modules whose output channels may move",
+              default="all"),
+    FieldSpec("budget", "budget", "how many channels move: a percentage, a count, or "
+              "threshold(x); scoped global (default), per module or per layer", required=True,
+              scopes=BUDGET_SCOPES),
+    FieldSpec("score", "score", "how channels are ranked", default="paired_absdiff"),
+    FieldSpec("normalize", "enum", "score normalization", default="none",
+              choices=NORMALIZATIONS),
+    FieldSpec("contrast", "float", "beta of the contrastive score s(probe) - beta*s(control)",
+              default="0.0", low=0.0),
+    FieldSpec("granularity", "enum", "the unit that is scored and selected",
+              default="channel", choices=GRANULARITIES),
+    FieldSpec("tie", "enum", "move channels in groups", default="none", choices=TIES),
+    FieldSpec("lambda", "float", "interpolation: theta_trg + lambda (theta_src - theta_trg)",
+              default="1.0", low=0.0, high=1.0),
+    FieldSpec("layers", "range", "only layers in this half-open range, e.g. 4..28"),
+    FieldSpec("exclude", "selector", "modules never selected"),
+    FieldSpec("min_per_module", "int", "at least this many channels from every module",
+              default="0", low=0),
+    FieldSpec("max_per_module", "budget", "at most this many (count or percent) per module",
+              scopes=()),
+    FieldSpec("include_global", "bool",
+              "allow residual-stream channels (embed, lm_head, norms, q/k norms) to move",
+              default="false"),
+)
+
+FINETUNE_FIELDS = _fields(
+    FieldSpec("data", "corpus", "training data, e.g. mix(probe, retained, weights = [1, 1])",
+              required=True),
+    FieldSpec("steps", "int", "optimizer steps", default="100", low=1),
+    FieldSpec("lr", "float", "AdamW learning rate", default="1e-5", low=0.0, low_open=True),
+    FieldSpec("batch_size", "int", "documents per step", default="8", low=1),
+    FieldSpec("seed", "int", "data order and dropout seed", default="0", low=0),
+    FieldSpec("scope", "enum", "which parameters train: the transferred channels only, all, "
+              "or none", default="transferred", choices=FINETUNE_SCOPES),
+    FieldSpec("weight_decay", "float", "AdamW weight decay", default="0.0", low=0.0),
+)
+
+MERGE_FIELDS = _fields(
+    FieldSpec("base", "model", "the common ancestor (task vectors are donor - base); "
+              "required by every method but linear"),
+    FieldSpec("weights", "list[float]", "one weight per donor", default="equal"),
+    FieldSpec("density", "float", "fraction of each task vector kept (ties, dare_*)",
+              default="1.0", low=0.0, high=1.0, low_open=True),
+    FieldSpec("lambda", "float", "scale of the merged task vector", default="1.0", low=0.0),
+    FieldSpec("normalize", "bool", "divide by the sum of weights", default="true"),
+    FieldSpec("rescale", "bool", "dare: rescale kept entries by 1/density", default="true"),
+    FieldSpec("seed", "int", "dare: drop mask seed", default="0", low=0),
+)
+# Which merge fields each method reads (others are an error).
+MERGE_METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "linear": ("weights", "normalize"),
+    "task_arithmetic": ("base", "weights", "lambda", "normalize"),
+    "ties": ("base", "weights", "density", "lambda", "normalize"),
+    "dare_linear": ("base", "weights", "density", "lambda", "rescale", "seed", "normalize"),
+    "dare_ties": ("base", "weights", "density", "lambda", "rescale", "seed", "normalize"),
+}
+
+SURGERY_FIELDS = _fields(
+    FieldSpec("target", "model", "the model that receives channels", required=True,
+              sweep=False),
+    FieldSpec("eval", "list[ability]", "abilities measured before and after",
+              default="the transferred abilities", sweep=False),
+    FieldSpec("overlap", "enum", "when donors select the same channel: average them, take "
+              "the highest-scoring donor, the first rule's donor, or fail",
+              default="mean", choices=OVERLAP_POLICIES),
+    FieldSpec("seed", "int", "seed for everything random in this surgery", default="0", low=0),
+    FieldSpec("shard_size", "size", "largest safetensors shard written", default="5GB"),
+)
+
+# ---- builtin functions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A builtin function: its result type, parameters (positional in order, or by keyword)
+    and the type of extra positional arguments, if it takes any."""
+
+    name: str
+    result: str
+    doc: str
+    params: tuple[FieldSpec, ...] = ()
+    variadic: str | None = None
+
+
+_CORPUS_OPTIONS = (
+    FieldSpec("limit", "int", "keep at most this many documents", low=1),
+    FieldSpec("seed", "int", "shuffle seed (used with limit)", default="0", low=0),
+    FieldSpec("max_tokens", "int", "truncate each document to this many tokens",
+              default="512", low=1),
+)
+_MODEL_OPTIONS = (
+    FieldSpec("dtype", "enum", "dtype for running the model", default="auto", choices=DTYPES),
+    FieldSpec("trust_remote_code", "bool", "run the repository's own modelling code",
+              default="false"),
+    FieldSpec("allow_pickle", "bool", "accept .bin (pickle) checkpoints; safetensors only "
+              "otherwise", default="false"),
+)
+
+FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
+    FunctionSpec("local", "model", "a model directory (config.json + safetensors)", (
+        FieldSpec("path", "string", "directory, relative to the spec", required=True),
+        *_MODEL_OPTIONS)),
+    FunctionSpec("hub", "model", "a hub model from the local Hugging Face cache", (
+        FieldSpec("id", "string", "repository id, e.g. \"org/name\"", required=True),
+        FieldSpec("revision", "string", "commit sha: pinned for reproducibility",
+                  required=True),
+        *_MODEL_OPTIONS)),
+    FunctionSpec("zoo", "model", "a tiny synthetic model that actlang builds (actc zoo build)", (
+        FieldSpec("name", "string", "e.g. \"recover/base\"", required=True),
+        FieldSpec("seed", "int", "zoo seed", default="0", low=0),
+        FieldSpec("profile", "enum", "zoo size", default="full", choices=("full", "small")),
+        *_MODEL_OPTIONS)),
+    FunctionSpec("text", "corpus", "a text file, one document per line", (
+        FieldSpec("path", "string", "file, relative to the spec", required=True),
+        *_CORPUS_OPTIONS)),
+    FunctionSpec("jsonl", "corpus", "a jsonl file of records", (
+        FieldSpec("path", "string", "file, relative to the spec", required=True),
+        FieldSpec("text", "string", "template over record fields, e.g. \"{q} {a}\""),
+        FieldSpec("score", "string", "field whose tokens are scored (others are context)"),
+        FieldSpec("prompt", "string", "field given as prompt by exact_match"),
+        FieldSpec("answer", "string", "field exact_match compares against"),
+        *_CORPUS_OPTIONS)),
+    FunctionSpec("lines", "corpus", "documents written inline", (
+        FieldSpec("documents", "list[string]", "the documents", required=True),
+        *_CORPUS_OPTIONS)),
+    FunctionSpec("zoo_data", "corpus", "a split of a zoo ability's data", (
+        FieldSpec("ability", "string", "language_a | language_b | arithmetic | facts",
+                  required=True),
+        FieldSpec("split", "enum", "which split", default="probe",
+                  choices=("train", "probe", "eval")),
+        FieldSpec("zoo_seed", "int", "zoo seed", default="0", low=0),
+        FieldSpec("profile", "enum", "zoo size", default="full", choices=("full", "small")),
+        *_CORPUS_OPTIONS)),
+    FunctionSpec("mix", "corpus", "documents drawn from several corpora", (
+        FieldSpec("weights", "list[float]", "one weight per corpus", default="equal"),
+        *_CORPUS_OPTIONS), variadic="corpus"),
+    FunctionSpec("exact_match", "eval", "share of prompts answered exactly (greedy)", (
+        FieldSpec("data", "corpus", "a jsonl corpus with prompt and answer fields",
+                  required=True),
+        FieldSpec("max_new_tokens", "int", "generation length", default="answer length",
+                  low=1))),
+    FunctionSpec("perplexity", "eval", "perplexity on a corpus (lower is better)", (
+        FieldSpec("data", "corpus", "the corpus", required=True),)),
+    FunctionSpec("random", "score", "control: channels chosen uniformly at random", (
+        FieldSpec("seed", "int", "random seed", default="0", low=0),)),
+    FunctionSpec("threshold", "budget", "every channel whose score is at least this", (
+        FieldSpec("score", "float", "minimum score", required=True),)),
+    FunctionSpec("module", "selector", "raw escape hatch: checkpoint tensors by glob", (
+        FieldSpec("pattern", "string", "e.g. \"model.layers.*.mlp.down_proj.weight\"",
+                  required=True),
+        FieldSpec("axis", "int", "the channel axis of the tensor", default="0", low=0))),
+    FunctionSpec("eval", "number", "in expect: an ability's score on a model or stage", (
+        FieldSpec("ability", "ability", "the ability", required=True),
+        FieldSpec("on", "model|enum", "a model, or output (default) / transferred / target",
+                  default="output", choices=STAGES))),
+    FunctionSpec("sweep", "sweep", "one surgery per value (in surgery and rule fields)",
+                 variadic="any"),
+)}
