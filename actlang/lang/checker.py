@@ -294,17 +294,22 @@ class _Checker:
         return binding, scope, tuple(rest)
 
     def value_of(self, expr: ast.Expr, scope: _Scope, type_: str,
-                 evaluate: Callable[[ast.Expr, _Scope], Any]) -> Any:
+                 evaluate: Callable[[ast.Expr, _Scope], Any],
+                 builtins: tuple[str, ...] = ()) -> Any:
         """Evaluate a reference (let, recipe parameter, or member of an ability) or hand
-        anything else to ``evaluate``."""
+        anything else to ``evaluate``. ``builtins`` are bare names that mean themselves in
+        this context (``paired_absdiff`` for a score) unless a declaration takes the name."""
+        if isinstance(expr, ast.Path) and len(expr.parts) == 1 and \
+                expr.parts[0] in builtins and scope.lookup(expr.parts[0]) is None:
+            return evaluate(expr, scope)
         if isinstance(expr, ast.Path) and not expr.is_glob:
             binding, where, rest = self._member_path(expr, scope)
             if binding is INVALID:
                 return INVALID
             if isinstance(binding, _Thunk) and not rest:
-                return self.value_of(binding.expr, binding.scope, type_, evaluate)
+                return self.value_of(binding.expr, binding.scope, type_, evaluate, builtins)
             if isinstance(binding, ast.Let) and not rest:
-                return self.value_of(binding.value, where, type_, evaluate)
+                return self.value_of(binding.value, where, type_, evaluate, builtins)
             if rest:
                 return self._member(expr, binding, where, rest, type_, scope)
         return evaluate(expr, scope)
@@ -481,7 +486,8 @@ class _Checker:
         if spec.type == "enum":
             return self.enum(expr, spec, scope)
         if spec.type == "model|enum":
-            if isinstance(expr, ast.Path) and expr.dotted in spec.choices:
+            if isinstance(expr, ast.Path) and expr.dotted in spec.choices and \
+                    scope.lookup(expr.dotted) is None:
                 return expr.dotted
             model = self.model_ref(expr, scope)
             return model if model is INVALID else model.name
@@ -515,9 +521,7 @@ class _Checker:
                                   "options: " + ", ".join(spec.choices), site=s.recipe_site)
             return self._type_error(e, spec.name, self._describe(e, s),
                                     hint="options: " + ", ".join(spec.choices), scope=s)
-        if isinstance(expr, ast.Path) and expr.dotted in spec.choices:
-            return expr.dotted
-        return self.value_of(expr, scope, "enum", evaluate)
+        return self.value_of(expr, scope, "enum", evaluate, builtins=spec.choices)
 
     def typed_value(self, expr: ast.Expr, type_: str, scope: _Scope) -> Any:
         if type_ == "model":
@@ -530,10 +534,11 @@ class _Checker:
             return self.selector(expr, scope)
         if type_.startswith("list["):
             return self.list_value(expr, type_[5:-1], scope)
-        return self.value_of(expr, scope, type_, lambda e, s: self.literal(e, type_, s))
+        builtins = schema.SCORES if type_ == "score" else ()
+        return self.value_of(expr, scope, type_, lambda e, s: self.literal(e, type_, s),
+                             builtins)
 
     def literal(self, expr: ast.Expr, type_: str, scope: _Scope) -> Any:
-        found = self._describe(expr, scope)
         if type_ == "string" and isinstance(expr, ast.Str):
             return expr.value
         if type_ == "int" and isinstance(expr, ast.Int):
@@ -566,7 +571,7 @@ class _Checker:
             hint = f"write it as a fraction: {_num(expr.value / 100)}"
         elif type_ == "int" and isinstance(expr, ast.Float):
             hint = "use a whole number"
-        return self._type_error(expr, type_, found, hint=hint, scope=scope)
+        return self._type_error(expr, type_, self._describe(expr, scope), hint=hint, scope=scope)
 
     def list_value(self, expr: ast.Expr, item_type: str, scope: _Scope) -> Any:
         def evaluate(e: ast.Expr, s: _Scope) -> Any:
@@ -786,22 +791,29 @@ class _Checker:
             return self.error("E404", f"`{spec.name}` cannot be swept", call.span,
                               site=scope.recipe_site)
         items: list[ast.Expr] = list(call.args)
-        if len(items) == 1:  # sweep(budgets) with a let holding a list
-            single = items[0]
-            if isinstance(single, ast.Path) and not single.is_glob:
-                binding, _, rest = self._member_path(single, scope)
-                if isinstance(binding, ast.Let) and isinstance(binding.value, ast.ListExpr):
-                    items = list(binding.value.items)
-            elif isinstance(single, ast.ListExpr):
-                items = list(single.items)
+        item_scope = scope
+        if len(items) == 1:  # sweep(budgets): a list, directly or through a let or parameter
+            listed = self._list_literal(items[0], scope)
+            if listed is not None:
+                items, item_scope = list(listed[0].items), listed[1]
         if len(items) < 2 or call.kwargs:
             return self.error("E404", "a sweep needs at least two values", call.span,
                               hint="e.g. budget = sweep(1%, 2%, 5%)", site=scope.recipe_site)
-        values = [self.typed(item, spec, scope) for item in items]
+        values = [self.typed(item, spec, item_scope) for item in items]
         if INVALID in values:
             return INVALID
         labels = [self._source_text(item) for item in items]
         return values[self.sweep.choose(call, spec.name, labels)]
+
+    def _list_literal(self, expr: ast.Expr, scope: _Scope) -> tuple[ast.ListExpr, _Scope] | None:
+        """The list literal an expression stands for, through lets and recipe parameters."""
+        while isinstance(expr, ast.Path) and not expr.is_glob:
+            binding, where, rest = self._member_path(expr, scope)
+            if rest or not isinstance(binding, (ast.Let, _Thunk)):
+                return None
+            expr, scope = (binding.value, where) if isinstance(binding, ast.Let) else \
+                (binding.expr, binding.scope)
+        return (expr, scope) if isinstance(expr, ast.ListExpr) else None
 
     def _source_text(self, expr: ast.Expr) -> str:
         span = expr.span

@@ -99,6 +99,9 @@ class SourceCache:
     def add(self, file: str, text: str) -> None:
         self._texts[file] = text
 
+    def update(self, other: "SourceCache") -> None:
+        self._texts.update(other._texts)
+
     def line(self, file: str, line: int) -> str | None:
         text = self._texts.get(file)
         if text is None:

@@ -22,9 +22,10 @@ KEYWORDS = ("use", "as", "let", "model", "corpus", "ability", "surgery", "recipe
             "from", "merge", "finetune", "expect", "global", "per", "true", "false")
 TOP_LEVEL_KEYWORDS = ("use", "let", "model", "corpus", "ability", "surgery", "recipe")
 BLOCK_KEYWORDS = ("transfer", "merge", "finetune", "expect")
-# Keywords that can never be names. The top-level keywords are only keywords at the start of
-# a declaration, so `ability` can still name a recipe parameter or a keyword argument.
-RESERVED = ("as", "from", "global", "per", "true", "false", *BLOCK_KEYWORDS)
+# Keywords that can never be names: they may follow or start an expression, where a name
+# would be ambiguous. The others are keywords only at the start of a statement, so `ability`
+# can still name a recipe parameter and `merge` a recipe.
+RESERVED = ("as", "from", "global", "per", "true", "false")
 
 # How Lark's terminal names read in an error message.
 _TERMINAL_WORDS = {

@@ -1,0 +1,150 @@
+"""``actc``: the actlang command line.
+
+Front-end commands (check, fmt) import neither torch nor transformers, so checking a spec is
+instant on any machine. A user mistake prints diagnostics and exits with status 1; it never
+shows a Python traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from actlang import __version__
+
+EXIT_USER_ERROR = 1
+
+app = typer.Typer(
+    name="actc",
+    help="Compile and run .act specs: ability surgery on language models with ACT "
+         "(activation-guided channel-wise ability transfer).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"actc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(  # noqa: UP007 (typer reads the annotation)
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """actc: check, format, plan and run .act specs."""
+
+
+def _print_diagnostics(diagnostics, sources, as_json: bool) -> None:
+    from actlang.lang.diagnostics import render_all, to_json
+
+    if as_json:
+        typer.echo(to_json(diagnostics))
+    elif diagnostics:
+        typer.echo(render_all(diagnostics, sources), err=True)
+
+
+@app.command("check")
+def check_command(
+    files: List[Path] = typer.Argument(..., help="Spec files to check.", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Print diagnostics as JSON."),
+) -> None:
+    """Parse and check specs: names, imports, types, units, recipes and sweeps.
+
+    Prints every error found (with file:line:col, the source line, a caret and a hint) and
+    exits with status 1 if there is any.
+    """
+    from actlang.lang.checker import check
+    from actlang.lang.diagnostics import SourceCache
+
+    all_diagnostics = []
+    sources = SourceCache()
+    summaries = []
+    for file in files:
+        program, diagnostics, file_sources = check(file)
+        all_diagnostics += diagnostics
+        sources.update(file_sources)
+        if program is not None:
+            count = len(program.surgeries)
+            summaries.append(f"{file}: ok ({count} surger{'y' if count == 1 else 'ies'})")
+    _print_diagnostics(all_diagnostics, sources, json_output)
+    if not json_output:
+        for line in summaries:
+            typer.echo(line)
+    if any(d.severity == "error" for d in all_diagnostics):
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+@app.command("fmt")
+def fmt_command(
+    files: List[Path] = typer.Argument(..., help="Spec files to format in place.",
+                                       show_default=False),
+    check_only: bool = typer.Option(False, "--check",
+                                    help="Change nothing; exit 1 if a file is not formatted."),
+) -> None:
+    """Rewrite specs in the canonical layout (comments kept; idempotent)."""
+    from actlang.lang.diagnostics import DiagnosticError, SourceCache, render_all
+    from actlang.lang.parser import parse
+    from actlang.lang.printer import format_module
+
+    failed = False
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            typer.echo(f"error: cannot read {file}: {getattr(error, 'strerror', error)}",
+                       err=True)
+            failed = True
+            continue
+        try:
+            formatted = format_module(parse(text, str(file)))
+        except DiagnosticError as error:
+            sources = SourceCache()
+            sources.add(str(file), text)
+            typer.echo(render_all(error.diagnostics, sources), err=True)
+            failed = True
+            continue
+        if formatted == text:
+            continue
+        if check_only:
+            typer.echo(f"would reformat {file}", err=True)
+            failed = True
+        else:
+            _write_atomically(file, formatted)
+            typer.echo(f"reformatted {file}")
+    if failed:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace a file's contents so that an interruption leaves the old or the new file."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, path.stat().st_mode & 0o777)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
