@@ -299,9 +299,9 @@ class _Checker:
         """Evaluate a reference (let, recipe parameter, or member of an ability) or hand
         anything else to ``evaluate``. ``builtins`` are bare names that mean themselves in
         this context (``paired_absdiff`` for a score) unless a declaration takes the name."""
-        if isinstance(expr, ast.Path) and len(expr.parts) == 1 and \
-                expr.parts[0] in builtins and scope.lookup(expr.parts[0]) is None:
-            return evaluate(expr, scope)
+        if builtins and isinstance(expr, ast.Path) and len(expr.parts) == 1 and \
+                scope.lookup(expr.parts[0]) is None:
+            return evaluate(expr, scope)  # a builtin name, or an unknown one to report as such
         if isinstance(expr, ast.Path) and not expr.is_glob:
             binding, where, rest = self._member_path(expr, scope)
             if binding is INVALID:
@@ -392,6 +392,8 @@ class _Checker:
 
     def model_decl(self, decl: ast.ModelDecl, scope: _Scope) -> Any:
         call = decl.value
+        if isinstance(call, ast.Path) and not call.is_glob:  # an alias: model m = lib.base
+            return self.model_ref(call, scope)
         if not isinstance(call, ast.Call) or call.func.dotted not in ("local", "hub", "zoo"):
             return self.error("E204", f"model `{decl.name}` must be local(...), hub(...) or "
                               "zoo(...)", call.span,
@@ -489,6 +491,9 @@ class _Checker:
             if isinstance(expr, ast.Path) and expr.dotted in spec.choices and \
                     scope.lookup(expr.dotted) is None:
                 return expr.dotted
+            if isinstance(expr, ast.Str) and expr.value in spec.choices:
+                return self._type_error(expr, "model", "a string", scope=scope,
+                                        hint=f"write {expr.value} without quotes")
             model = self.model_ref(expr, scope)
             return model if model is INVALID else model.name
         value = self.typed_value(expr, spec.type, scope)

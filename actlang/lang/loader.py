@@ -38,7 +38,12 @@ class LoadResult:
 
 
 def display_name(path: Path) -> str:
-    """A path as diagnostics show it: relative to the working directory when below it."""
+    """A path as diagnostics show it: stdlib files as ``<stdlib>/std/x.act``, others relative
+    to the working directory."""
+    try:
+        return f"<stdlib>/{path.relative_to(stdlib_dir().resolve()).as_posix()}"
+    except ValueError:
+        pass
     try:
         return os.path.relpath(path)
     except ValueError:

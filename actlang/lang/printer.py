@@ -187,7 +187,9 @@ def _string(value: str) -> str:
 
 
 def _float(value: float) -> str:
-    """A FLOAT token: ``repr`` always has a ``.`` or an exponent; infinity overflows back."""
+    """A FLOAT token: the shortest digits that read back as ``value`` (``repr``'s), always with a
+    ``.`` or an exponent; below 0.01 in scientific notation (``1e-3``, ``2.5e-4``); infinity as
+    ``1e999``, which overflows back to it."""
     if math.isnan(value):
         raise ValueError("NaN cannot be written in a .act file")
     if math.isinf(value):
@@ -195,7 +197,12 @@ def _float(value: float) -> str:
     text = repr(value)
     if "e" in text:  # 1e-05 -> 1e-5, 1e+16 -> 1e16
         mantissa, exponent = text.split("e")
-        text = f"{mantissa}e{int(exponent)}"
+        return f"{mantissa}e{int(exponent)}"
+    if 0 < abs(value) < 1e-2:  # 0.001 -> 1e-3, as learning rates are written
+        _, digits, exponent = Decimal(text).as_tuple()
+        shown = "".join(map(str, digits)).rstrip("0")
+        mantissa = shown[0] + ("." + shown[1:] if len(shown) > 1 else "")
+        return f"{'-' if value < 0 else ''}{mantissa}e{exponent + len(digits) - 1}"
     return text
 
 
