@@ -161,3 +161,11 @@ def test_check_source_raises_with_every_error(tmp_path: Path) -> None:
         check_source('model m = local("m")\nlet a = 1\nlet a = 2\nlet b = 1\nlet b = 3',
                      str(tmp_path / "s.act"))
     assert [d.code for d in error.value.diagnostics] == ["E102", "E102"]
+
+
+def test_language_reference_tables_are_up_to_date() -> None:
+    from actlang.lang.docs import render
+
+    path = Path(__file__).parents[2] / "LANGUAGE.md"
+    text = path.read_text()
+    assert render(text) == text, "run: python -m actlang.lang.docs LANGUAGE.md"
