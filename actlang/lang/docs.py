@@ -73,9 +73,9 @@ SECTIONS = {
 def render(text: str) -> str:
     """``text`` with every generated section brought up to date."""
     for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
         assert pattern.search(text), f"LANGUAGE.md has no generated section `{name}`"
-        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 
