@@ -52,14 +52,14 @@ def _fields(*specs: FieldSpec) -> dict[str, FieldSpec]:
 MODULE_KINDS: tuple[str, ...] = (
     "attn.q", "attn.k", "attn.v", "attn.o", "attn.q_norm", "attn.k_norm",
     "mlp.gate", "mlp.up", "mlp.down",
-    "norm.input", "norm.post_attn", "norm.pre_mlp", "norm.post_mlp", "norm.final",
-    "embed", "lm_head",
+    "norm.input", "norm.post_attn", "norm.pre_ffn", "norm.post_ffn", "norm.final",
+    "embed", "embed.pos", "lm_head",
 )
 # Kinds whose channels are residual-stream dimensions shared by the whole model (or, for
 # q_norm / k_norm, by every head): they move only when a rule sets include_global = true.
 GLOBAL_KINDS: tuple[str, ...] = (
-    "embed", "lm_head", "attn.q_norm", "attn.k_norm",
-    "norm.input", "norm.post_attn", "norm.pre_mlp", "norm.post_mlp", "norm.final",
+    "embed", "embed.pos", "attn.q_norm", "attn.k_norm",
+    "norm.input", "norm.post_attn", "norm.pre_ffn", "norm.post_ffn", "norm.final",
 )
 MODULE_NAMESPACES: tuple[str, ...] = ("attn", "mlp", "norm", "embed", "lm_head", "all")
 
