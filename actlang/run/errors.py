@@ -1,0 +1,43 @@
+"""Errors the runtime raises for user mistakes.
+
+Every mistake a user can make with their inputs — a model directory that does not exist, a
+truncated checkpoint, a pickle checkpoint, two models with different architectures, a budget
+larger than what can be selected, an unknown architecture — raises :class:`RuntimeUserError`
+with a one-line ``message`` and, where there is something to do about it, a ``hint``.
+The CLI renders it without a traceback; a notebook shows ``str(err)``.
+
+Bugs in actlang itself stay ordinary exceptions (``AssertionError``, ``KeyError``, ...).
+"""
+
+from __future__ import annotations
+
+__all__ = ["RuntimeUserError", "GlobalChannelWarning"]
+
+
+class RuntimeUserError(Exception):
+    """A problem with the user's inputs, explained.
+
+    Attributes:
+        message: what is wrong, naming the file, tensor or setting involved.
+        hint: what to do about it (or ``None``).
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class GlobalChannelWarning(UserWarning):
+    """Warned when a selection may move channels that are global to the model.
+
+    Residual-stream dimensions (embedding columns, norm elements) and Qwen3/Gemma3
+    ``q_norm``/``k_norm`` elements (shared by every head) are read by every layer, so moving
+    them changes the whole model, not one module. They are excluded by default and move only
+    when a selection names them explicitly.
+    """

@@ -1,0 +1,315 @@
+"""Writing standard Hugging Face model directories, atomically and tensor by tensor.
+
+:func:`write_model_dir` writes ``config.json`` (copied from the source model),
+``generation_config.json`` and the tokenizer files (copied when present), the weights as
+safetensors — ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` plus
+``model.safetensors.index.json`` above ``max_shard_size`` — and a ``README.md`` model card
+whose YAML front matter lists ``base_model``, ``library_name: transformers`` and ``tags`` and
+whose body embeds the spec. The result loads with ``AutoModelForCausalLM.from_pretrained``.
+
+Weights are *streamed*: the caller gives the layout (name, dtype, shape of every tensor) and
+a function producing one tensor at a time; each safetensors file is written header first,
+then tensor after tensor, so memory stays at about one tensor whatever the shard size.
+Files are deterministic: same tensors in, byte-identical files out.
+
+Atomicity: everything is written into a temporary directory next to the output (same
+parent, so the final ``rename`` is atomic); an interrupted write leaves no directory that
+looks finished. An existing output is replaced only with ``overwrite=True``; an output that
+is, or is inside, or contains one of ``input_dirs`` is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from actlang.run.checkpoint import DTYPE_TO_ST, natural_key
+from actlang.run.errors import RuntimeUserError
+
+__all__ = [
+    "DEFAULT_MAX_SHARD_SIZE",
+    "OutTensor",
+    "atomic_output_dir",
+    "model_card",
+    "parse_size",
+    "save_state_dict",
+    "write_model_dir",
+    "write_safetensors",
+]
+
+DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "chat_template.jinja",
+    "chat_template.json",
+)
+COPIED_FILES = ("generation_config.json", *TOKENIZER_FILES)
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One tensor of an output layout."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def parse_size(size: int | str) -> int:
+    """``5GB``, ``500MB``, ``2GiB``, ``1000`` → bytes (decimal units as Hugging Face uses them)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)\s*", str(size).lower())
+    if not m:
+        raise RuntimeUserError(f"cannot read the size {size!r}", hint="e.g. 5GB, 500MB, 2GiB")
+    value, unit = float(m.group(1)), m.group(2).rstrip("b")
+    mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+            "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
+    return int(value * mult)
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().cpu().contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def write_safetensors(path: Path, layout: Sequence[OutTensor], produce: Callable[[str], torch.Tensor],
+                      metadata: Mapping[str, str] | None = None) -> int:
+    """Stream tensors into one safetensors file in ``layout`` order; returns bytes of data."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for t in layout:
+        if t.dtype not in DTYPE_TO_ST:
+            raise RuntimeUserError(f"tensor {t.name} has dtype {t.dtype}, which safetensors cannot store")
+        header[t.name] = {"dtype": DTYPE_TO_ST[t.dtype], "shape": list(t.shape),
+                          "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in layout:
+            x = produce(t.name)
+            assert x.dtype == t.dtype and tuple(x.shape) == t.shape, (t.name, x.dtype, tuple(x.shape), t)
+            f.write(_tensor_bytes(x))
+            del x
+    return offset
+
+
+def _shards(layout: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in layout:
+        if shards[-1] and size + t.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def _yaml_list(items: Iterable[str]) -> str:
+    return "".join(f"- {json.dumps(str(i))}\n" for i in items)
+
+
+def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (), spec_text: str | None = None,
+               description: str | None = None) -> str:
+    """README.md text: YAML front matter (base_model, library_name, tags) + the spec."""
+    all_tags = list(dict.fromkeys(["actlang", "act", "ability-transfer", *tags]))
+    out = "---\n"
+    if base_models:
+        out += "base_model:\n" + _yaml_list(base_models)
+    out += "library_name: transformers\n"
+    out += "tags:\n" + _yaml_list(all_tags)
+    out += "---\n\n"
+    out += f"# {name}\n\n"
+    out += (description.strip() + "\n\n") if description else ""
+    out += ("Made with [actlang](https://github.com/) — ACT, activation-guided channel-wise ability transfer "
+            "(arXiv 2601.09398): channels localized by activation difference were moved from the donor "
+            "model(s) into the target; every other parameter is bit-identical to the target.\n\n")
+    if base_models:
+        out += "Inputs:\n\n" + "".join(f"- `{b}`\n" for b in base_models) + "\n"
+    if spec_text is not None:
+        fence = "```"
+        while fence in spec_text:
+            fence += "`"
+        out += f"## Spec\n\n{fence}act\n{spec_text.rstrip()}\n{fence}\n"
+    return out
+
+
+def _inside(a: Path, b: Path) -> bool:
+    try:
+        a.relative_to(b)
+        return True
+    except ValueError:
+        return False
+
+
+class atomic_output_dir:
+    """Context manager: a temp dir next to ``out_dir`` that becomes ``out_dir`` on success.
+
+    >>> with atomic_output_dir("out/model", overwrite=False, input_dirs=[src]) as tmp:
+    ...     (tmp / "config.json").write_text("{}")
+    """
+
+    def __init__(self, out_dir: str | Path, *, overwrite: bool = False, input_dirs: Iterable[str | Path] = ()) -> None:
+        self.out = Path(out_dir).absolute()
+        self.overwrite = overwrite
+        out_r = self.out.resolve()
+        for d in input_dirs:
+            d_r = Path(d).resolve()
+            if out_r == d_r or _inside(out_r, d_r) or _inside(d_r, out_r):
+                raise RuntimeUserError(
+                    f"refusing to write the output to {self.out}: it overlaps the input model directory {d}",
+                    hint="choose an output directory outside every input directory",
+                )
+        if self.out.exists() and not self.out.is_dir():
+            raise RuntimeUserError(f"output path {self.out} exists and is a file")
+        if self.out.exists() and not overwrite:
+            raise RuntimeUserError(f"output directory {self.out} already exists",
+                                   hint="choose another output, or overwrite it explicitly (--force / overwrite=True)")
+        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.out.exists():
+            if not self.overwrite:  # appeared meanwhile
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise RuntimeUserError(f"output directory {self.out} appeared while writing; not replacing it")
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_model_dir(
+    out_dir: str | Path,
+    layout: Sequence[OutTensor],
+    produce: Callable[[str], torch.Tensor],
+    *,
+    source_dir: str | Path,
+    base_models: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    spec_text: str | None = None,
+    description: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    input_dirs: Iterable[str | Path] = (),
+    extra_files: Mapping[str, bytes | str | Path] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a loadable HF model directory (see module docs); returns its path.
+
+    ``layout`` gives every tensor's name, dtype and shape, in file order; ``produce(name)``
+    returns that tensor (called once per tensor, in order). ``source_dir`` supplies
+    config.json, generation config and tokenizer files. ``extra_files`` maps relative paths
+    to contents (bytes, text, or a file to copy).
+    """
+    source = Path(source_dir)
+    max_bytes = parse_size(max_shard_size)
+    if max_bytes <= 0:
+        raise RuntimeUserError("max_shard_size must be positive")
+    if not (source / "config.json").is_file():
+        raise RuntimeUserError(f"no config.json in {source}")
+    names = [t.name for t in layout]
+    if len(set(names)) != len(names):
+        raise RuntimeUserError("duplicate tensor names in the output layout")
+    with atomic_output_dir(out_dir, overwrite=overwrite, input_dirs=[source, *input_dirs]) as tmp:
+        cfg_text = (source / "config.json").read_text()
+        if config_overrides:
+            cfg = json.loads(cfg_text)
+            cfg.update(config_overrides)
+            cfg_text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+        (tmp / "config.json").write_text(cfg_text)
+        for fname in COPIED_FILES:
+            if (source / fname).is_file():
+                shutil.copyfile(source / fname, tmp / fname)
+        shards = _shards(layout, max_bytes)
+        total = sum(t.nbytes for t in layout)
+
+        def counted(name: str) -> torch.Tensor:
+            if progress:
+                progress(name)
+            return produce(name)
+
+        if len(shards) == 1:
+            write_safetensors(tmp / "model.safetensors", shards[0], counted)
+        else:
+            weight_map: dict[str, str] = {}
+            n = len(shards)
+            for i, shard in enumerate(shards, 1):
+                fname = f"model-{i:05d}-of-{n:05d}.safetensors"
+                write_safetensors(tmp / fname, shard, counted)
+                for t in shard:
+                    weight_map[t.name] = fname
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        card = model_card(name=Path(out_dir).name, base_models=base_models, tags=tags, spec_text=spec_text,
+                          description=description)
+        (tmp / "README.md").write_text(card)
+        for rel, content in (extra_files or {}).items():
+            dest = tmp / rel
+            if not _inside(dest.resolve(), tmp.resolve()):
+                raise RuntimeUserError(f"extra file {rel} would be written outside the output directory")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, dest)
+            elif isinstance(content, bytes):
+                dest.write_bytes(content)
+            else:
+                dest.write_text(content)
+    return Path(out_dir)
+
+
+def save_state_dict(
+    out_dir: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source_dir: str | Path,
+    names: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Write an in-memory state dict as a model directory shaped like ``source_dir``.
+
+    ``names`` (default: the tensors of ``source_dir``'s checkpoint, so tied weights that
+    the source does not store are not written either) selects and orders the tensors.
+    Other keyword arguments go to :func:`write_model_dir`.
+    """
+    if names is None:
+        from actlang.run.checkpoint import Checkpoint
+
+        names = Checkpoint.open(source_dir).keys()
+    missing = [n for n in names if n not in state_dict]
+    if missing:
+        raise RuntimeUserError(f"the state dict lacks tensor {missing[0]} of {source_dir}")
+    ordered = sorted(names, key=natural_key)
+    layout = [OutTensor(n, state_dict[n].dtype, tuple(state_dict[n].shape)) for n in ordered]
+    return write_model_dir(out_dir, layout, lambda n: state_dict[n], source_dir=source_dir, **kwargs)

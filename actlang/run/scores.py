@@ -1,0 +1,207 @@
+"""Channel scores: how much each channel differs between two models on a probe.
+
+A :class:`Scores` maps entry keys (``"layers.3.mlp.up"``) to float64 score vectors, one value
+per channel. Higher means "more different / more relevant".
+
+Methods (:data:`METHODS`; ``a`` is the target, ``b`` the donor, means over scored tokens):
+
+==================  =================================================  ================
+``paired_absdiff``  ``mean_t |a_b,t - a_a,t|`` (paper default)          paired stats
+``absmean_diff``    ``| E|a|_b - E|a|_a |``                             unpaired stats
+``mean_diff``       ``| E a_b - E a_a |``                               unpaired stats
+``m2_diff``         ``| E a²_b - E a²_a |``                             unpaired stats
+``freq_diff``       ``| P_b(a>0) - P_a(a>0) |``                         unpaired stats
+==================  =================================================  ================
+
+Normalizations (``normalize=``): ``"relative"`` divides by the channels' typical magnitude
+``(E|a|_a + E|a|_b) / 2 + eps`` (for ``m2_diff`` by the mean second moment, for
+``freq_diff`` by nothing, as it is already a probability); ``"zscore"`` standardizes within
+each module (``(s - mean_module) / std_module``), which makes modules of different scales
+comparable before a global ranking.
+
+:func:`contrastive` is ``s(probe) - beta * s(control)``: channels that differ on the
+ability's probe *but not* on a control corpus (e.g. the specialist's own domain).
+Controls at equal budget: :func:`random_scores` (seeded) and :func:`weight_delta_scores`
+(L2 norm of each channel's parameter difference, read tensor by tensor from checkpoints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Literal, Mapping, Sequence
+
+import torch
+
+from actlang.run.adapters import ChannelSpace, Entry
+from actlang.run.checkpoint import Checkpoint
+from actlang.run.errors import RuntimeUserError
+from actlang.run.stats import ChannelStats
+
+__all__ = [
+    "METHODS",
+    "NORMALIZATIONS",
+    "Scores",
+    "compute_scores",
+    "contrastive",
+    "random_scores",
+    "weight_delta_scores",
+]
+
+METHODS = ("paired_absdiff", "absmean_diff", "mean_diff", "m2_diff", "freq_diff")
+NORMALIZATIONS = (None, "relative", "zscore")
+Method = Literal["paired_absdiff", "absmean_diff", "mean_diff", "m2_diff", "freq_diff"]
+EPS = 1e-8
+
+
+class Scores:
+    """Per-entry score vectors (float64), with the method that produced them."""
+
+    def __init__(self, values: Mapping[str, torch.Tensor], method: str = "custom") -> None:
+        self.values = {k: v.detach().to(torch.float64).cpu() for k, v in values.items()}
+        self.method = method
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise RuntimeUserError(f"no score for {key!r}",
+                                   hint="collect statistics for that module, or leave it out of the selection") from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.values
+
+    def keys(self) -> list[str]:
+        return list(self.values)
+
+    def items(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.values.items()
+
+    def normalized(self, how: str | None) -> "Scores":
+        """``zscore`` within each module (``relative`` needs statistics: see compute_scores)."""
+        if how is None:
+            return self
+        if how != "zscore":
+            raise RuntimeUserError(f"Scores.normalized supports 'zscore', not {how!r}")
+        return Scores({k: _zscore(v) for k, v in self.values.items()}, f"{self.method}+zscore")
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat(list(self.values.values())) if self.values else torch.zeros(0, dtype=torch.float64)
+
+    def concentration(self, fractions: Sequence[float] = (0.01, 0.05)) -> dict[float, float]:
+        """Share of the total (non-negative) score mass held by the top fraction of channels."""
+        s = self.flat().clamp_min(0).sort(descending=True).values
+        total = float(s.sum())
+        out = {}
+        for f in fractions:
+            k = max(1, round(f * s.numel()))
+            out[f] = float(s[:k].sum()) / total if total > 0 else 0.0
+        return out
+
+
+def _zscore(v: torch.Tensor) -> torch.Tensor:
+    if v.numel() < 2:
+        return torch.zeros_like(v)
+    std = v.std()
+    if not torch.isfinite(std) or std <= 0:
+        return torch.zeros_like(v)
+    return (v - v.mean()) / std
+
+
+def compute_scores(
+    method: str = "paired_absdiff",
+    *,
+    paired: ChannelStats | None = None,
+    a: ChannelStats | None = None,
+    b: ChannelStats | None = None,
+    normalize: str | None = None,
+    keys: Sequence[str] | None = None,
+) -> Scores:
+    """Scores of ``method`` from statistics (``a``: target model, ``b``: donor model).
+
+    ``paired_absdiff`` needs ``paired`` (and, for ``relative``, the paired statistics' own
+    ``sum_abs_a`` / ``sum_abs_b``); the others need unpaired ``a`` and ``b``.
+    """
+    if method not in METHODS:
+        raise RuntimeUserError(f"unknown score {method!r}", hint=f"scores: {', '.join(METHODS)}")
+    if normalize not in NORMALIZATIONS:
+        raise RuntimeUserError(f"unknown normalization {normalize!r}", hint="use relative or zscore")
+    if method == "paired_absdiff":
+        if paired is None or paired.kind != "paired":
+            raise RuntimeUserError("paired_absdiff needs paired statistics (both models on the same batches)")
+        src = paired
+    else:
+        if a is None or b is None or a.kind != "unpaired" or b.kind != "unpaired":
+            raise RuntimeUserError(f"{method} needs unpaired statistics of both models")
+        if set(a.keys()) != set(b.keys()):
+            raise RuntimeUserError(f"{method}: the two models' statistics cover different modules")
+        src = a
+    out: dict[str, torch.Tensor] = {}
+    for k in keys or src.keys():
+        if method == "paired_absdiff":
+            assert paired is not None
+            s = paired.mean_absdiff(k)
+            scale = 0.5 * (paired.mean(k, "sum_abs_a") + paired.mean(k, "sum_abs_b"))
+        else:
+            assert a is not None and b is not None
+            if method == "absmean_diff":
+                xa, xb = a.mean_abs(k), b.mean_abs(k)
+                scale = 0.5 * (xa + xb)
+            elif method == "mean_diff":
+                xa, xb = a.mean_act(k), b.mean_act(k)
+                scale = 0.5 * (a.mean_abs(k) + b.mean_abs(k))
+            elif method == "m2_diff":
+                xa, xb = a.mean_sq(k), b.mean_sq(k)
+                scale = 0.5 * (xa + xb)
+            else:  # freq_diff
+                xa, xb = a.frac_pos(k), b.frac_pos(k)
+                scale = torch.ones_like(xa) - EPS
+            s = (xb - xa).abs()
+        if normalize == "relative":
+            s = s / (scale + EPS)
+        elif normalize == "zscore":
+            s = _zscore(s)
+        out[k] = s
+    return Scores(out, method + (f"+{normalize}" if normalize else ""))
+
+
+def contrastive(probe: Scores, control: Scores, beta: float = 1.0) -> Scores:
+    """``probe - beta * control`` per channel (both over the same modules)."""
+    missing = [k for k in probe.keys() if k not in control]
+    if missing:
+        raise RuntimeUserError(f"the control scores lack {missing[0]!r}",
+                               hint="score the probe and the control corpus over the same modules")
+    return Scores({k: v - beta * control[k] for k, v in probe.items()},
+                  f"contrast({probe.method}, {control.method}, beta={beta:g})")
+
+
+def random_scores(space: ChannelSpace, seed: int = 0, entries: Iterable[Entry] | None = None) -> Scores:
+    """Uniform random scores (seeded): the *random channels* control at equal budget."""
+    g = torch.Generator().manual_seed(int(seed))
+    ents = list(space if entries is None else entries)
+    return Scores({e.key: torch.rand(e.size, generator=g, dtype=torch.float64) for e in ents}, f"random(seed={seed})")
+
+
+def weight_delta_scores(
+    space: ChannelSpace,
+    source: Checkpoint | str | Path,
+    target: Checkpoint | str | Path,
+    entries: Iterable[Entry] | None = None,
+) -> Scores:
+    """``||theta_src[channel] - theta_trg[channel]||_2`` over each channel's weight slice and
+    bias element: the *weight-delta* control. Reads one tensor pair at a time."""
+    src = source if isinstance(source, Checkpoint) else Checkpoint.open(source)
+    trg = target if isinstance(target, Checkpoint) else Checkpoint.open(target)
+    ents = list(space if entries is None else entries)
+    acc = {e.key: torch.zeros(e.size, dtype=torch.float64) for e in ents}
+    by_tensor: dict[str, list[tuple[Entry, int, int, int]]] = {}
+    for e in ents:
+        for p in e.parts:
+            by_tensor.setdefault(p.name, []).append((e, p.axis, p.offset, p.size))
+    for name, uses in by_tensor.items():
+        d = (src.get(name).to(torch.float64) - trg.get(name).to(torch.float64)).square()
+        for e, axis, off, size in uses:
+            sl = d.narrow(axis, off, size)
+            other = [i for i in range(sl.dim()) if i != axis]
+            acc[e.key] += sl.sum(dim=other) if other else sl
+        del d
+    return Scores({k: v.sqrt() for k, v in acc.items()}, "weight_delta")

@@ -1,0 +1,516 @@
+"""Per-channel activation statistics, reduced on the fly in forward hooks.
+
+Forward hooks on every module of a :class:`~actlang.run.adapters.ChannelSpace` reduce the
+module's output, on scored positions only (attention mask and the corpus' score spans), to
+per-channel float64 sums — no activation tensor outlives the hook.
+
+Unpaired statistics (one model; fields of :data:`UNPAIRED_FIELDS`)::
+
+    count      number of scored activations (tokens; tokens x heads for q_norm/k_norm)
+    sum        sum a            sum_abs   sum |a|
+    sum_sq     sum a^2          count_pos number of a > 0
+
+Paired statistics (two models run the *same* batch in lock-step: model A's scored
+activations of the batch are held until model B's hook for the same module reduces
+``a_B - a_A``; fields of :data:`PAIRED_FIELDS`)::
+
+    count, sum_absdiff (sum |a_B - a_A|, the paper's score numerator), sum_diff, sum_sqdiff,
+    sum_abs_a, sum_abs_b
+
+A paired pass yields both models' unpaired statistics too, at no extra forward pass.
+
+Statistics are sums, so two partial statistics merge exactly (:meth:`ChannelStats.merge`,
+``a + b``): the statistics of two halves of a corpus add up to those of the whole (up to
+float64 rounding of the sums), which makes them cacheable and lets distributed ranks
+all-reduce once (:meth:`ChannelStats.all_reduce`). They serialize to safetensors
+(:meth:`ChannelStats.save` / :meth:`ChannelStats.load`).
+
+:data:`COUNTERS` counts forward passes over corpora (``forward_passes``, one per model per
+collection call), model forward calls (``forward_batches``) and scored tokens — so tests can
+prove that work was, or was not, done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from actlang.run.adapters import ChannelSpace, Entry
+from actlang.run.corpus import Batch, TokenizedCorpus
+from actlang.run.errors import RuntimeUserError
+
+__all__ = [
+    "COUNTERS",
+    "ChannelStats",
+    "Counters",
+    "PAIRED_FIELDS",
+    "PairedResult",
+    "UNPAIRED_FIELDS",
+    "collect_paired_stats",
+    "collect_stats",
+    "default_stat_entries",
+]
+
+UNPAIRED_FIELDS = ("count", "sum", "sum_abs", "sum_sq", "count_pos")
+PAIRED_FIELDS = ("count", "sum_absdiff", "sum_diff", "sum_sqdiff", "sum_abs_a", "sum_abs_b")
+StatKind = Literal["unpaired", "paired"]
+
+
+@dataclass
+class Counters:
+    """Work counters (process-wide, see :data:`COUNTERS`)."""
+
+    forward_passes: int = 0
+    forward_batches: int = 0
+    tokens_scored: int = 0
+    passes_by_label: dict[str, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.forward_passes = self.forward_batches = self.tokens_scored = 0
+        self.passes_by_label.clear()
+
+    def _pass(self, label: str | None) -> None:
+        self.forward_passes += 1
+        if label is not None:
+            self.passes_by_label[label] = self.passes_by_label.get(label, 0) + 1
+
+
+COUNTERS = Counters()
+
+
+class ChannelStats:
+    """Per-entry, per-channel float64 sums (``data[entry_key][field] -> tensor [channels]``)."""
+
+    def __init__(self, kind: StatKind, data: Mapping[str, Mapping[str, torch.Tensor]],
+                 meta: Mapping[str, str] | None = None) -> None:
+        self.kind: StatKind = kind
+        self.data = {k: dict(v) for k, v in data.items()}
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def zeros(cls, kind: StatKind, entries: Iterable[Entry], meta: Mapping[str, str] | None = None,
+              device: torch.device | str = "cpu") -> "ChannelStats":
+        fields = UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS
+        data = {e.key: {f: torch.zeros(e.size, dtype=torch.float64, device=device) for f in fields} for e in entries}
+        return cls(kind, data, meta)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return UNPAIRED_FIELDS if self.kind == "unpaired" else PAIRED_FIELDS
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
+    def __getitem__(self, key: str) -> dict[str, torch.Tensor]:
+        try:
+            return self.data[key]
+        except KeyError:
+            raise RuntimeUserError(f"no statistics for {key!r}",
+                                   hint="the statistics were collected for other modules") from None
+
+    # -- derived means ----------------------------------------------------------------------
+
+    def mean(self, key: str, fld: str) -> torch.Tensor:
+        """``fld / count`` per channel (0 where nothing was counted)."""
+        d = self[key]
+        count = d["count"]
+        return torch.where(count > 0, d[fld] / count.clamp_min(1), torch.zeros_like(count))
+
+    def mean_act(self, key: str) -> torch.Tensor:
+        return self.mean(key, "sum")
+
+    def mean_abs(self, key: str) -> torch.Tensor:
+        return self.mean(key, "sum_abs")
+
+    def mean_sq(self, key: str) -> torch.Tensor:
+        return self.mean(key, "sum_sq")
+
+    def frac_pos(self, key: str) -> torch.Tensor:
+        return self.mean(key, "count_pos")
+
+    def mean_absdiff(self, key: str) -> torch.Tensor:
+        """Paired: ``mean_t |a_B - a_A|`` (the paper's Δa)."""
+        return self.mean(key, "sum_absdiff")
+
+    @property
+    def n_scored(self) -> int:
+        """Scored tokens counted by the first entry (activations for q_norm-like entries)."""
+        for d in self.data.values():
+            return int(d["count"][0]) if d["count"].numel() else 0
+        return 0
+
+    # -- algebra ----------------------------------------------------------------------------
+
+    def merge(self, other: "ChannelStats") -> "ChannelStats":
+        """The statistics of both parts together (fieldwise sums)."""
+        if self.kind != other.kind:
+            raise RuntimeUserError(f"cannot merge {self.kind} with {other.kind} statistics")
+        if set(self.data) != set(other.data):
+            missing = sorted(set(self.data) ^ set(other.data))
+            raise RuntimeUserError(f"cannot merge statistics of different modules (e.g. {missing[0]})")
+        data = {}
+        for k, d in self.data.items():
+            o = other.data[k]
+            if d["count"].shape != o["count"].shape:
+                raise RuntimeUserError(f"cannot merge statistics: {k} has {d['count'].numel()} vs "
+                                       f"{o['count'].numel()} channels")
+            data[k] = {f: d[f] + o[f].to(d[f].device) for f in self.fields}
+        meta = {k: v for k, v in self.meta.items() if other.meta.get(k) == v}
+        return ChannelStats(self.kind, data, meta)
+
+    __add__ = merge
+
+    def all_reduce(self, group: Any = None) -> "ChannelStats":
+        """Sum the statistics of every ``torch.distributed`` rank, in place (one call per
+        tensor; a no-op when no process group is initialised). Returns ``self``."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for k in self.data:
+                for f in self.fields:
+                    dist.all_reduce(self.data[k][f], op=dist.ReduceOp.SUM, group=group)
+        return self
+
+    def allclose(self, other: "ChannelStats", rtol: float = 1e-12, atol: float = 0.0) -> bool:
+        return (self.kind == other.kind and set(self.data) == set(other.data) and all(
+            torch.allclose(self.data[k][f], other.data[k][f], rtol=rtol, atol=atol)
+            for k in self.data for f in self.fields))
+
+    # -- serialization ----------------------------------------------------------------------
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{k}/{f}": self.data[k][f].detach().cpu().contiguous()
+                for k in self.data for f in self.fields}
+
+    def save(self, path: str | Path) -> Path:
+        """Write a safetensors file (atomically: temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"actlang": "channel-stats/1", "kind": self.kind, "keys": json.dumps(list(self.data)),
+                **{f"meta.{k}": str(v) for k, v in self.meta.items()}}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(self.to_tensors(), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ChannelStats":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise RuntimeUserError(f"statistics file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("actlang") != "channel-stats/1":
+                    raise RuntimeUserError(f"{path} is not an actlang statistics file")
+                kind = meta["kind"]
+                keys = json.loads(meta["keys"])
+                fields = UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS
+                data = {k: {fl: f.get_tensor(f"{k}/{fl}") for fl in fields} for k in keys}
+        except RuntimeUserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt cache file is a user-visible error
+            raise RuntimeUserError(f"cannot read statistics file {path}: {err}") from None
+        user_meta = {k[5:]: v for k, v in meta.items() if k.startswith("meta.")}
+        return cls(kind, data, user_meta)  # type: ignore[arg-type]
+
+
+@dataclass
+class PairedResult:
+    """What one lock-step pass over a corpus yields."""
+
+    paired: ChannelStats
+    a: ChannelStats | None
+    b: ChannelStats | None
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def default_stat_entries(space: ChannelSpace) -> list[Entry]:
+    """Entries with a hook that are selectable by default (not embed / lm_head / norms)."""
+    return [e for e in space if e.hook is not None and not e.default_excluded]
+
+
+class _Capture:
+    """Forward hooks reducing module outputs of one model into statistics."""
+
+    def __init__(self, model: nn.Module, entries: Sequence[Entry], unpaired: ChannelStats | None) -> None:
+        self.model = model
+        self.entries = list(entries)
+        self.unpaired = unpaired
+        self.sites: dict[tuple[str, int], list[Entry]] = {}
+        for e in self.entries:
+            if e.hook is None:
+                raise RuntimeUserError(f"{e.key} has no forward hook site; it has no activation statistics",
+                                       hint="use a weight_delta or random score for it")
+            self.sites.setdefault((e.hook.module, e.hook.seq_axis), []).append(e)
+        self.handles: list[Any] = []
+        self.flat_idx: torch.Tensor | None = None
+        self.B = self.T = 0
+        self.stash: dict[str, torch.Tensor] | None = None
+        self.paired: ChannelStats | None = None
+        self.mode: str = "plain"  # "plain" | "stash" | "diff"
+
+    def __enter__(self) -> "_Capture":
+        for (module_path, seq_axis), entries in self.sites.items():
+            try:
+                module = self.model.get_submodule(module_path)
+            except AttributeError:
+                raise RuntimeUserError(
+                    f"module {module_path} (for {entries[0].key}) does not exist in this model",
+                    hint="the model does not match its config.json or adapter",
+                ) from None
+            self.handles.append(module.register_forward_hook(self._make_hook(module_path, seq_axis, entries)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def set_batch(self, score_mask: torch.Tensor, device: torch.device) -> None:
+        self.B, self.T = score_mask.shape
+        if bool(score_mask.all()):
+            self.flat_idx = None
+        else:
+            self.flat_idx = score_mask.reshape(-1).nonzero().squeeze(1).to(device)
+
+    def _make_hook(self, module_path: str, seq_axis: int, entries: list[Entry]) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            x = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(x, torch.Tensor):
+                raise RuntimeUserError(f"module {module_path} does not return a tensor; it cannot be hooked")
+            B, T = self.B, self.T
+            if seq_axis != 1 and x.dim() > seq_axis:
+                x = x.movedim(seq_axis, 1)
+            if x.dim() < 2 or x.shape[1] != T or x.shape[0] not in (B, 1):
+                raise RuntimeUserError(
+                    f"output of {module_path} has shape {list(x.shape)}, not [batch, seq, ...]",
+                    hint="statistics hook token-wise module outputs only",
+                )
+            if x.shape[0] != B:
+                x = x.expand(B, *x.shape[1:])
+            width = x.shape[-1]
+            x = x.reshape(B * T, -1, width)
+            if self.flat_idx is not None:
+                x = x.index_select(0, self.flat_idx)
+            x = x.reshape(-1, width)
+            for e in entries:
+                h = e.hook
+                assert h is not None
+                if h.stop > width:
+                    raise RuntimeUserError(
+                        f"output of {module_path} has {width} features, fewer than {e.key} needs ({h.stop})",
+                        hint="a raw selector's axis must be the module's output axis",
+                    )
+                xs = x[:, h.start : h.stop] if (h.start, h.stop) != (0, width) else x
+                if self.unpaired is not None:
+                    _reduce_unpaired(self.unpaired.data[e.key], xs)
+                if self.mode == "stash":
+                    assert self.stash is not None
+                    # without padding xs is a view of the module's output: copy it
+                    self.stash[e.key] = xs.clone() if self.flat_idx is None else xs
+                elif self.mode == "diff":
+                    assert self.stash is not None and self.paired is not None
+                    other = self.stash.pop(e.key).to(xs.device)
+                    _reduce_paired(self.paired.data[e.key], other, xs)
+
+        return hook
+
+
+def _reduce_unpaired(acc: dict[str, torch.Tensor], xs: torch.Tensor) -> None:
+    n = xs.shape[0]
+    if n == 0:
+        return
+    f64 = torch.float64
+    acc["count"] += n
+    acc["sum"] += xs.sum(0, dtype=f64)
+    acc["sum_abs"] += xs.abs().sum(0, dtype=f64)
+    acc["sum_sq"] += xs.square().sum(0, dtype=f64)
+    acc["count_pos"] += (xs > 0).sum(0, dtype=f64)
+
+
+def _reduce_paired(acc: dict[str, torch.Tensor], xa: torch.Tensor, xb: torch.Tensor) -> None:
+    n = xb.shape[0]
+    if n == 0:
+        return
+    f64 = torch.float64
+    d = xb.to(f64) - xa.to(f64)
+    acc["count"] += n
+    acc["sum_absdiff"] += d.abs().sum(0)
+    acc["sum_diff"] += d.sum(0)
+    acc["sum_sqdiff"] += d.square().sum(0)
+    acc["sum_abs_a"] += xa.abs().sum(0, dtype=f64)
+    acc["sum_abs_b"] += xb.abs().sum(0, dtype=f64)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _batches(data: TokenizedCorpus | Iterable[Batch], batch_size: int) -> Iterable[Batch]:
+    if isinstance(data, TokenizedCorpus):
+        return data.batches(batch_size)
+    return data
+
+
+def _run(model: nn.Module, batch: Batch, need_logits: bool) -> None:
+    target = model if need_logits else getattr(model, "base_model", model)
+    target(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    COUNTERS.forward_batches += 1
+
+
+def _needs_logits(model: nn.Module, entries: Sequence[Entry]) -> bool:
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return True
+    base_modules = {id(m) for m in base.modules()}
+    for e in entries:
+        assert e.hook is not None
+        try:
+            if id(model.get_submodule(e.hook.module)) not in base_modules:
+                return True
+        except AttributeError:
+            return True
+    return False
+
+
+def _resolve_entries(space: ChannelSpace, entries: Sequence[Entry | str] | None) -> list[Entry]:
+    if entries is None:
+        return default_stat_entries(space)
+    return [space[e] if isinstance(e, str) else e for e in entries]
+
+
+def _meta(space: ChannelSpace, data: Any, extra: Mapping[str, str] | None) -> dict[str, str]:
+    meta = {"model_type": str(space.model_type)}
+    if isinstance(data, TokenizedCorpus):
+        meta["corpus_digest"] = data.digest()
+    meta.update(extra or {})
+    return meta
+
+
+def collect_stats(
+    model: nn.Module,
+    space: ChannelSpace,
+    data: TokenizedCorpus | Iterable[Batch],
+    *,
+    entries: Sequence[Entry | str] | None = None,
+    batch_size: int = 8,
+    label: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    meta: Mapping[str, str] | None = None,
+) -> ChannelStats:
+    """Unpaired statistics of ``model`` over a corpus, in one forward pass over it.
+
+    ``entries`` defaults to :func:`default_stat_entries`. ``progress`` is called with the
+    number of scored tokens of each batch. ``label`` names the model in
+    ``COUNTERS.passes_by_label``.
+    """
+    ents = _resolve_entries(space, entries)
+    device = _device_of(model)
+    stats = ChannelStats.zeros("unpaired", ents, meta=_meta(space, data, meta), device=device)
+    need_logits = _needs_logits(model, ents)
+    was_training = model.training
+    model.eval()
+    COUNTERS._pass(label)
+    try:
+        with _Capture(model, ents, stats) as cap, torch.inference_mode():
+            for batch in _batches(data, batch_size):
+                batch = batch.to(device)
+                cap.set_batch(batch.score_mask, device)
+                _run(model, batch, need_logits)
+                n = batch.n_scored
+                COUNTERS.tokens_scored += n
+                if progress:
+                    progress(n)
+    finally:
+        model.train(was_training)
+    return ChannelStats("unpaired", {k: {f: t.cpu() for f, t in d.items()} for k, d in stats.data.items()},
+                        stats.meta)
+
+
+def collect_paired_stats(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    space: ChannelSpace,
+    data: TokenizedCorpus | Iterable[Batch],
+    *,
+    entries: Sequence[Entry | str] | None = None,
+    batch_size: int = 8,
+    unpaired: bool = True,
+    labels: tuple[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    meta: Mapping[str, str] | None = None,
+) -> PairedResult:
+    """Paired statistics of ``model_b - model_a`` on the same batches, in lock-step.
+
+    For each batch, model A runs first and its hooks keep that batch's scored activations;
+    model B's hooks then reduce ``a_B - a_A`` per module and drop A's activations at once.
+    Memory: one batch of A's hooked activations (choose ``batch_size`` accordingly).
+    With ``unpaired`` (default), each model's unpaired statistics come out of the same pass.
+    """
+    if model_a is model_b:
+        raise RuntimeUserError("paired statistics need two different model objects",
+                               hint="load the second model separately")
+    ents = _resolve_entries(space, entries)
+    dev_a, dev_b = _device_of(model_a), _device_of(model_b)
+    m = _meta(space, data, meta)
+    paired = ChannelStats.zeros("paired", ents, meta=m, device=dev_b)
+    sa = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_a) if unpaired else None
+    sb = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_b) if unpaired else None
+    need_a, need_b = _needs_logits(model_a, ents), _needs_logits(model_b, ents)
+    modes = (model_a.training, model_b.training)
+    model_a.eval()
+    model_b.eval()
+    la, lb = labels or (None, None)
+    COUNTERS._pass(la)
+    COUNTERS._pass(lb)
+    stash: dict[str, torch.Tensor] = {}
+    try:
+        with _Capture(model_a, ents, sa) as ca, _Capture(model_b, ents, sb) as cb, torch.inference_mode():
+            ca.mode, ca.stash = "stash", stash
+            cb.mode, cb.stash, cb.paired = "diff", stash, paired
+            for batch in _batches(data, batch_size):
+                ba, bb = batch.to(dev_a), batch.to(dev_b)
+                ca.set_batch(ba.score_mask, dev_a)
+                cb.set_batch(bb.score_mask, dev_b)
+                _run(model_a, ba, need_a)
+                _run(model_b, bb, need_b)
+                if stash:
+                    raise RuntimeUserError(
+                        f"model B never ran the modules {sorted(stash)[:3]} that model A ran",
+                        hint="paired statistics need two models of one architecture",
+                    )
+                n = batch.n_scored
+                COUNTERS.tokens_scored += n
+                if progress:
+                    progress(n)
+    finally:
+        stash.clear()
+        model_a.train(modes[0])
+        model_b.train(modes[1])
+
+    def cpu(s: ChannelStats | None) -> ChannelStats | None:
+        if s is None:
+            return None
+        return ChannelStats(s.kind, {k: {f: t.cpu() for f, t in d.items()} for k, d in s.data.items()}, s.meta)
+
+    out = cpu(paired)
+    assert out is not None
+    return PairedResult(out, cpu(sa), cpu(sb))
