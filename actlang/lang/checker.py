@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -494,8 +495,7 @@ class _Checker:
             if isinstance(expr, ast.Str) and expr.value in spec.choices:
                 return self._type_error(expr, "model", "a string", scope=scope,
                                         hint=f"write {expr.value} without quotes")
-            model = self.model_ref(expr, scope)
-            return model if model is INVALID else model.name
+            return self.model_ref(expr, scope)
         value = self.typed_value(expr, spec.type, scope)
         if value is INVALID or spec.type not in ("int", "float"):
             return value
@@ -807,7 +807,7 @@ class _Checker:
         values = [self.typed(item, spec, item_scope) for item in items]
         if INVALID in values:
             return INVALID
-        labels = [self._source_text(item) for item in items]
+        labels = [_path_safe(self._source_text(item)) for item in items]
         return values[self.sweep.choose(call, spec.name, labels)]
 
     def _list_literal(self, expr: ast.Expr, scope: _Scope) -> tuple[ast.ListExpr, _Scope] | None:
@@ -996,6 +996,10 @@ class _Checker:
             args = self.call_args(expr, scope)
             if args is INVALID:
                 return INVALID
+            if not args["ability"].evals:
+                return self.error("E202", f"ability `{args['ability'].name}` has no eval to "
+                                  "measure", expr.span, site=scope.recipe_site,
+                                  hint="add `eval = exact_match(...)` to the ability")
             return P.Measure(args["ability"], args.get("on", "output"))
         if isinstance(expr, ast.Path) and not expr.is_glob:
             return self.value_of(expr, scope, "number", lambda e, s: self.quantity(e, s))
@@ -1068,6 +1072,12 @@ class _Checker:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _path_safe(label: str) -> str:
+    """A sweep value as a directory-name part: `random(seed = 0)` -> `random(seed=0)`."""
+    compact = re.sub(r"\s*([=,])\s*", r"\1", label.strip())
+    return re.sub(r"[^A-Za-z0-9._%=+\-(),\[\]]", "_", compact)
 
 
 def _a(word: str) -> str:

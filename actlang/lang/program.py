@@ -217,12 +217,11 @@ class FinetuneSpec:
 class Measure:
     """``eval(ability, on = ...)``: the ability's first eval, measured on a model or stage.
 
-    ``on`` is a model name or one of "output" (after fine-tune, the default) and "transferred"
-    (after transfer, before fine-tune)."""
+    ``on`` is a model, or a stage of the surgery: "output" (after fine-tune, the default),
+    "transferred" (after transfer, before fine-tune) or "target"."""
 
     ability: AbilitySpec
-    on: str
-    metric: str = "primary"
+    on: Union[str, ModelSpec]
 
 
 @dataclass(frozen=True)

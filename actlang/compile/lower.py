@@ -1,0 +1,105 @@
+"""Checked program → operation graph (before optimization).
+
+Every surgery (each point of a sweep is one) contributes its ops; equal ops are one node, so
+what two surgeries share is computed once. Edges point from an op to the ops that use its
+result. Statistics are attached to the models they need (``load → statistic``); the
+``fuse_captures`` pass then groups them into forward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import networkx as nx
+
+from actlang.compile import ops as O
+from actlang.lang import program as P
+
+PAIRED_SCORES = ("paired_absdiff",)
+UNPAIRED_SCORES = ("absmean_diff", "mean_diff", "m2_diff", "freq_diff")
+
+
+def lower(program: P.Program) -> nx.DiGraph:
+    """Build the unoptimized graph of a program: one node per distinct op."""
+    graph = nx.DiGraph()
+    for surgery in program.surgeries:
+        _lower_surgery(graph, surgery)
+    return graph
+
+
+def _edge(graph: nx.DiGraph, source: O.Op, sink: O.Op) -> None:
+    graph.add_edge(source, sink)
+
+
+def _statistics(score: O.Score) -> list[O.Statistic]:
+    """The statistics a score reads (none for random and weight_delta)."""
+    corpora = [score.ability.probe]
+    if score.contrast > 0:
+        assert score.ability.control is not None, "the checker requires a control corpus"
+        corpora.append(score.ability.control)
+    tokenizer = score.target
+    if score.score.name in PAIRED_SCORES:
+        return [O.Statistic(score.target, c, tokenizer, partner=score.donor) for c in corpora]
+    if score.score.name in UNPAIRED_SCORES:
+        return [O.Statistic(m, c, tokenizer) for c in corpora for m in (score.target, score.donor)]
+    return []
+
+
+def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:
+    target = surgery.target
+    state: O.ModelState
+    donors: list[P.ModelSpec]
+    if surgery.transfers:
+        selections = []
+        for rule in surgery.transfers:
+            score = O.Score(target, rule.donor, rule.ability, rule.score, rule.normalize,
+                            rule.contrast)
+            graph.add_node(score)
+            for statistic in _statistics(score):
+                for model in filter(None, (statistic.model, statistic.partner)):
+                    _edge(graph, O.LoadModel(model), statistic)
+                _edge(graph, statistic, score)
+            select = O.Select(score, replace(rule, lambda_=1.0))
+            _edge(graph, score, select)
+            selections.append((select, rule.lambda_))
+        state = O.Transfer(target, tuple(selections), surgery.overlap)
+        for select, _ in selections:
+            _edge(graph, select, state)
+        donors = [rule.donor for rule in surgery.transfers]
+    else:
+        assert surgery.merge is not None, "the checker requires a transfer or merge rule"
+        state = O.MergeModels(target, surgery.merge)
+        graph.add_node(state)
+        donors = list(surgery.merge.donors)
+    stages: dict[str, O.ModelState] = {"target": target, "transferred": state, "output": state}
+    if surgery.finetune is not None and surgery.finetune.scope != "none":
+        finetuned = O.Finetune(state, surgery.finetune)
+        _edge(graph, O.LoadModel(target), finetuned)  # trains from the transferred weights
+        _edge(graph, state, finetuned)
+        stages["output"] = finetuned
+    save = O.Save(surgery, stages["output"])
+    _edge(graph, stages["output"], save)
+    # The before/after table: target, donors, after transfer, after fine-tune.
+    states = [target, *dict.fromkeys(donors), state, stages["output"]]
+    measured = [(a, s) for a in surgery.evals for s in dict.fromkeys(states)]
+    for expectation in surgery.expects:
+        for measure in _measures(expectation.left) + _measures(expectation.right):
+            on = stages[measure.on] if isinstance(measure.on, str) else measure.on
+            measured.append((measure.ability, on))
+    for ability, on in dict.fromkeys(measured):
+        if not ability.evals:
+            continue
+        evaluate = O.Evaluate(ability, on)
+        if isinstance(on, P.ModelSpec):
+            _edge(graph, O.LoadModel(on), evaluate)
+        else:
+            _edge(graph, on, evaluate)
+        _edge(graph, evaluate, save)
+
+
+def _measures(quantity: P.Quantity) -> list[P.Measure]:
+    if isinstance(quantity, P.Measure):
+        return [quantity]
+    if isinstance(quantity, P.Arith):
+        return _measures(quantity.left) + _measures(quantity.right)
+    return []
