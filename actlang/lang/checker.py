@@ -410,7 +410,9 @@ class _Checker:
                            location=location, revision=args.get("revision"),
                            dtype=args.get("dtype", "auto"),
                            trust_remote_code=args.get("trust_remote_code", False),
-                           allow_pickle=args.get("allow_pickle", False), span=decl.span)
+                           allow_pickle=args.get("allow_pickle", False),
+                           zoo_profile=args.get("profile", "default"),
+                           zoo_seed=args.get("seed", 0), span=decl.span)
 
     def ability_decl(self, decl: ast.AbilityDecl, scope: _Scope) -> Any:
         fields = self.fields(decl.body, schema.ABILITY_FIELDS, scope, decl, "ability")
@@ -689,7 +691,9 @@ class _Checker:
         if name == "lines":
             return P.LinesCorpus(tuple(args["documents"]), options)
         if name == "zoo_data":
-            return P.ZooCorpus(args["ability"], args.get("split", "probe"), options)
+            return P.ZooCorpus(args["ability"], args.get("split", "probe"), options,
+                               zoo_profile=args.get("profile", "default"),
+                               zoo_seed=args.get("zoo_seed", 0))
         parts = args["*"]
         if not parts:
             return self.error("E304", "mix needs at least one corpus", call.span,

@@ -33,6 +33,8 @@ class ModelSpec:
     dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    zoo_profile: str = "default"  # zoo models only
+    zoo_seed: int = 0
     span: Span | None = _span()
 
 
@@ -80,6 +82,8 @@ class ZooCorpus:
     ability: str
     split: str
     options: CorpusOptions = CorpusOptions()
+    zoo_profile: str = "default"
+    zoo_seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ FINETUNE_SCOPES = ("transferred", "full", "none")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 STAGES = ("output", "transferred", "target")
+ZOO_PROFILES = ("default", "small", "tiny")
 BUDGET_SCOPES = ("global", "module", "layer")
 
 # ---- blocks -----------------------------------------------------------------------------------------
@@ -198,9 +199,11 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
                   required=True),
         *_MODEL_OPTIONS)),
     FunctionSpec("zoo", "model", "a tiny synthetic model that actlang builds (actc zoo build)", (
-        FieldSpec("name", "string", "e.g. \"recover/base\"", required=True),
+        FieldSpec("name", "string", "base | tuned | lang_b | facts | planted | planted_decoy",
+                  required=True),
         FieldSpec("seed", "int", "zoo seed", default="0", low=0),
-        FieldSpec("profile", "enum", "zoo size", default="full", choices=("full", "small")),
+        FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
+                  default="default", choices=ZOO_PROFILES),
         *_MODEL_OPTIONS)),
     FunctionSpec("text", "corpus", "a text file, one document per line", (
         FieldSpec("path", "string", "file, relative to the spec", required=True),
@@ -216,12 +219,13 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         FieldSpec("documents", "list[string]", "the documents", required=True),
         *_CORPUS_OPTIONS)),
     FunctionSpec("zoo_data", "corpus", "a split of a zoo ability's data", (
-        FieldSpec("ability", "string", "language_a | language_b | arithmetic | facts",
-                  required=True),
+        FieldSpec("ability", "enum", "which ability", required=True,
+                  choices=("lang_a", "lang_b", "arithmetic", "facts")),
         FieldSpec("split", "enum", "which split", default="probe",
                   choices=("train", "probe", "eval")),
         FieldSpec("zoo_seed", "int", "zoo seed", default="0", low=0),
-        FieldSpec("profile", "enum", "zoo size", default="full", choices=("full", "small")),
+        FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
+                  default="default", choices=ZOO_PROFILES),
         *_CORPUS_OPTIONS)),
     FunctionSpec("mix", "corpus", "documents drawn from several corpora", (
         FieldSpec("weights", "list[float]", "one weight per corpus", default="equal"),

@@ -111,7 +111,7 @@ def test_finetune_merge_and_expect(tmp_path: Path) -> None:
     assert finetune.steps == 5 and finetune.lr == 1e-3 and finetune.scope == "transferred"
     assert finetune.data.weights == (0.75, 0.25)
     (expect,) = specs[0].expects
-    assert expect.right == P.Arith("*", P.Number(0.9), P.Measure(expect.left.ability, "base"))
+    assert expect.right == P.Arith("*", P.Number(0.9), P.Measure(expect.left.ability, specs[0].transfers[0].donor))
     assert expect.source == "eval(math) >= 0.9 * eval(math, on = base)"
     assert specs[1].merge.method == "ties" and specs[1].merge.density == 0.2
 

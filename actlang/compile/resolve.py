@@ -1,0 +1,138 @@
+"""Where a spec's models and zoo corpora live on disk, and what identifies their weights.
+
+* ``local("dir")`` — the directory (already resolved against the spec by the checker);
+* ``hub("org/name", revision = ...)`` — the snapshot in the local Hugging Face cache
+  (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``); nothing is
+  downloaded;
+* ``zoo("base")`` — a model of the zoo, built on first use (``actc zoo build`` builds ahead).
+  ``$ACTLANG_ZOO_PROFILE`` replaces the profile of every zoo reference (``small`` makes test
+  runs quick); the lockfile records what was used.
+
+A model's identity — the key of everything cached about it — is a content digest of its
+config and safetensors files (hashed once, memoized by the cache), or the pinned hub commit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from actlang.compile.cache import Cache, digest
+from actlang.lang import program as P
+from actlang.run.errors import RuntimeUserError
+
+ZOO_PROFILE_ENV = "ACTLANG_ZOO_PROFILE"
+
+
+@dataclass(frozen=True)
+class ZooRef:
+    profile: str
+    seed: int
+
+
+def zoo_ref(spec: P.ModelSpec | P.ZooCorpus) -> ZooRef:
+    """Which zoo a zoo model or corpus belongs to (after the environment override)."""
+    profile = os.environ.get(ZOO_PROFILE_ENV) or spec.zoo_profile
+    return ZooRef(profile, spec.zoo_seed)
+
+
+def zoo_directory(ref: ZooRef, cache: Cache) -> Path:
+    """The directory the zoo has (or will have) in the cache; building it is separate."""
+    from actlang.zoo.build import zoo_config, zoo_key
+
+    key = zoo_key(zoo_config(ref.profile), ref.seed)
+    return cache.root / "zoo" / f"{ref.profile}-s{ref.seed}-{key[:16]}"
+
+
+def ensure_zoo(ref: ZooRef, cache: Cache, log=None):
+    """Build the zoo if needed and return its manifest."""
+    from actlang.zoo.build import build_zoo
+
+    return build_zoo(cache.root / "zoo", seed=ref.seed, profile=ref.profile, log=log)
+
+
+def hub_snapshot(repo_id: str, revision: str) -> Path:
+    """The local snapshot directory of a hub model at a revision (commit or branch)."""
+    root = Path(os.environ.get("HF_HUB_CACHE") or
+                Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = revision
+    ref_file = repo / "refs" / revision
+    if ref_file.is_file():
+        commit = ref_file.read_text().strip()
+    snapshot = repo / "snapshots" / commit
+    if not snapshot.is_dir():
+        raise RuntimeUserError(
+            f"{repo_id} at revision {revision} is not in the local Hugging Face cache "
+            f"({root})",
+            hint=f"download it first: huggingface-cli download {repo_id} --revision {revision}")
+    return snapshot
+
+
+def model_directory(spec: P.ModelSpec, cache: Cache, build: bool) -> Path | None:
+    """A model's directory; None for a zoo model that is not built when ``build`` is false."""
+    if spec.source == "local":
+        return Path(spec.location)
+    if spec.source == "hub":
+        assert spec.revision is not None, "the checker requires a pinned revision"
+        return hub_snapshot(spec.location, spec.revision)
+    ref = zoo_ref(spec)
+    directory = zoo_directory(ref, cache)
+    if not (directory / "zoo.json").is_file():
+        if not build:
+            return None
+        ensure_zoo(ref, cache)
+    from actlang.zoo.build import load_zoo
+
+    try:
+        return load_zoo(directory).model_path(spec.location)
+    except KeyError as error:
+        raise RuntimeUserError(str(error.args[0])) from None
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files whose content defines a model: config and safetensors (sorted)."""
+    return sorted([directory / "config.json", *directory.glob("*.safetensors")])
+
+
+def model_identity(spec: P.ModelSpec, directory: Path | None, cache: Cache,
+                   compute: bool) -> str | None:
+    """Content identity of a model's weights. With ``compute`` false, only memoized digests
+    are used (no tensor data is read) and None means "never hashed in this state"."""
+    if spec.source == "hub":
+        assert directory is not None
+        return digest("hub", spec.location, directory.name)  # the snapshot's commit
+    if directory is None:
+        return None
+    parts = []
+    for file in weight_files(directory):
+        if not file.is_file():
+            return None
+        value = cache.file_digest(file) if compute else cache.known_file_digest(file)
+        if value is None:
+            return None
+        parts.append((file.name, value))
+    return digest("weights", parts)
+
+
+def zoo_corpus(corpus: P.ZooCorpus, cache: Cache, build: bool) -> P.JsonlCorpus | None:
+    """A zoo corpus as the jsonl file it is (None if the zoo is not built and ``build`` is
+    false). Probe and eval records are {q, a}; only the answer is scored."""
+    ref = zoo_ref(corpus)
+    directory = zoo_directory(ref, cache)
+    if not (directory / "zoo.json").is_file():
+        if not build:
+            return None
+        ensure_zoo(ref, cache)
+    from actlang.zoo.build import load_zoo
+
+    manifest = load_zoo(directory)
+    if corpus.ability not in manifest.data["corpora"]:
+        raise RuntimeUserError(f"the zoo has no ability `{corpus.ability}`",
+                               hint="abilities: " + ", ".join(manifest.data["corpora"]))
+    path = str(manifest.corpus_path(corpus.ability, corpus.split))
+    if corpus.split == "train":
+        return P.JsonlCorpus(path, text="{text}", options=corpus.options)
+    return P.JsonlCorpus(path, text="{q} {a}", score="a", prompt="q", answer="a",
+                         options=corpus.options)
