@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actlang.run.adapters import ChannelSpace
+from actlang.run.errors import GlobalChannelWarning, RuntimeUserError
+from actlang.run.scores import Scores, compute_scores, contrastive, random_scores, weight_delta_scores
+from actlang.run.select import Budget, candidate_entries, select_channels
+from actlang.run.stats import ChannelStats
+
+from conftest import make_config
+
+
+def _space(family="llama", **kw) -> ChannelSpace:
+    return ChannelSpace.from_config(make_config(family, **kw).to_dict())
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), frac=st.floats(0, 1), family=st.sampled_from(["llama", "phi3", "gpt2", "qwen3"]),
+       granularity=st.sampled_from(["channel", "neuron", "head", "module", "layer"]))
+def test_selected_count_equals_budget(seed, frac, family, granularity):
+    space = _space(family)
+    scores = random_scores(space, seed)
+    mask = select_channels(scores, space, Budget("global", frac), granularity=granularity)
+    total = mask.meta["units_total"]
+    assert mask.meta["units_selected"] == math.floor(frac * total + 0.5)
+    if granularity == "channel":
+        assert mask.n_channels == mask.meta["units_selected"]
+        # the selected channels are exactly the top ones
+        flat = torch.cat([scores[e.key] for e in candidate_entries(space)])
+        chosen = torch.cat([mask.selected(e.key) for e in candidate_entries(space)])
+        if chosen.any() and not chosen.all():
+            assert flat[chosen].min() >= flat[~chosen].max()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(0, 200), lo=st.integers(0, 3), hi=st.integers(3, 40))
+def test_count_budget_with_guards(seed, n, lo, hi):
+    space = _space("llama")
+    scores = random_scores(space, seed)
+    n_modules = len(space.match(["mlp.*"]))
+    if n < lo * n_modules or n > hi * n_modules:
+        with pytest.raises(RuntimeUserError, match="min_per_module|max_per_module"):
+            select_channels(scores, space, n, kinds=["mlp.*"], min_per_module=lo, max_per_module=hi)
+        return
+    mask = select_channels(scores, space, n, kinds=["mlp.*"], min_per_module=lo, max_per_module=hi)
+    assert mask.n_channels == n
+    for e in space.match(["mlp.*"]):
+        c = int(mask.selected(e.key).sum())
+        assert lo <= c <= hi
+
+
+def test_per_module_per_layer_threshold():
+    space = _space("llama")
+    scores = random_scores(space, 3)
+    m = select_channels(scores, space, "25% per module")
+    for e in candidate_entries(space):
+        assert int(m.selected(e.key).sum()) == math.floor(0.25 * e.size + 0.5)
+    m = select_channels(scores, space, "10% per layer")
+    for layer in range(space.n_layers):
+        n = sum(e.size for e in candidate_entries(space) if e.layer == layer)
+        got = sum(int(m.selected(e.key).sum()) for e in candidate_entries(space) if e.layer == layer)
+        assert got == math.floor(0.1 * n + 0.5)
+    m = select_channels(scores, space, "threshold 0.9")
+    assert m.n_channels == sum(int((scores[e.key] >= 0.9).sum()) for e in candidate_entries(space))
+    assert Budget.parse("3%") == Budget("global", 0.03)
+    assert Budget.parse("5% per module") == Budget("per_module", 0.05)
+    assert Budget.parse("120") == Budget("count", 120)
+    assert str(Budget.parse("5% per layer")) == "5% per layer"
+
+
+def test_budget_errors():
+    space = _space("llama")
+    scores = random_scores(space, 0)
+    with pytest.raises(RuntimeUserError, match="exceeds the .* selectable units"):
+        select_channels(scores, space, 10**6)
+    with pytest.raises(RuntimeUserError, match="fraction"):
+        Budget("global", 1.5)
+    with pytest.raises(RuntimeUserError, match="cannot read the budget"):
+        Budget.parse("lots")
+    with pytest.raises(RuntimeUserError, match="matches no module"):
+        select_channels(scores, space, "3%", kinds=["ffn.*"])
+    with pytest.raises(RuntimeUserError, match="max_per_module allows"):
+        select_channels(scores, space, 50, kinds=["mlp.up"], max_per_module=10)
+    with pytest.raises(RuntimeUserError, match="unknown granularity"):
+        select_channels(scores, space, "3%", granularity="atom")
+
+
+def test_default_exclusions_and_opt_in_warning():
+    space = _space("qwen3")
+    kinds = {e.kind for e in candidate_entries(space)}
+    assert kinds == {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ents = candidate_entries(space, kinds=["attn.*", "embed"])
+    assert any(issubclass(x.category, GlobalChannelWarning) for x in w)
+    assert {"attn.q_norm", "embed"} <= {e.kind for e in ents}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        candidate_entries(space, kinds=["lm_head"])  # excluded by default, but not global
+
+
+def _tied_ok(space, mask, tie):
+    heads, kv, hd = space.heads()
+    for layer in range(space.n_layers):
+        p = f"layers.{layer}."
+        if tie == "neuron":
+            g, u = mask.selected(p + "mlp.gate"), mask.selected(p + "mlp.up")
+            d = mask.inputs.get(p + "mlp.down", torch.zeros_like(u))
+            assert torch.equal(g, u) and torch.equal(u, d)
+        else:
+            q = mask.selected(p + "attn.q").view(heads, hd)
+            k = mask.selected(p + "attn.k").view(kv, hd)
+            v = mask.selected(p + "attn.v").view(kv, hd)
+            o = mask.inputs.get(p + "attn.o", torch.zeros(heads * hd, dtype=torch.bool)).view(heads, hd)
+            assert torch.equal(q.all(1), q.any(1)) and torch.equal(k.all(1), k.any(1))
+            assert torch.equal(k, v) and torch.equal(q, o)
+            group = torch.arange(heads) // (heads // kv)
+            assert bool((k.any(1)[group] | ~q.any(1)).all())  # a moved head brings its kv group
+            if tie == "kv_group":
+                assert torch.equal(q.any(1), k.any(1)[group])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), tie=st.sampled_from(["neuron", "head", "kv_group"]),
+       family=st.sampled_from(["llama", "phi3", "gemma2"]))
+def test_tied_groups_move_together(seed, n, tie, family):
+    space = _space(family)
+    mask = select_channels(random_scores(space, seed), space, n, tie=tie)
+    assert mask.meta["units_selected"] == n
+    _tied_ok(space, mask, tie)
+
+
+def test_granularity_units():
+    space = _space("llama")
+    scores = random_scores(space, 1)
+    m = select_channels(scores, space, 3, granularity="head", kinds=["attn.q"])
+    assert int(m.selected("layers.0.attn.q").sum() + m.selected("layers.1.attn.q").sum()) == 3 * 8
+    m = select_channels(scores, space, 1, granularity="layer")
+    assert sorted({k.split(".")[1] for k, v in m.channels.items() if v.any()}) in (["0"], ["1"])
+    m = select_channels(scores, space, 2, granularity="neuron", kinds=["mlp.gate", "mlp.up"])
+    assert sum(int(v.sum()) for k, v in m.inputs.items()) == 2  # down columns of the 2 neurons
+
+
+def _stats(values: dict, kind="unpaired"):
+    return ChannelStats(kind, values)
+
+
+def test_score_methods_and_contrast():
+    one = torch.ones(3, dtype=torch.float64)
+    a = _stats({"m": {"count": 2 * one, "sum": torch.tensor([2.0, -2, 0]), "sum_abs": torch.tensor([2.0, 2, 4]),
+                      "sum_sq": torch.tensor([2.0, 2, 8]), "count_pos": torch.tensor([2.0, 0, 1])}})
+    b = _stats({"m": {"count": 2 * one, "sum": torch.tensor([4.0, -2, 0]), "sum_abs": torch.tensor([4.0, 2, 4]),
+                      "sum_sq": torch.tensor([8.0, 2, 8]), "count_pos": torch.tensor([2.0, 0, 2])}})
+    t = lambda *x: torch.tensor(x, dtype=torch.float64)
+    torch.testing.assert_close(compute_scores("absmean_diff", a=a, b=b)["m"], t(1, 0, 0))
+    torch.testing.assert_close(compute_scores("mean_diff", a=a, b=b)["m"], t(1, 0, 0))
+    torch.testing.assert_close(compute_scores("m2_diff", a=a, b=b)["m"], t(3, 0, 0))
+    torch.testing.assert_close(compute_scores("freq_diff", a=a, b=b)["m"], t(0, 0, 0.5))
+    torch.testing.assert_close(compute_scores("absmean_diff", a=a, b=b, normalize="relative")["m"], t(1 / 1.5, 0, 0),
+                               rtol=1e-6, atol=1e-6)
+    z = compute_scores("m2_diff", a=a, b=b, normalize="zscore")["m"]
+    assert abs(float(z.mean())) < 1e-12 and abs(float(z.std()) - 1) < 1e-12
+    p = _stats({"m": {"count": 2 * one, "sum_absdiff": t(2, 4, 0), "sum_diff": t(0, 0, 0), "sum_sqdiff": t(0, 0, 0),
+                      "sum_abs_a": t(2, 2, 2), "sum_abs_b": t(2, 2, 2)}}, "paired")
+    torch.testing.assert_close(compute_scores(paired=p)["m"], t(1, 2, 0))
+    c = contrastive(compute_scores(paired=p), compute_scores("absmean_diff", a=a, b=b), beta=2.0)
+    torch.testing.assert_close(c["m"], t(-1, 2, 0))
+    with pytest.raises(RuntimeUserError, match="paired statistics"):
+        compute_scores("paired_absdiff", a=a, b=b)
+    with pytest.raises(RuntimeUserError, match="unknown score"):
+        compute_scores("vibes", a=a, b=b)
+
+
+def test_weight_delta_control(family_dirs):
+    from actlang.run.checkpoint import Checkpoint
+
+    trg_dir, src_dir = family_dirs["gpt2"]
+    space = ChannelSpace.from_pretrained(trg_dir)
+    s = weight_delta_scores(space, src_dir, trg_dir)
+    trg, src = Checkpoint.open(trg_dir), Checkpoint.open(src_dir)
+    name = "transformer.h.1.mlp.c_fc"
+    d = src.get(name + ".weight") - trg.get(name + ".weight")
+    db = src.get(name + ".bias") - trg.get(name + ".bias")
+    ref = (d.double().square().sum(0) + db.double().square()).sqrt()
+    torch.testing.assert_close(s["layers.1.mlp.up"], ref)
+    assert set(s.keys()) == set(space.keys())
+    r1, r2 = random_scores(space, 5), random_scores(space, 5)
+    assert all(torch.equal(r1[k], r2[k]) for k in r1.keys())
+    assert Scores({"x": torch.tensor([3.0, 1.0, 0.0, 0.0])}).concentration([0.25])[0.25] == 0.75
