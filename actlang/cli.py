@@ -124,6 +124,72 @@ def fmt_command(
         raise typer.Exit(EXIT_USER_ERROR)
 
 
+def _checked_program(spec: Path, json_output: bool):
+    """The checked program of a spec, or print its diagnostics and exit 1."""
+    from actlang.lang.checker import check
+
+    program, diagnostics, sources = check(spec)
+    if program is None:
+        _print_diagnostics(diagnostics, sources, json_output)
+        raise typer.Exit(EXIT_USER_ERROR)
+    if diagnostics and not json_output:
+        _print_diagnostics(diagnostics, sources, False)  # warnings
+    return program, sources
+
+
+def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[Path]):
+    """Check and plan a spec; planning problems print as located diagnostics (exit 1)."""
+    from actlang.compile.cache import Cache
+    from actlang.compile.plan import PlanError, make_plan
+    from actlang.lang.diagnostics import Diagnostic
+
+    program, sources = _checked_program(spec, json_output)
+    try:
+        return make_plan(program, Cache(cache_dir), dry_run=dry_run)
+    except PlanError as error:
+        diagnostic = Diagnostic("E501", error.error.message, error.span, hint=error.error.hint)
+        _print_diagnostics([diagnostic], sources, json_output)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+_CACHE_OPTION = typer.Option(None, "--cache-dir", envvar="ACTLANG_CACHE_DIR",
+                             help="Statistics cache (default: ~/.cache/actlang).")
+
+
+@app.command("plan")
+def plan_command(
+    spec: Path = typer.Argument(..., help="The spec to plan.", show_default=False),
+    json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    cache_dir: Optional[Path] = _CACHE_OPTION,
+) -> None:
+    """Dry run: what `actc run` would do, what is cached, and what it will cost.
+
+    Reads only config.json, safetensors headers, tokenizers and corpora (never tensor data),
+    so it works on a directory holding only a config (e.g. a 70B model's), with no GPU.
+    Every selector is resolved to concrete channels; mistakes are reported here.
+    """
+    from actlang.compile.render import render_plan
+
+    plan = _planned(spec, json_output, dry_run=True, cache_dir=cache_dir)
+    typer.echo(plan.dumps() if json_output else render_plan(plan))
+
+
+@app.command("graph")
+def graph_command(
+    spec: Path = typer.Argument(..., help="The spec.", show_default=False),
+    fmt: str = typer.Option("dot", "--format", help="dot (Graphviz) or mermaid."),
+    cache_dir: Optional[Path] = _CACHE_OPTION,
+) -> None:
+    """Print the optimized operation graph (cached ops dashed / marked)."""
+    from actlang.compile.render import render_graph
+
+    if fmt not in ("dot", "mermaid"):
+        typer.echo(f"error: unknown format `{fmt}` (dot or mermaid)", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    plan = _planned(spec, False, dry_run=True, cache_dir=cache_dir)
+    typer.echo(render_graph(plan, fmt))
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Replace a file's contents so that an interruption leaves the old or the new file."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

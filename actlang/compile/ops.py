@@ -70,6 +70,15 @@ class Capture:
         names = ", ".join(m.name for m in self.models)
         return f"capture {names} on {corpus_label(self.corpus)}"
 
+    def passes(self) -> list[tuple[P.ModelSpec, ...]]:
+        """The forward passes that compute the statistics: each paired statistic is a
+        lock-step pass of its two models (which yields both models' unpaired statistics);
+        a model with only unpaired statistics runs alone. Two models: one pass each."""
+        pairs = list(dict.fromkeys((s.model, s.partner) for s in self.statistics if s.partner))
+        covered = {m for pair in pairs for m in pair}
+        singles = [(m,) for m in self.models if m not in covered]
+        return [*pairs, *singles]
+
 
 @dataclass(frozen=True)
 class Score:

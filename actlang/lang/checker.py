@@ -485,6 +485,12 @@ class _Checker:
                                   "scopes: global, per module, per layer",
                                   site=scope.recipe_site)
             value = self.typed(expr.value, replace(spec, scopes=()), scope)
+            if isinstance(value, P.Budget) and value.kind != "fraction" and \
+                    expr.scope != "global":
+                return self.error("E207", f"a {value.kind} budget is global; it takes no "
+                                  f"`{_scope_words(expr.scope)}`", expr.span,
+                                  hint=f"use a percentage {_scope_words(expr.scope)}, e.g. "
+                                  f"2% {_scope_words(expr.scope)}", site=scope.recipe_site)
             return value if value is INVALID else replace(value, scope=expr.scope)
         if isinstance(expr, ast.Call) and expr.func.dotted == "sweep":
             return self.sweep_value(expr, spec, scope)

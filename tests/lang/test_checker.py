@@ -47,7 +47,6 @@ def test_defaults_follow_the_paper(tmp_path: Path) -> None:
     ("2% per module", P.Budget("fraction", 0.02, "module")),
     ("2.5% per layer", P.Budget("fraction", 0.025, "layer")),
     ("500", P.Budget("count", 500, "global")),
-    ("64 per module", P.Budget("count", 64, "module")),
     ("threshold(0.25)", P.Budget("threshold", 0.25, "global")),
 ])
 def test_budgets(text: str, budget: P.Budget, tmp_path: Path) -> None:

@@ -1,0 +1,417 @@
+"""The plan: the optimized graph, what is cached, and what running it will cost.
+
+:func:`make_plan` lowers a checked program, fuses captures, looks up the cache, drops dead
+ops and schedules the rest. In *dry-run* mode (``actc plan``) it reads only ``config.json``,
+safetensors headers, tokenizers and corpora — never tensor data — and builds nothing: a zoo
+that is not built yet is shown as such. In *run* mode it builds the zoo and hashes weights
+(once; the cache memoizes digests), so every cache key is known.
+
+Every selector is resolved against the target's channel space here, so a selector that
+matches nothing, a budget larger than what it matches, or two models that do not fit
+together is an error before any forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from actlang import __version__
+from actlang.compile import ops as O
+from actlang.compile.bind import (candidate_entries, check_budget, raw_selectors,
+                                  runtime_corpus)
+from actlang.compile.cache import CACHE_FORMAT, Cache, digest
+from actlang.compile.lower import lower
+from actlang.compile.passes import drop_cached, eliminate_dead_ops, fuse_captures, schedule
+from actlang.compile.resolve import model_directory, model_identity
+from actlang.lang import program as P
+from actlang.lang.ast import Span
+from actlang.run.adapters import ChannelSpace
+from actlang.run.errors import RuntimeUserError
+
+PLAN_FORMAT_VERSION = 1
+STATS_CONFIG = "default-entries/v1"  # which modules a capture hooks: every entry with a hook
+EVAL_CONFIG = "greedy-exact-match/v1"
+
+
+class PlanError(Exception):
+    """A problem found while planning, located at a span of the spec when one applies."""
+
+    def __init__(self, error: RuntimeUserError, span: Span | None):
+        super().__init__(error.message)
+        self.error = error
+        self.span = span
+
+
+@dataclass
+class ModelInfo:
+    """What the plan knows of a model without reading its weights."""
+
+    spec: P.ModelSpec
+    directory: Path | None  # None: a zoo model not built yet
+    model_type: str | None = None
+    parameters: int | None = None
+    weight_bytes: int | None = None
+    has_weights: bool = False
+    identity: str | None = None
+    space: ChannelSpace | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.directory) if self.directory else None,
+                "source": self.spec.source, "architecture": self.model_type,
+                "parameters": self.parameters, "weight_bytes": self.weight_bytes,
+                "built": self.directory is not None}
+
+
+@dataclass
+class Estimates:
+    forward_passes: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    peak_memory_bytes: int = 0
+    bytes_written: int = 0
+    exact: bool = True  # False when some sizes were unknown (e.g. an unbuilt zoo)
+
+
+@dataclass
+class Plan:
+    program: P.Program
+    graph: nx.DiGraph
+    order: list[O.Op]
+    cached: set[O.Op]
+    models: dict[str, ModelInfo]
+    keys: dict[O.Op, str]
+    corpus_tokens: dict[tuple, int | None]
+    selectable: dict[O.Select, int]  # channels each selection chooses from
+    estimates: Estimates = field(default_factory=Estimates)
+    notes: list[str] = field(default_factory=list)
+
+    def status(self, op: O.Op) -> str:
+        return "cached" if op in self.cached else "new"
+
+    def to_json(self) -> dict[str, Any]:
+        ids = {op: O.op_id(op) for op in self.order}
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "actlang_version": __version__,
+            "spec": self.program.file,
+            "models": {name: info.to_json() for name, info in sorted(self.models.items())},
+            "ops": [{"id": ids[op], "kind": op.kind, "label": op.label,
+                     "inputs": sorted(ids[p] for p in self.graph.predecessors(op)),
+                     "cached": op in self.cached} for op in self.order],
+            "estimates": {"forward_passes": self.estimates.forward_passes,
+                          "tokens": self.estimates.tokens, "flops": self.estimates.flops,
+                          "peak_memory_bytes": self.estimates.peak_memory_bytes,
+                          "bytes_written": self.estimates.bytes_written,
+                          "exact": self.estimates.exact},
+            "notes": self.notes,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+# ---- building the plan ------------------------------------------------------------------------
+
+
+def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True) -> Plan:
+    """Plan a checked program.
+
+    Args:
+        program: the checked spec.
+        cache: where statistics and evaluations are looked up.
+        dry_run: read no tensor data and build nothing (``actc plan``); otherwise build zoo
+            models and hash weights so that cache keys are exact (``actc run``).
+
+    Raises:
+        PlanError: a problem with the models, data or selection, located in the spec.
+    """
+    graph = fuse_captures(lower(program))
+    models = {m.name: _model_info(m, cache, dry_run) for m in _models(graph)}
+    selectable = _validate_rules(graph, models)
+    corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
+    keys = _cache_keys(graph, models, corpus_digests)
+    graph, cached = drop_cached(graph, lambda op: op in keys and _in_cache(cache, op, keys[op]))
+    graph = eliminate_dead_ops(graph)
+    order = schedule(graph)
+    plan = Plan(program, graph, order, cached & set(graph.nodes), models, keys, corpus_tokens,
+                selectable)
+    plan.estimates = _estimate(plan)
+    for name, info in models.items():
+        if info.directory is None:
+            plan.notes.append(f"{name}: the zoo is not built yet; `actc run` builds it "
+                              "(or `actc zoo build`)")
+        elif not info.has_weights:
+            plan.notes.append(f"{name}: only a config at {info.directory} (no weights): "
+                              "planning works, running needs the weights")
+    for save in (op for op in order if isinstance(op, O.Save)):
+        if Path(save.surgery.output).exists():
+            plan.notes.append(f"{save.surgery.output} exists: `actc run` replaces it only "
+                              "with --force")
+    return plan
+
+
+def _models(graph: nx.DiGraph) -> list[P.ModelSpec]:
+    found: dict[str, P.ModelSpec] = {}
+    for op in graph.nodes:
+        for value in vars(op).values():
+            if isinstance(value, P.ModelSpec):
+                found.setdefault(value.name, value)
+        if isinstance(op, O.Transfer):
+            for select, _ in op.selections:
+                found.setdefault(select.rule.donor.name, select.rule.donor)
+        if isinstance(op, O.MergeModels):
+            for model in (*op.merge.donors, *filter(None, [op.merge.base])):
+                found.setdefault(model.name, model)
+    return [found[name] for name in sorted(found)]
+
+
+def _model_info(spec: P.ModelSpec, cache: Cache, dry_run: bool) -> ModelInfo:
+    try:
+        directory = model_directory(spec, cache, build=not dry_run)
+        info = ModelInfo(spec, directory)
+        if directory is None:
+            return info
+        if not (directory / "config.json").is_file():
+            raise RuntimeUserError(f"no config.json in {directory}",
+                                   hint="a model directory is what save_pretrained() writes")
+        info.space = ChannelSpace.from_pretrained(directory)
+        info.model_type = info.space.model_type
+        info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space)
+        if info.has_weights:
+            info.identity = model_identity(spec, directory, cache, compute=not dry_run)
+        elif not dry_run:
+            raise RuntimeUserError(f"{directory} has a config but no safetensors weights",
+                                   hint="`actc plan` works on a config alone; running "
+                                   "needs the weights")
+        return info
+    except RuntimeUserError as error:
+        raise PlanError(error, spec.span) from None
+
+
+def _size(directory: Path, space: ChannelSpace) -> tuple[int, int, bool]:
+    """(parameters, weight bytes, has weights): exact from safetensors headers, or estimated
+    from the channel space for a directory holding only a config."""
+    if any(directory.glob("*.safetensors")):
+        from actlang.run.checkpoint import Checkpoint
+
+        infos = Checkpoint.open(directory).infos()  # headers only
+        return sum(i.numel for i in infos), sum(i.nbytes for i in infos), True
+    parameters = config_parameters(space)
+    dtype = space.config.get("dtype") or space.config.get("torch_dtype") or "float32"
+    return parameters, parameters * _DTYPE_BYTES.get(str(dtype), 4), False
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def config_parameters(space: ChannelSpace) -> int:
+    """Parameter count of the tensors a channel space names, from its sizes alone.
+
+    A tensor's length along its channel axis is the largest channel index any entry puts
+    there (fused tensors hold several entries); the other axis is the entry's input size
+    (attn.o, mlp.down), the vocabulary / positions for embeddings, the hidden size for other
+    projections, and 1 for norms and biases.
+    """
+    length: dict[str, int] = {}
+    width: dict[str, int] = {}
+    hidden = int(space.dims.get("hidden", 0))
+    positions = int(space.config.get("n_positions") or
+                    space.config.get("max_position_embeddings") or 0)
+    for entry in space:
+        for index, part in enumerate(entry.parts):
+            length[part.name] = max(length.get(part.name, 0), part.stop)
+            if index > 0 or "norm" in entry.kind:
+                width[part.name] = 1
+            elif entry.inputs:
+                width[part.name] = sum(p.size for p in entry.inputs)
+            elif entry.kind == "embed":
+                width[part.name] = int(space.dims.get("vocab", 0))
+            elif entry.kind == "embed.pos":
+                width[part.name] = positions
+            else:
+                width.setdefault(part.name, hidden)
+    return sum(length[name] * width[name] for name in length)
+
+
+def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]) -> dict[O.Select, int]:
+    """Resolve each rule's selector against the target; check donors fit the target."""
+    selectable: dict[O.Select, int] = {}
+    for op in graph.nodes:
+        if not isinstance(op, O.Select):
+            continue
+        rule = op.rule
+        target, donor = models[op.scores.target.name], models[rule.donor.name]
+        if target.space is None:
+            continue  # zoo not built: resolved when it is
+        try:
+            if raw_selectors(rule):
+                raise RuntimeUserError("module(...) selectors are not supported by the "
+                                       "planner yet", hint="use canonical module kinds")
+            _check_pair(target, donor)
+            entries = candidate_entries(target.space, rule)
+            selectable[op] = check_budget(rule, entries)
+        except RuntimeUserError as error:
+            raise PlanError(error, rule.span) from None
+    return selectable
+
+
+def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
+    if donor.space is None or target.space is None:
+        return
+    if donor.model_type != target.model_type:
+        raise RuntimeUserError(
+            f"{donor.spec.name} is a {donor.model_type} model but {target.spec.name} is a "
+            f"{target.model_type} model", hint="channels move only between models of one "
+            "architecture (a base model and its fine-tunes)")
+    for entry in target.space:
+        other = donor.space[entry.key] if entry.key in donor.space else None
+        if other is None or other.size != entry.size:
+            raise RuntimeUserError(
+                f"{donor.spec.name} and {target.spec.name} differ at {entry.key}: "
+                f"{other.size if other else 'missing'} vs {entry.size} channels",
+                hint="the two models must have the same shapes")
+    if target.has_weights and donor.has_weights:
+        from actlang.run.checkpoint import check_compatible
+
+        check_compatible(target.directory, [donor.directory])  # headers only
+
+
+def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
+             dry_run: bool) -> tuple[dict[tuple, int | None], dict[tuple, str]]:
+    """Token counts and content digests of every (corpus, tokenizer) the graph reads."""
+    needed: set[tuple[P.Corpus, P.ModelSpec]] = set()
+    for op in graph.nodes:
+        if isinstance(op, O.Statistic):
+            needed.add((op.corpus, op.tokenizer))
+        elif isinstance(op, O.Evaluate):
+            state = op.state
+            tokenizer = state if isinstance(state, P.ModelSpec) else _state_target(state)
+            for spec in op.ability.evals:
+                needed.add((spec.corpus, tokenizer))
+    tokens: dict[tuple, int | None] = {}
+    digests: dict[tuple, str] = {}
+    for corpus, tokenizer in sorted(needed, key=repr):
+        info = models.get(tokenizer.name)
+        directory = info.directory if info else None
+        documents = None
+        try:
+            documents = runtime_corpus(corpus, cache, build=not dry_run)
+        except RuntimeUserError as error:
+            raise PlanError(error, None) from None
+        if documents is None or directory is None:
+            tokens[(corpus, tokenizer)] = None
+            continue
+        if not _has_tokenizer(directory):
+            tokens[(corpus, tokenizer)] = None  # a config-only directory: size unknown
+            continue
+        try:
+            tokenized = documents.tokenize(_tokenizer(directory),
+                                           max_length=corpus.options.max_tokens)
+        except (OSError, ValueError) as error:
+            raise PlanError(RuntimeUserError(f"cannot load the tokenizer of {directory}: "
+                                             f"{error}"), tokenizer.span) from None
+        tokens[(corpus, tokenizer)] = tokenized.n_tokens
+        digests[(corpus, tokenizer)] = tokenized.digest()
+    return tokens, digests
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in
+               ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"))
+
+
+def _tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def _state_target(state: O.ModelState) -> P.ModelSpec:
+    while isinstance(state, O.Finetune):
+        state = state.source
+    return state.target  # type: ignore[union-attr]
+
+
+def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
+                corpus_digests: dict[tuple, str]) -> dict[O.Op, str]:
+    """Keys of cacheable ops whose inputs are all identified; others cannot hit."""
+    keys: dict[O.Op, str] = {}
+    for op in graph.nodes:
+        if isinstance(op, O.Statistic):
+            identities = [models[m.name].identity for m in filter(None, (op.model, op.partner))]
+            corpus = corpus_digests.get((op.corpus, op.tokenizer))
+            if None in identities or corpus is None:
+                continue
+            keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, "paired" if op.partner else
+                              "unpaired", identities, corpus, op.corpus.options.max_tokens)
+        elif isinstance(op, O.Evaluate) and isinstance(op.state, P.ModelSpec):
+            identity = models[op.state.name].identity
+            corpora = [corpus_digests.get((e.corpus, op.state)) for e in op.ability.evals]
+            if identity is None or None in corpora:
+                continue
+            keys[op] = digest(CACHE_FORMAT, EVAL_CONFIG, identity, corpora,
+                              [repr(e) for e in op.ability.evals])
+    return keys
+
+
+def _in_cache(cache: Cache, op: O.Op, key: str) -> bool:
+    return cache.has("stats" if isinstance(op, O.Statistic) else "evals", key)
+
+
+# ---- estimates ----------------------------------------------------------------------------
+
+
+def _estimate(plan: Plan) -> Estimates:
+    est = Estimates()
+    live: dict[str, int] = {}
+    last_use = _last_uses(plan)
+    for index, op in enumerate(plan.order):
+        if isinstance(op, O.LoadModel):
+            size = plan.models[op.model.name].weight_bytes
+            est.exact &= size is not None
+            live[op.model.name] = size or 0
+        elif isinstance(op, O.Capture):
+            tokens = plan.corpus_tokens.get((op.corpus, op.tokenizer))
+            est.exact &= tokens is not None
+            for model in (m for models in op.passes() for m in models):
+                est.forward_passes += 1
+                est.tokens += tokens or 0
+                est.flops += 2.0 * (plan.models[model.name].parameters or 0) * (tokens or 0)
+        elif isinstance(op, O.Evaluate):
+            target = op.state if isinstance(op.state, P.ModelSpec) else _state_target(op.state)
+            params = plan.models[target.name].parameters or 0
+            for spec in op.ability.evals:
+                tokens = plan.corpus_tokens.get((spec.corpus, target)) or 0
+                est.flops += 2.0 * params * tokens
+        elif isinstance(op, O.Finetune):
+            params = plan.models[op.source.target.name].parameters or 0
+            est.flops += 6.0 * params * op.spec.steps * op.spec.batch_size * \
+                op.spec.data.options.max_tokens
+        elif isinstance(op, O.Save):
+            size = plan.models[op.surgery.target.name].weight_bytes
+            est.exact &= size is not None
+            est.bytes_written += size or 0
+            # Writing streams tensor by tensor: an output shard, plus a fine-tuned copy.
+            extra = min(size or 0, op.surgery.shard_size)
+            if isinstance(op.state, O.Finetune):
+                extra += 4 * (size or 0)  # weights, gradients, two AdamW moments (float32)
+            est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()) + extra)
+        est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()))
+        for name in [n for n, last in last_use.items() if last == index]:
+            live.pop(name, None)
+    return est
+
+
+def _last_uses(plan: Plan) -> dict[str, int]:
+    position = {op: i for i, op in enumerate(plan.order)}
+    last: dict[str, int] = {}
+    for op in plan.order:
+        if isinstance(op, O.LoadModel):
+            users = [position[s] for s in plan.graph.successors(op)]
+            last[op.model.name] = max(users, default=position[op])
+    return last

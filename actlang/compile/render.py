@@ -1,0 +1,89 @@
+"""Human-readable renderings of a plan: the dry-run report and the graph (dot, mermaid)."""
+
+from __future__ import annotations
+
+from actlang.compile import ops as O
+from actlang.compile.plan import Plan
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+def render_plan(plan: Plan) -> str:
+    """Terraform-like text: models, ops marked `+` (new) or `=` (cached), then estimates."""
+    lines = [f"Plan for {plan.program.file}", "", "Models:"]
+    width = max((len(n) for n in plan.models), default=0)
+    for name, info in sorted(plan.models.items()):
+        if info.directory is None:
+            lines.append(f"  {name:<{width}}  (zoo model, not built yet)")
+            continue
+        params = human_count(info.parameters) if info.parameters else "?"
+        size = human_bytes(info.weight_bytes) if info.weight_bytes else "?"
+        weights = "" if info.has_weights else "  [config only]"
+        lines.append(f"  {name:<{width}}  {info.model_type:<8} {params:>8} params "
+                     f"{size:>9}  {info.directory}{weights}")
+    new = sum(1 for op in plan.order if op not in plan.cached)
+    lines += ["", f"Operations ({new} new, {len(plan.order) - new} cached):"]
+    for op in plan.order:
+        mark = "=" if op in plan.cached else "+"
+        lines.append(f"  {mark} {op.label}{_detail(plan, op)}")
+    est = plan.estimates
+    approx = "" if est.exact else "  (lower bounds: some sizes are unknown)"
+    lines += ["", f"Estimates:{approx}",
+              f"  forward passes   {est.forward_passes}",
+              f"  tokens           {est.tokens:,}",
+              f"  FLOPs            {human_count(est.flops)}",
+              f"  peak memory      {human_bytes(est.peak_memory_bytes)}",
+              f"  bytes written    {human_bytes(est.bytes_written)}"]
+    if plan.notes:
+        lines += ["", "Notes:", *(f"  - {note}" for note in plan.notes)]
+    return "\n".join(lines)
+
+
+def _detail(plan: Plan, op: O.Op) -> str:
+    if isinstance(op, O.Capture):
+        tokens = plan.corpus_tokens.get((op.corpus, op.tokenizer))
+        passes = sum(len(p) for p in op.passes())
+        shown = f"{tokens:,} tokens" if tokens is not None else "tokens unknown"
+        return f"  [{passes} forward pass{'es' if passes != 1 else ''}, {shown}]"
+    if isinstance(op, O.Select) and op in plan.selectable:
+        available = plan.selectable[op]
+        budget = op.rule.budget
+        if budget.kind == "fraction" and budget.scope == "global":
+            return f"  [{round(budget.value * available):,} of {available:,} channels]"
+        return f"  [from {available:,} channels]"
+    if isinstance(op, O.Statistic) and op in plan.cached:
+        return "  [cache hit]"
+    return ""
+
+
+def render_graph(plan: Plan, fmt: str) -> str:
+    """The optimized graph as Graphviz dot or a Mermaid flowchart."""
+    ids = {op: O.op_id(op).replace("-", "_") for op in plan.order}
+    if fmt == "dot":
+        lines = ["digraph actc {", "  rankdir=LR;", "  node [shape=box, fontsize=10];"]
+        for op in plan.order:
+            style = ", style=dashed" if op in plan.cached else ""
+            label = op.label.replace('"', '\\"')
+            lines.append(f'  {ids[op]} [label="{label}"{style}];')
+        lines += sorted(f"  {ids[a]} -> {ids[b]};" for a, b in plan.graph.edges)
+        return "\n".join(lines + ["}"])
+    assert fmt == "mermaid", fmt
+    lines = ["flowchart LR"]
+    for op in plan.order:
+        label = op.label.replace('"', "'")
+        lines.append(f'  {ids[op]}["{label}{" (cached)" if op in plan.cached else ""}"]')
+    lines += sorted(f"  {ids[a]} --> {ids[b]}" for a, b in plan.graph.edges)
+    return "\n".join(lines)
