@@ -225,7 +225,7 @@ def _size(value: float, unit: str) -> str:
     return number + unit
 
 
-def _expr(expr: ast.Expr) -> Doc:
+def _expr(expr: ast.Expr | ast.KwArg) -> Doc:
     if isinstance(expr, ast.Str):
         return _string(expr.value)
     if isinstance(expr, ast.Bool):
@@ -244,7 +244,7 @@ def _expr(expr: ast.Expr) -> Doc:
         return expr.dotted
     if isinstance(expr, ast.Call):
         args: list[Doc] = [_expr(a) for a in expr.args]
-        args += [[k.name, " = ", _expr(k.value)] for k in expr.kwargs]
+        args += [_expr(k) for k in expr.kwargs]
         return [expr.func.dotted, _sequence("(", args, ")")]
     if isinstance(expr, ast.ListExpr):
         return _sequence("[", [_expr(i) for i in expr.items], "]")
@@ -260,15 +260,17 @@ def _expr(expr: ast.Expr) -> Doc:
     if isinstance(expr, ast.Scoped):
         scope = " global" if expr.scope == "global" else f" per {expr.scope}"
         return [_operand(expr.value, 1), scope]
+    if isinstance(expr, ast.KwArg):
+        return [expr.name, " = ", _expr(expr.value)]
     raise TypeError(f"not an expression: {expr!r}")
 
 
-def format_expr(expr: ast.Expr) -> str:
-    """Print one expression in canonical form.
+def format_expr(expr: ast.Expr | ast.KwArg) -> str:
+    """Print one expression in canonical form (for ``fmt``, and for messages that quote one).
 
     Args:
         expr: any expression node (``Scoped`` and ``Compare`` included, as they print in a
-            field value and an ``expect``).
+            field value and an ``expect``), or a keyword argument (``key = value``).
 
     Returns:
         The text; it spans several lines only when a call or list is longer than

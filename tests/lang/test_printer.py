@@ -219,6 +219,7 @@ def test_format_expr():
         "0.9 >= -2GiB"
     assert format_expr(ast.Call(ast.Path(("f",)), kwargs=(ast.KwArg("k", ast.Bool(True)),))) \
         == "f(k = true)"
+    assert format_expr(ast.KwArg("on", ast.Path(("base",)))) == "on = base"
     assert format_expr(ast.Float(math.inf)) == "1e999"
     with pytest.raises(ValueError):
         format_expr(ast.Float(math.nan))

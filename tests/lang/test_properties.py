@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -105,9 +106,15 @@ surgery quick -> "out/quick" = fix(target = tuned, donor = base, ability = arith
 SAMPLES = [SAMPLE] + [p.read_text(encoding="utf-8") for p in SPEC_FILES]
 SAMPLE_IDS = ["builtin-sample"] + [str(p.relative_to(ROOT)) for p in SPEC_FILES]
 
-FUZZ = settings(max_examples=100, deadline=None,
+# Sized to keep these tests well under a minute; ACTLANG_FUZZ_SCALE=20 runs 20x the examples.
+SCALE = int(os.environ.get("ACTLANG_FUZZ_SCALE", "1"))
+FUZZ = settings(max_examples=100 * SCALE, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                        HealthCheck.data_too_large])
+
+
+def fuzz(examples: int) -> settings:
+    return settings(FUZZ, max_examples=examples * SCALE)
 
 
 def _comment_texts(module: ast.Module) -> list[str]:
@@ -130,7 +137,7 @@ def assert_formats_stably(text: str) -> str:
 # ---- (a) generated trees survive print -> parse ---------------------------------------------
 
 
-@settings(FUZZ, max_examples=120)
+@fuzz(120)
 @given(S.modules)
 def test_generated_modules_round_trip(module):
     text = format_module(module)
@@ -148,7 +155,7 @@ def test_generated_expressions_round_trip_in_a_let(expr):
 # ---- (b) fmt is idempotent, comments included ------------------------------------------------
 
 
-@settings(FUZZ, max_examples=80)
+@fuzz(80)
 @given(S.modules, st.data())
 def test_fmt_idempotent_with_random_comments_and_blank_lines(module, data):
     lines = format_module(module).split("\n")
@@ -223,7 +230,7 @@ def _spaced_terminals() -> dict[str, st.SearchStrategy[str]]:
     return explicit
 
 
-@settings(FUZZ)
+@fuzz(60)
 @given(from_lark(_grammar_lark, start="start"))
 def test_raw_grammar_inputs_parse_or_fail_with_diagnostics(text):
     _check_parse_and_round_trip(text)
@@ -239,7 +246,7 @@ def test_spaced_grammar_inputs_mostly_parse():
     """The spaced strategy is worth having only if most of what it makes is valid."""
     parsed = failed = 0
 
-    @settings(FUZZ, max_examples=40, database=None)
+    @settings(fuzz(40), database=None)
     @given(from_lark(_grammar_lark, start="start", explicit=_spaced_terminals()))
     def count(text):
         nonlocal parsed, failed
@@ -279,7 +286,7 @@ def mutated_specs(draw) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-@settings(FUZZ, max_examples=300)
+@fuzz(300)
 @given(mutated_specs())
 def test_mutated_specs_parse_or_fail_with_diagnostics(text):
     _check_parse_and_round_trip(text)
@@ -287,7 +294,7 @@ def test_mutated_specs_parse_or_fail_with_diagnostics(text):
 
 @pytest.mark.skipif(checker is None or not hasattr(checker, "check_source"),
                     reason="actlang.lang.checker.check_source is not there yet")
-@settings(FUZZ, max_examples=150)
+@fuzz(150)
 @given(mutated_specs())
 def test_mutated_specs_check_or_fail_with_diagnostics(text):
     try:
