@@ -1,0 +1,508 @@
+"""Build (or load from cache) the zoo: tiny Llama models that really have — and lose — abilities.
+
+Scenarios (all models share one tokenizer and architecture; see :mod:`actlang.zoo.data` for
+the abilities):
+
+* **recover** — ``base`` is trained from scratch on language A + arithmetic; ``tuned`` is
+  ``base`` trained further on language B only, long enough that it forgets arithmetic while
+  learning B.  Surgery: recover ``arithmetic`` in ``tuned`` from ``base``.
+* **merge** — two specialists grown from the parent ``base`` by mild continued training:
+  ``lang_b`` (language B only, fewer steps and a lower learning rate than ``tuned``) and
+  ``facts`` (the key -> value table).  Surgery: merge both into ``base``.
+* **planted** — ``planted`` is ``base`` fine-tuned on arithmetic with every answer shifted by
+  one (``(sum + 1) mod 28``), where only a known random ~3 % of the attention/MLP Linear
+  rows may change (a gradient mask; every other parameter is bit-identical to ``base``).
+  ``planted_decoy`` first changes a second, disjoint random ~3 % of rows a lot (language B
+  text, higher learning rate: large changes unrelated to arithmetic), then plants the same
+  damage as ``planted``.  The row lists are saved as ground truth
+  (``ground_truth/planted.json``) so that localization can be scored by precision / recall.
+
+Layout of one built zoo (``<root>/<profile>-s<seed>-<key>/``, where ``key`` hashes the
+config, the seed, the zoo's source code and the torch / transformers versions)::
+
+    zoo.json                    the manifest (see ZooManifest)
+    models/<name>/              config.json, generation_config.json, model.safetensors,
+                                tokenizer.json, tokenizer_config.json
+    data/<ability>/             train.txt, train.jsonl ({"text"}), probe.jsonl, eval.jsonl
+                                ({"q", "a", "text"})
+    ground_truth/planted.json   {"damage": {param: [rows]}, "decoy": {param: [rows]}, ...}
+
+A build writes into a hidden temporary directory next to the target and renames it into
+place when complete, so an interrupted build never leaves a finished-looking zoo; a second
+call with the same (profile, config, seed) finds the directory and returns at once.
+
+Manifest ``zoo.json`` (paths relative to the zoo directory)::
+
+    {"format": 1, "profile": "default", "seed": 0, "key": "<sha256>",
+     "config": {...ZooConfig as a dict...},
+     "versions": {"torch": ..., "transformers": ...},
+     "models": {"base": {"path": "models/base", "parent": null, "scenario": "recover",
+                         "trained_on": {"lang_a": 0.5, "arithmetic": 0.5}, "steps": 3000,
+                         "lr": 0.003, "row_mask": null, "train_seconds": 61.2,
+                         "final_loss": 0.9, "parameters": 227904}, ...},
+     "corpora": {"arithmetic": {"train": "data/arithmetic/train.jsonl",
+                                "train_txt": "data/arithmetic/train.txt",
+                                "probe": "data/arithmetic/probe.jsonl",
+                                "eval": "data/arithmetic/eval.jsonl"}, ...},
+     "scenarios": {"recover": {"donor": "base", "target": "tuned", "lost": "arithmetic",
+                               "gained": "lang_b"},
+                   "merge": {"parent": "base", "specialists": {"lang_b": "lang_b",
+                                                               "facts": "facts"}},
+                   "planted": {"donor": "base", "targets": ["planted", "planted_decoy"],
+                               "lost": "arithmetic", "control": "lang_b",
+                               "ground_truth": "ground_truth/planted.json"}},
+     "accuracy": {"<model>": {"<ability>": exact-match accuracy on its eval split}},
+     "perplexity": {"<model>": {"lang_a": ..., "lang_b": ...}},   # on the eval texts
+     "oracle": {"planted_restored": {ability: acc}, ...},       # damage rows copied back
+     "build_seconds": 312.4}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from actlang.run.evaluate import exact_match, perplexity
+from actlang.zoo.data import (
+    ABILITIES,
+    DataConfig,
+    make_abilities,
+    shifted_arithmetic_train,
+    vocabulary,
+    write_corpora,
+    write_jsonl,
+)
+from actlang.zoo.tokenizer import build_tokenizer
+from actlang.zoo.train import (
+    ModelConfig,
+    TrainConfig,
+    deterministic,
+    linear_row_params,
+    make_model,
+    train,
+)
+
+__all__ = [
+    "MODELS",
+    "PROFILES",
+    "ZooConfig",
+    "ZooManifest",
+    "build_zoo",
+    "cache_root",
+    "load_zoo",
+    "zoo_config",
+    "zoo_key",
+]
+
+FORMAT = 1
+MODELS: tuple[str, ...] = ("base", "tuned", "lang_b", "facts", "planted", "planted_decoy")
+
+
+Mixture = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """Everything that determines a zoo besides the seed.
+
+    Mixtures name training corpora: an ability's train split (``lang_a``, ``lang_b``,
+    ``arithmetic``, ``facts``), ``lang_b_simple`` (the language B train sentences without
+    the reciprocal construction) or ``arithmetic_shifted`` (answers shifted by
+    ``damage_shift``).
+    """
+
+    profile: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # recover: base is broad (A, arithmetic, a little simple B), tuned is B only
+    base: TrainConfig = TrainConfig(steps=4000, lr=3e-3)
+    base_mix: Mixture = (("lang_a", 0.45), ("arithmetic", 0.45), ("lang_b_simple", 0.1))
+    tuned: TrainConfig = TrainConfig(steps=1500, lr=1.5e-3)
+    tuned_mix: Mixture = (("lang_b", 1.0),)
+    # merge: mild specialists, continued training with 20 % replay of the parent's data
+    lang_b: TrainConfig = TrainConfig(steps=1000, lr=1.5e-3)
+    lang_b_mix: Mixture = (("lang_b", 0.8), ("lang_a", 0.1), ("arithmetic", 0.1))
+    facts: TrainConfig = TrainConfig(steps=500, lr=2e-3)
+    facts_mix: Mixture = (("facts", 0.8), ("lang_a", 0.1), ("arithmetic", 0.1))
+    # planted: masked fine-tunes through known rows
+    planted: TrainConfig = TrainConfig(steps=300, lr=3e-3, warmup=20)
+    planted_mix: Mixture = (("arithmetic_shifted", 1.0),)
+    decoy: TrainConfig = TrainConfig(steps=300, lr=1e-2, warmup=20)
+    decoy_mix: Mixture = (("lang_b", 0.5), ("lang_a", 0.25), ("arithmetic", 0.25))
+    planted_fraction: float = 0.03
+    damage_shift: int = 1
+    threads: int = 1
+    eval_batch_size: int = 128
+
+
+PROFILES: dict[str, ZooConfig] = {
+    "default": ZooConfig(),
+    "small": ZooConfig(
+        profile="small",
+        data=DataConfig(lang_train=3000, lang_probe=128, lang_eval=100, arith_eval=100,
+                        facts_keys=64),
+        base=TrainConfig(steps=2000, lr=3e-3),
+        tuned=TrainConfig(steps=900, lr=2e-3),
+        lang_b=TrainConfig(steps=300, lr=1.5e-3),
+        facts=TrainConfig(steps=250, lr=2e-3),
+        planted=TrainConfig(steps=150, lr=3e-3, warmup=20),
+        decoy=TrainConfig(steps=150, lr=1e-2, warmup=20),
+    ),
+    # a pipeline check only: a few steps each, abilities are NOT learned
+    "tiny": ZooConfig(
+        profile="tiny",
+        data=DataConfig(lang_train=200, lang_probe=16, lang_eval=16, arith_probe=16,
+                        arith_eval=16, facts_keys=16),
+        model=ModelConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64),
+        base=TrainConfig(steps=20, lr=3e-3, warmup=5),
+        tuned=TrainConfig(steps=10, lr=2e-3, warmup=5),
+        lang_b=TrainConfig(steps=5, lr=1e-3, warmup=2),
+        facts=TrainConfig(steps=5, lr=2e-3, warmup=2),
+        planted=TrainConfig(steps=5, lr=3e-3, warmup=2),
+        decoy=TrainConfig(steps=5, lr=1e-2, warmup=2),
+    ),
+}
+
+
+def zoo_config(profile: str = "default") -> ZooConfig:
+    """The named profile's config (``default``: ~0.23M-param models, ``small``: for tests,
+    ``tiny``: a seconds-long pipeline check that learns nothing)."""
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown zoo profile {profile!r}; known: {sorted(PROFILES)}") from None
+
+
+def cache_root() -> Path:
+    """``$ACTLANG_CACHE_DIR/zoo`` (default ``~/.cache/actlang/zoo``)."""
+    base = os.environ.get("ACTLANG_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "actlang") / "zoo"
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    files = sorted(here.glob("*.py")) + [here.parent / "run" / "evaluate.py"]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def zoo_key(config: ZooConfig, seed: int) -> str:
+    """Content key of a zoo: sha256 over config, seed, zoo source and library versions."""
+    payload = {
+        "format": FORMAT,
+        "config": asdict(config),
+        "seed": seed,
+        "source": _source_digest(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ZooManifest:
+    """A built zoo: its directory and the parsed ``zoo.json``."""
+
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.data["seed"])
+
+    @property
+    def profile(self) -> str:
+        return str(self.data["profile"])
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.data["models"])
+
+    @property
+    def accuracy(self) -> dict[str, dict[str, float]]:
+        return self.data["accuracy"]
+
+    @property
+    def build_seconds(self) -> float:
+        return float(self.data["build_seconds"])
+
+    def model_path(self, name: str) -> Path:
+        """Directory of model ``name`` (loadable with ``AutoModelForCausalLM``)."""
+        if name not in self.data["models"]:
+            raise KeyError(f"no model {name!r} in zoo; models: {list(self.data['models'])}")
+        return self.root / self.data["models"][name]["path"]
+
+    def corpus_path(self, ability: str, split: str) -> Path:
+        """Path of ``split`` (train / train_txt / probe / eval) of ``ability``."""
+        return self.root / self.data["corpora"][ability][split]
+
+    def ground_truth_path(self) -> Path:
+        return self.root / self.data["scenarios"]["planted"]["ground_truth"]
+
+    def ground_truth(self) -> dict[str, Any]:
+        return json.loads(self.ground_truth_path().read_text())
+
+    def load_model(self, name: str):
+        """``(model, tokenizer)`` of ``name``, float32, eval mode."""
+        path = self.model_path(name)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.eval()
+        return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_zoo(path: Path) -> ZooManifest:
+    """Read a built zoo directory (the one holding ``zoo.json``)."""
+    path = Path(path)
+    return ZooManifest(path, json.loads((path / "zoo.json").read_text()))
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _clone(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _random_rows(model, fraction: float, rng: random.Random,
+                 exclude: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """A uniformly random ``fraction`` of all attention/MLP Linear rows (global draw)."""
+    space = [(name, r) for name, n in linear_row_params(model).items() for r in range(n)]
+    if exclude:
+        ex = {(n, r) for n, rows in exclude.items() for r in rows}
+        space = [x for x in space if x not in ex]
+    total = sum(linear_row_params(model).values())
+    k = max(1, round(fraction * total))
+    picked = sorted(rng.sample(space, k))
+    rows: dict[str, list[int]] = {}
+    for name, r in picked:
+        rows.setdefault(name, []).append(r)
+    return rows
+
+
+def _mask(model, rows: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    shapes = linear_row_params(model)
+    out = {}
+    for name, idx in rows.items():
+        m = torch.zeros(shapes[name], dtype=torch.bool)
+        m[idx] = True
+        out[name] = m
+    return out
+
+
+def _evaluate(model, tok, abilities, cfg: ZooConfig) -> tuple[dict, dict]:
+    acc = {
+        name: exact_match(model, tok, list(ab.eval), "q", "a", batch_size=cfg.eval_batch_size)
+        for name, ab in abilities.items()
+    }
+    ppl = {
+        name: perplexity(model, tok, [r["text"] for r in abilities[name].eval],
+                         batch_size=cfg.eval_batch_size)
+        for name in ("lang_a", "lang_b")
+    }
+    return acc, ppl
+
+
+def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
+                log: Callable[[str], None]) -> None:
+    t0 = time.perf_counter()
+    abilities = make_abilities(config.data, seed)
+    corpora = write_corpora(abilities, tmp / "data")
+    tok = build_tokenizer(vocabulary(config.data, seed))
+    a, b = abilities["lang_a"].train, abilities["lang_b"].train
+    arith, facts = abilities["arithmetic"].train, abilities["facts"].train
+    models: dict[str, dict[str, Any]] = {}
+    accuracy: dict[str, dict[str, float]] = {}
+    ppl: dict[str, dict[str, float]] = {}
+    built: dict[str, Any] = {}
+
+    def finish(name, model, parent, scenario, trained_on, tcfg, result, row_mask=None):
+        _save(model, tok, tmp / "models" / name)
+        accuracy[name], ppl[name] = _evaluate(model, tok, abilities, config)
+        models[name] = {
+            "path": f"models/{name}",
+            "parent": parent,
+            "scenario": scenario,
+            "trained_on": trained_on,
+            "steps": tcfg.steps,
+            "lr": tcfg.lr,
+            "row_mask": row_mask,
+            "train_seconds": round(result.seconds, 2),
+            "final_loss": round(result.final_loss, 4),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        built[name] = model
+        log(f"zoo: {name:14s} {result.seconds:6.1f}s loss {result.final_loss:.3f} "
+            + " ".join(f"{k}={v:.2f}" for k, v in accuracy[name].items()))
+
+    # seeds of the stages are derived from the zoo seed, each distinct
+    def tc(cfg: TrainConfig, stage: int) -> TrainConfig:
+        return replace(cfg, seed=seed * 1000 + stage)
+
+    texts = {name: ab.train for name, ab in abilities.items()}
+    texts["lang_b_simple"] = tuple(s for s in abilities["lang_b"].train if ";" not in s)
+    texts["arithmetic_shifted"] = shifted_arithmetic_train(abilities["arithmetic"],
+                                                           config.damage_shift)
+
+    write_jsonl(tmp / "data" / "lang_b" / "train_simple.jsonl",
+                ({"text": t} for t in texts["lang_b_simple"]))
+    write_jsonl(tmp / "data" / "arithmetic" / "train_shifted.jsonl",
+                ({"text": t} for t in texts["arithmetic_shifted"]))
+    corpora["lang_b"]["train_simple"] = "data/lang_b/train_simple.jsonl"
+    corpora["arithmetic"]["train_shifted"] = "data/arithmetic/train_shifted.jsonl"
+
+    def mixture(mix):
+        return [(texts[name], w) for name, w in mix]
+
+    def run(model, tcfg, mix, stage, row_mask=None):
+        return train(model, tok, mixture(mix), tc(tcfg, stage), row_mask)
+
+    # recover: base, tuned
+    base = make_model(config.model, len(tok), seed, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    r = run(base, config.base, config.base_mix, 1)
+    finish("base", base, None, "recover", dict(config.base_mix), config.base, r)
+
+    tuned = _clone(base)
+    r = run(tuned, config.tuned, config.tuned_mix, 2)
+    finish("tuned", tuned, "base", "recover", dict(config.tuned_mix), config.tuned, r)
+    del built["tuned"]
+
+    # merge: two mild specialists of base
+    spec_b = _clone(base)
+    r = run(spec_b, config.lang_b, config.lang_b_mix, 3)
+    finish("lang_b", spec_b, "base", "merge", dict(config.lang_b_mix), config.lang_b, r)
+    del built["lang_b"]
+    spec_f = _clone(base)
+    r = run(spec_f, config.facts, config.facts_mix, 4)
+    finish("facts", spec_f, "base", "merge", dict(config.facts_mix), config.facts, r)
+    del built["facts"]
+
+    # planted: damage through a known random set of rows (+ decoys)
+    rng = random.Random(f"planted-{seed}")
+    damage_rows = _random_rows(base, config.planted_fraction, rng)
+    decoy_rows = _random_rows(base, config.planted_fraction, rng, exclude=damage_rows)
+    planted = _clone(base)
+    r = run(planted, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
+    finish("planted", planted, "base", "planted", dict(config.planted_mix),
+           config.planted, r, row_mask="damage")
+
+    decoy = _clone(base)
+    r1 = run(decoy, config.decoy, config.decoy_mix, 6, _mask(base, decoy_rows))
+    r2 = run(decoy, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
+    r2.seconds += r1.seconds
+    finish("planted_decoy", decoy, "base", "planted", dict(config.planted_mix),
+           config.planted, r2, row_mask="decoy, then damage")
+    models["planted_decoy"]["decoy"] = {"trained_on": dict(config.decoy_mix),
+                                        "steps": config.decoy.steps, "lr": config.decoy.lr}
+
+    # oracle: copy the damage rows back from base (what a perfect 3 % transfer achieves)
+    oracle: dict[str, dict[str, float]] = {}
+    for name in ("planted", "planted_decoy"):
+        m = built[name]
+        restored = _clone(m)
+        with torch.no_grad():
+            bp, rp = dict(base.named_parameters()), dict(restored.named_parameters())
+            for pname, rows in damage_rows.items():
+                rp[pname][rows] = bp[pname][rows]
+        oracle[f"{name}_restored"], _ = _evaluate(restored, tok, abilities, config)
+
+    total_rows = sum(linear_row_params(base).values())
+    gt = {
+        "rows_space": "rows of the attention and MLP Linear weights "
+                      "(q/k/v/o_proj, gate/up/down_proj), all layers",
+        "total_rows": total_rows,
+        "fraction": config.planted_fraction,
+        "damage": damage_rows,
+        "decoy": decoy_rows,
+        "n_damage": sum(len(v) for v in damage_rows.values()),
+        "n_decoy": sum(len(v) for v in decoy_rows.values()),
+        "damage_objective": f"arithmetic with answers shifted by +{config.damage_shift}",
+        "decoy_objective": "language B with replay of A and arithmetic, at a high learning "
+                           "rate (planted_decoy only; large changes that keep arithmetic)",
+    }
+    (tmp / "ground_truth").mkdir()
+    (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
+
+    manifest = {
+        "format": FORMAT,
+        "profile": config.profile,
+        "seed": seed,
+        "key": key,
+        "config": asdict(config),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "models": models,
+        "corpora": {k: {s: p for s, p in v.items()} for k, v in corpora.items()},
+        "abilities": list(ABILITIES),
+        "scenarios": {
+            "recover": {"donor": "base", "target": "tuned", "lost": "arithmetic",
+                        "gained": "lang_b"},
+            "merge": {"parent": "base", "specialists": {"lang_b": "lang_b", "facts": "facts"}},
+            "planted": {"donor": "base", "targets": ["planted", "planted_decoy"],
+                        "lost": "arithmetic", "control": "lang_b",
+                        "ground_truth": "ground_truth/planted.json"},
+        },
+        "accuracy": accuracy,
+        "perplexity": ppl,
+        "oracle": oracle,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
+    (tmp / "zoo.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def build_zoo(
+    root: Path | None = None,
+    seed: int = 0,
+    profile: str = "default",
+    config: ZooConfig | None = None,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> ZooManifest:
+    """Build the zoo for ``(config or profile, seed)`` under ``root`` (default
+    :func:`cache_root`), or return the cached one.  Deterministic: the same inputs give
+    byte-identical safetensors.  ``force`` rebuilds (replacing the cached directory)."""
+    config = config or zoo_config(profile)
+    root = Path(root) if root is not None else cache_root()
+    key = zoo_key(config, seed)
+    final = root / f"{config.profile}-s{seed}-{key[:16]}"
+    if (final / "zoo.json").is_file() and not force:
+        return load_zoo(final)
+    root.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda s: None)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        with deterministic(config.threads):
+            _build_into(tmp, config, seed, key, log)
+        if force and final.exists():
+            shutil.rmtree(final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # another process finished the same build first: theirs is identical
+            if not (final / "zoo.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_zoo(final)

@@ -1,0 +1,132 @@
+"""Fast checks of the build pipeline on the ``tiny`` profile (seconds; models learn nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from actlang.zoo.build import MODELS, build_zoo, cache_root, load_zoo, zoo_config, zoo_key
+
+
+def _digests(zoo) -> dict[str, str]:
+    return {
+        m: hashlib.sha256((zoo.model_path(m) / "model.safetensors").read_bytes()).hexdigest()
+        for m in MODELS
+    }
+
+
+def test_manifest(tiny_zoo):
+    z = tiny_zoo
+    assert z.profile == "tiny" and z.seed == 0
+    assert set(z.models) == set(MODELS)
+    assert z.root.name.startswith("tiny-s0-")
+    assert z.root.parent == cache_root()
+    for m in MODELS:
+        d = z.model_path(m)
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            assert (d / f).is_file(), (m, f)
+        assert set(z.accuracy[m]) == {"lang_a", "lang_b", "arithmetic", "facts"}
+        assert all(0.0 <= v <= 1.0 for v in z.accuracy[m].values())
+        assert set(z.data["perplexity"][m]) == {"lang_a", "lang_b"}
+    for ab, splits in z.data["corpora"].items():
+        for split in splits:
+            assert z.corpus_path(ab, split).is_file()
+    assert z.build_seconds > 0
+    assert z.data["scenarios"]["recover"] == {"donor": "base", "target": "tuned",
+                                              "lost": "arithmetic", "gained": "lang_b"}
+    json.loads((z.root / "zoo.json").read_text())
+
+
+def test_models_load_with_transformers(tiny_zoo):
+    d = tiny_zoo.model_path("tuned")
+    model = AutoModelForCausalLM.from_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(d)
+    assert model.config.model_type == "llama"
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA
+    assert model.config.vocab_size == len(tok)
+    out = model(**tok(["the cat"], return_tensors="pt"))
+    assert out.logits.shape[-1] == len(tok)
+
+
+def test_cached_second_call_is_instant(tiny_zoo):
+    t = time.perf_counter()
+    again = build_zoo(seed=0, profile="tiny")
+    assert time.perf_counter() - t < 2.0
+    assert again.root == tiny_zoo.root
+
+
+def test_key_depends_on_config_and_seed():
+    cfg = zoo_config("tiny")
+    assert zoo_key(cfg, 0) == zoo_key(cfg, 0)
+    assert zoo_key(cfg, 0) != zoo_key(cfg, 1)
+    assert zoo_key(cfg, 0) != zoo_key(zoo_config("small"), 0)
+
+
+def test_deterministic_bytes(tiny_zoo, tmp_path):
+    other = build_zoo(tmp_path, seed=0, profile="tiny")
+    assert other.root != tiny_zoo.root
+    assert _digests(other) == _digests(tiny_zoo)
+    assert other.accuracy == tiny_zoo.accuracy
+
+
+def test_different_seed_differs(tiny_zoo, tmp_path):
+    other = build_zoo(tmp_path, seed=1, profile="tiny")
+    assert _digests(other)["base"] != _digests(tiny_zoo)["base"]
+
+
+def _changed_rows(a: dict, b: dict) -> dict[str, set[int]]:
+    out = {}
+    for name in a:
+        diff = a[name] != b[name]
+        if diff.any():
+            rows = diff.reshape(diff.shape[0], -1).any(dim=1) if diff.ndim > 1 else diff
+            out[name] = set(torch.nonzero(rows).flatten().tolist())
+    return out
+
+
+def test_planted_changes_only_ground_truth_rows(tiny_zoo):
+    gt = tiny_zoo.ground_truth()
+    total = gt["total_rows"]
+    assert gt["n_damage"] == round(gt["fraction"] * total)
+    damage = {k: set(v) for k, v in gt["damage"].items()}
+    decoy = {k: set(v) for k, v in gt["decoy"].items()}
+    assert not any(damage.get(k, set()) & rows for k, rows in decoy.items())
+    base = load_file(tiny_zoo.model_path("base") / "model.safetensors")
+    planted = load_file(tiny_zoo.model_path("planted") / "model.safetensors")
+    changed = _changed_rows(base, planted)
+    assert changed  # the fine-tune did change something
+    for name, rows in changed.items():
+        assert rows <= damage.get(name, set()), name
+    both = load_file(tiny_zoo.model_path("planted_decoy") / "model.safetensors")
+    for name, rows in _changed_rows(base, both).items():
+        assert rows <= damage.get(name, set()) | decoy.get(name, set()), name
+
+
+def test_interrupted_build_leaves_nothing(tmp_path):
+    calls = []
+
+    def log(msg):
+        calls.append(msg)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(tmp_path, seed=5, profile="tiny", log=log)
+    assert list(tmp_path.iterdir()) == []
+    z = build_zoo(tmp_path, seed=5, profile="tiny")
+    assert [p.name for p in tmp_path.iterdir()] == [z.root.name]
+    assert load_zoo(z.root).data == z.data
+
+
+def test_default_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACTLANG_CACHE_DIR", str(tmp_path))
+    assert cache_root() == tmp_path / "zoo"
+    monkeypatch.delenv("ACTLANG_CACHE_DIR")
+    assert cache_root() == Path.home() / ".cache" / "actlang" / "zoo"
