@@ -1,0 +1,391 @@
+"""Whole-model merge baselines, defined exactly as mergekit defines them.
+
+    report = merge_models("ties", ["zoo/lang-b", "zoo/facts"], "out/ties", base="zoo/parent",
+                          density=0.5)
+
+These are the controls that show whether *localization* matters: the same donors merged
+without any activation statistics. Methods (mergekit's ``linear`` and its "generalized task
+arithmetic" family, arXiv 2212.04089, 2306.01708, 2311.03099):
+
+============== ============== ================== ==================== ===================
+method         task vectors   sparsification     sign consensus       defaults
+============== ============== ================== ==================== ===================
+linear         no (θ_i)       —                  —                    normalize=True
+task_arithmetic yes (θ_i − θ_b) —                —                    normalize=False
+ties           yes            magnitude (top-k)  "sum"                normalize=True
+dare_linear    yes            Bernoulli drop     —                    normalize=False, rescale=True
+dare_ties      yes            Bernoulli drop     "sum"                normalize=False, rescale=True
+============== ============== ================== ==================== ===================
+
+Per tensor, with base ``θ_b``, donors ``θ_i``, weights ``w_i`` (default 1 each):
+
+* ``linear``: ``Σ w_i θ_i / Σ w_i`` (``normalize=False``: ``Σ w_i θ_i``). ``base`` is not a
+  term of the sum (it only supplies config / tokenizer when no ``target`` is given).
+* task vectors ``δ_i = θ_i − θ_b``;
+* magnitude sparsification (``ties``): keep the ``k = int(density · numel)`` entries of
+  ``δ_i`` with the largest ``|δ_i|``, zero the rest, **no rescale** (mergekit's ``ties``
+  default); ``density >= 1`` keeps everything;
+* Bernoulli sparsification (``dare_*``): keep each entry with probability ``density``; with
+  ``rescale`` the kept entries are divided by ``density`` (mergekit's boolean ``rescale``);
+* weighted deltas ``ω_i = w_i δ_i``;
+* sign consensus "sum" (``ties``, ``dare_ties``): ``s = +1 where Σ_i ω_i >= 0 else −1``;
+  entry ``i`` takes part where ``sign(ω_i) == s`` (a zero delta never takes part);
+  ``mixed = Σ_i ω_i·m_i`` and the divisor is ``Σ_i w_i·m_i`` with zeros replaced by 1;
+* without consensus: ``mixed = Σ_i ω_i``, divisor ``Σ_i w_i`` (|divisor| < 1e-8 → 1);
+* ``normalize``: ``mixed /= divisor``; then ``mixed *= lambda``; result ``θ_b + mixed``.
+
+``normalize=None`` / ``rescale=None`` (the defaults) take mergekit's default for the method
+(table above). Differences from mergekit, all outside what mergekit can produce or purely
+numerical: arithmetic runs in float32 (float64 for float64 tensors) and the result is cast
+back to the base tensor's dtype (mergekit computes in the checkpoint dtype); where
+``int(density · numel) == 0`` mergekit stops with an assertion, here that task vector is
+zeroed; DARE drop masks come from a ``torch.Generator`` seeded by ``(seed, tensor name)``
+(one draw per donor, in donor order), so a merge is reproducible and independent of the
+order tensors are visited in; ties between equal magnitudes are broken by a stable sort.
+Non-floating tensors (integer buffers) are copied from the base (``linear``: the first donor).
+
+:func:`merge_models` works tensor by tensor over safetensors checkpoints (memory ≈ one
+tensor per model), validates the models' compatibility from headers first, and writes a
+standard Hugging Face directory with :func:`~actlang.run.output.write_model_dir`.
+:func:`merge_tensor_mergekit` is the pure per-tensor function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from actlang.run.checkpoint import Checkpoint, check_compatible, natural_key
+from actlang.run.errors import RuntimeUserError
+from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
+
+__all__ = [
+    "MERGE_METHODS",
+    "MergeReport",
+    "MethodSpec",
+    "merge_generator",
+    "merge_models",
+    "merge_tensor_mergekit",
+    "resolve_defaults",
+]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One mergekit method: how task vectors are sparsified and mixed, and its defaults."""
+
+    name: str
+    task_vectors: bool  # False: linear (weighted mean of the models themselves)
+    sparsification: str | None  # None | "magnitude" | "random"
+    consensus: str | None  # None | "sum"
+    default_normalize: bool
+    default_rescale: bool
+
+
+MERGE_METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in (
+        MethodSpec("linear", False, None, None, True, False),
+        MethodSpec("task_arithmetic", True, None, None, False, False),
+        MethodSpec("ties", True, "magnitude", "sum", True, False),
+        MethodSpec("dare_linear", True, "random", None, False, True),
+        MethodSpec("dare_ties", True, "random", "sum", False, True),
+    )
+}
+
+
+def _method(method: str) -> MethodSpec:
+    try:
+        return MERGE_METHODS[method]
+    except KeyError:
+        raise RuntimeUserError(f"unknown merge method {method!r}",
+                               hint=f"methods: {', '.join(MERGE_METHODS)}") from None
+
+
+def resolve_defaults(method: str, normalize: bool | None, rescale: bool | None) -> tuple[bool, bool]:
+    """``(normalize, rescale)`` with ``None`` replaced by mergekit's default for ``method``."""
+    spec = _method(method)
+    return (spec.default_normalize if normalize is None else bool(normalize),
+            spec.default_rescale if rescale is None else bool(rescale))
+
+
+def merge_generator(seed: int, name: str) -> torch.Generator:
+    """The DARE drop-mask generator of one tensor: seeded by ``(seed, name)`` only."""
+    h = hashlib.sha256(f"actlang-merge-v1\0{int(seed)}\0{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & (2**63 - 1))
+
+
+def _densities(density: float | Sequence[float], n: int) -> list[float]:
+    if isinstance(density, (int, float)):
+        ds = [float(density)] * n
+    else:
+        ds = [float(d) for d in density]
+        if len(ds) != n:
+            raise RuntimeUserError(f"{n} donors but {len(ds)} densities")
+    for d in ds:
+        if not (math.isfinite(d) and 0.0 < d <= 1.0):
+            raise RuntimeUserError(f"density must be in (0, 1], got {d}",
+                                   hint="density is the fraction of each task vector kept")
+    return ds
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0] * n
+    ws = [float(w) for w in weights]
+    if len(ws) != n:
+        raise RuntimeUserError(f"{n} donors but {len(ws)} weights", hint="give one weight per donor")
+    if not all(math.isfinite(w) for w in ws):
+        raise RuntimeUserError(f"merge weights must be finite, got {ws}")
+    return ws
+
+
+def _check_args(method: str, n_donors: int, has_base: bool, weights: Sequence[float] | None,
+                density: float | Sequence[float], lambda_: float) -> tuple[MethodSpec, list[float], list[float]]:
+    spec = _method(method)
+    if n_donors < 1:
+        raise RuntimeUserError(f"a {method} merge needs at least one donor")
+    if spec.task_vectors and not has_base:
+        raise RuntimeUserError(f"{method} needs a base model (task vectors are donor − base)",
+                               hint="give the common ancestor of the donors as base")
+    ws = _weights(weights, n_donors)
+    ds = _densities(density, n_donors)
+    if not math.isfinite(float(lambda_)):
+        raise RuntimeUserError(f"lambda must be finite, got {lambda_}")
+    if not spec.task_vectors:
+        if float(lambda_) != 1.0:
+            raise RuntimeUserError("linear merges have no lambda (it scales a task vector)",
+                                   hint="use task_arithmetic with a base for a scaled merge")
+        if any(d != 1.0 for d in ds):
+            raise RuntimeUserError("linear merges do not sparsify; density must be 1",
+                                   hint="use ties or dare_linear for sparsified merges")
+    return spec, ws, ds
+
+
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """mergekit ``sparsify.magnitude`` without rescale: keep the top ``int(density·numel)``."""
+    if density >= 1:
+        return delta
+    k = int(density * delta.numel())
+    if k <= 0:  # mergekit asserts k > 0 here
+        return torch.zeros_like(delta)
+    w = delta.abs().reshape(-1)
+    keep = torch.argsort(w, descending=True, stable=True)[:k]
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+    mask[keep] = 1
+    return delta * mask.view(delta.shape)
+
+
+def _bernoulli(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """mergekit ``sparsify.bernoulli``: keep each entry with probability ``density``;
+    ``rescale`` divides the kept entries by ``density``."""
+    if density >= 1:
+        return delta
+    mask = torch.bernoulli(torch.full(delta.shape, density, dtype=torch.float32), generator=generator)
+    res = delta * mask.to(delta.dtype)
+    if rescale:
+        res = res / density
+    return res
+
+
+def merge_tensor_mergekit(
+    method: str,
+    base: torch.Tensor | None,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float] | None = None,
+    density: float | Sequence[float] = 1.0,
+    lambda_: float = 1.0,
+    normalize: bool | None = None,
+    rescale: bool | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One tensor merged by ``method`` (see the module docs for the formulas).
+
+    ``tensors`` are the donors' tensors (same shape as ``base``); the result has the base's
+    dtype (``linear``: the first donor's). ``generator`` drives the DARE drop masks (one
+    draw of ``base.shape`` per donor, in order); ``None`` uses torch's global generator.
+    """
+    spec, ws, ds = _check_args(method, len(tensors), base is not None, weights, density, lambda_)
+    norm, resc = resolve_defaults(method, normalize, rescale)
+    ref = base if spec.task_vectors else tensors[0]
+    assert ref is not None
+    for i, t in enumerate(tensors):
+        if tuple(t.shape) != tuple(ref.shape):
+            raise RuntimeUserError(f"donor {i} has shape {list(t.shape)}, expected {list(ref.shape)}")
+    if not ref.is_floating_point():
+        return ref.clone()
+    work = _work_dtype(ref)
+
+    if not spec.task_vectors:  # linear
+        stacked = torch.stack([t.to(work) for t in tensors])
+        w = torch.tensor(ws, dtype=work).view(-1, *([1] * ref.dim()))
+        res = (w * stacked).sum(0)
+        if norm:
+            total = float(sum(ws))
+            if total == 0:
+                raise RuntimeUserError("linear merge weights sum to 0; cannot normalize",
+                                       hint="use weights with a non-zero sum, or normalize = false")
+            res = res / w.sum(0)
+        return res.to(ref.dtype)
+
+    b = ref.to(work)
+    deltas = []
+    for t, d in zip(tensors, ds):
+        delta = t.to(work) - b
+        if spec.sparsification == "magnitude":
+            delta = _magnitude(delta, d)
+        elif spec.sparsification == "random":
+            delta = _bernoulli(delta, d, resc, generator)
+        deltas.append(delta)
+    stacked = torch.stack(deltas)
+    w = torch.tensor(ws, dtype=work).view(-1, *([1] * ref.dim()))
+    weighted = stacked * w
+    if spec.consensus == "sum":
+        majority = (weighted.sum(0) >= 0).to(work) * 2 - 1
+        mask = (weighted.sign() == majority).to(work)
+        mixed = (weighted * mask).sum(0)
+        divisor = (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = weighted.sum(0)
+        divisor = w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if norm:
+        mixed = mixed / divisor
+    if float(lambda_) != 1.0:
+        mixed = mixed * float(lambda_)
+    return (b + mixed).to(ref.dtype)
+
+
+def _n_bits_differ(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Elements of ``a`` and ``b`` (same dtype and shape) whose bit patterns differ."""
+    if a.numel() == 0:
+        return 0
+    n = a.element_size()
+    bits = lambda t: t.contiguous().reshape(-1).view(torch.uint8).view(-1, n)  # noqa: E731
+    return int((bits(a) != bits(b)).any(1).sum())
+
+
+@dataclass
+class MergeReport:
+    """What a merge did."""
+
+    method: str
+    out_dir: Path | None = None
+    donors: list[str] = field(default_factory=list)
+    base: str | None = None
+    weights: list[float] = field(default_factory=list)
+    density: list[float] = field(default_factory=list)
+    lambda_: float = 1.0
+    normalize: bool = True
+    rescale: bool = False
+    seed: int = 0
+    tensors: int = 0
+    elements: int = 0
+    tensors_changed: int = 0
+    elements_changed: int = 0  # elements whose bits differ from the reference (base, or donor 0 for linear)
+    bytes_written: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+            "donors": self.donors,
+            "base": self.base,
+            "weights": self.weights,
+            "density": self.density,
+            "lambda": self.lambda_,
+            "normalize": self.normalize,
+            "rescale": self.rescale,
+            "seed": self.seed,
+            "tensors": self.tensors,
+            "elements": self.elements,
+            "tensors_changed": self.tensors_changed,
+            "elements_changed": self.elements_changed,
+            "fraction_changed": self.elements_changed / self.elements if self.elements else 0.0,
+            "bytes_written": self.bytes_written,
+        }
+
+
+def merge_models(
+    method: str,
+    donors: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    weights: Sequence[float] | None = None,
+    density: float | Sequence[float] = 1.0,
+    lambda_: float = 1.0,
+    normalize: bool | None = None,
+    rescale: bool | None = None,
+    seed: int = 0,
+    target: str | Path | None = None,
+    overwrite: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    spec_text: str | None = None,
+    tags: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> MergeReport:
+    """Merge ``donors`` (model directories) by ``method``; write a HF directory at ``out_dir``.
+
+    ``base`` is the common ancestor (required by every method but ``linear``); ``target``
+    supplies config.json, generation config and tokenizer (default: ``base``, else the first
+    donor). Compatibility (architecture, tensor names, shapes, vocabulary) is checked from
+    headers before any tensor is read; then each tensor is read from every model, merged with
+    :func:`merge_tensor_mergekit` and streamed to the output.
+    """
+    spec, ws, ds = _check_args(method, len(donors), base is not None, weights, density, lambda_)
+    norm, resc = resolve_defaults(method, normalize, rescale)
+    srcs = [Checkpoint.open(d) for d in donors]
+    base_ck = Checkpoint.open(base) if base is not None else None
+    ref = base_ck if (spec.task_vectors and base_ck is not None) else srcs[0]
+    others = [c for c in [base_ck, *srcs] if c is not None and c is not ref]
+    check_compatible(ref, others)
+    trg_ck = Checkpoint.open(target) if target is not None else None
+    if trg_ck is not None and trg_ck is not ref:
+        check_compatible(ref, [trg_ck])
+    source_dir = trg_ck.path if trg_ck is not None else (base_ck.path if base_ck is not None else srcs[0].path)
+
+    report = MergeReport(method=method, donors=[str(s.path) for s in srcs],
+                         base=str(base_ck.path) if base_ck is not None else None, weights=ws, density=ds,
+                         lambda_=float(lambda_), normalize=norm, rescale=resc, seed=int(seed))
+    names = sorted(ref.keys(), key=natural_key)
+    layout = [OutTensor(n, ref.info(n).dtype, ref.info(n).shape) for n in names]
+
+    def produce(name: str) -> torch.Tensor:
+        b = base_ck.get(name) if (spec.task_vectors and base_ck is not None) else None
+        ts = [s.get(name) for s in srcs]
+        gen = merge_generator(seed, name) if spec.sparsification == "random" else None
+        out = merge_tensor_mergekit(method, b, ts, ws, ds, lambda_, norm, resc, gen)
+        r = b if b is not None else ts[0]
+        changed = _n_bits_differ(out, r.to(out.dtype))
+        report.tensors += 1
+        report.elements += out.numel()
+        report.elements_changed += changed
+        report.tensors_changed += int(changed > 0)
+        return out
+
+    base_models = ([str(base_ck.path)] if base_ck is not None else []) + [str(s.path) for s in srcs]
+    inputs = [s.path for s in srcs] + ([base_ck.path] if base_ck is not None else [])
+    write_model_dir(
+        out_dir, layout, produce, source_dir=source_dir, base_models=base_models,
+        tags=["merge", "mergekit-method", method, *tags], spec_text=spec_text,
+        description=(f"A `{method}` merge (defined as mergekit defines it) of "
+                     f"{', '.join(f'`{d}`' for d in report.donors)}"
+                     + (f" onto the base `{report.base}`" if report.base and spec.task_vectors else "")
+                     + f"; weights {ws}, density {ds}, lambda {float(lambda_):g}, normalize {norm}, "
+                     f"rescale {resc}, seed {int(seed)}. A whole-model baseline: no channel localization."),
+        max_shard_size=max_shard_size, overwrite=overwrite, input_dirs=inputs, progress=progress,
+    )
+    report.out_dir = Path(out_dir)
+    report.bytes_written = sum(t.nbytes for t in layout)
+    return report
