@@ -190,6 +190,151 @@ def graph_command(
     typer.echo(render_graph(plan, fmt))
 
 
+EXIT_GATE_FAILED = 3
+
+
+@app.command("run")
+def run_command(
+    spec: Path = typer.Argument(..., help="The spec to run.", show_default=False),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write here instead of the spec's output path (with "
+        "several surgeries, each writes into its own directory below it)."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    cache_dir: Optional[Path] = _CACHE_OPTION,
+) -> None:
+    """Run a spec: capture statistics, select channels, transfer, fine-tune, evaluate, save.
+
+    Outputs are written atomically; existing ones are replaced only with --force. Statistics
+    and evaluations are cached, so re-running after changing a budget runs no forward pass.
+    Exit status: 0 success, 1 a mistake in the spec or its inputs, 3 an `expect` gate failed.
+    """
+    import json as json_module
+
+    from rich.console import Console
+
+    from actlang.compile.cache import Cache, write_atomically
+    from actlang.compile.plan import PlanError, make_plan
+    from actlang.lang.diagnostics import Diagnostic
+    from actlang.resources import stdlib_digest
+    from actlang.run.console import BarsProgress, print_results
+    from actlang.run.errors import RuntimeUserError
+    from actlang.run.executor import Executor
+
+    program, sources = _checked_program(spec, json_output)
+    if output is not None:
+        program = _redirect(program, output)
+    console = Console(stderr=True)
+    cache = Cache(cache_dir)
+    try:
+        with console.status("planning (first use of the zoo builds it: a few minutes)"):
+            plan = make_plan(program, cache, dry_run=False)
+        with BarsProgress(console) as progress:
+            result = Executor(plan, cache, spec_text=spec.read_text(), force=force,
+                              progress=progress).run()
+    except PlanError as error:
+        diagnostic = Diagnostic("E501", error.error.message, error.span, hint=error.error.hint)
+        _print_diagnostics([diagnostic], sources, json_output)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except RuntimeUserError as error:
+        _print_diagnostics([Diagnostic("E502", error.message, None, hint=error.hint)], sources,
+                           json_output)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    lock = plan.lock(stdlib_digest())
+    write_atomically(spec.with_name(spec.name + ".lock"),
+                     lambda p: p.write_text(json_module.dumps(lock, indent=2) + "\n"))
+    if json_output:
+        typer.echo(json_module.dumps({
+            "ops": [r.to_json() for r in result.records], "counters": result.counters,
+            "surgeries": [{"name": r.surgery.name, "output": str(r.output),
+                           "sweep": dict(r.surgery.sweep_point), "evals": r.evals,
+                           "transfer": r.transfer, "gates": [g.to_json() for g in r.gates]}
+                          for r in result.surgeries]}, indent=2))
+    else:
+        print_results(Console(), result)
+    if result.failed_gates:
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _redirect(program, output: Path):
+    """``--output``: one surgery writes to OUTPUT; several write to OUTPUT/<name>[/<point>]."""
+    from dataclasses import replace
+
+    names = {s.sweep_group or s.name for s in program.surgeries}
+    root = output.resolve()
+    surgeries = []
+    for s in program.surgeries:
+        base = root if len(names) == 1 else root / (s.sweep_group or s.name)
+        point = ",".join(f"{k}={v}" for k, v in s.sweep_point)
+        surgeries.append(replace(s, output=str(base / point if point else base)))
+    return replace(program, surgeries=tuple(surgeries))
+
+
+cache_app = typer.Typer(help="Inspect or clear the statistics cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
+    """List cached statistics and evaluations."""
+    from actlang.compile.cache import Cache
+    from actlang.compile.render import human_bytes
+
+    cache = Cache(cache_dir)
+    for entry in cache.entries():
+        typer.echo(f"{entry.kind:<6} {entry.key[:16]}  {human_bytes(entry.size):>9}  {entry.path}")
+
+
+@cache_app.command("du")
+def cache_du(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
+    """Show how much space the cache takes."""
+    from actlang.compile.cache import Cache
+    from actlang.compile.render import human_bytes
+
+    cache = Cache(cache_dir)
+    entries = list(cache.entries())
+    for kind in ("stats", "evals"):
+        of_kind = [e for e in entries if e.kind == kind]
+        typer.echo(f"{kind:<6} {len(of_kind):>5} entries  "
+                   f"{human_bytes(sum(e.size for e in of_kind)):>9}")
+    typer.echo(f"root   {cache.root}")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
+    """Remove cached statistics and evaluations (the zoo stays)."""
+    from actlang.compile.cache import Cache
+    from actlang.compile.render import human_bytes
+
+    freed = Cache(cache_dir).clear()
+    typer.echo(f"freed {human_bytes(freed)}")
+
+
+zoo_app = typer.Typer(help="The zoo of tiny synthetic models.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    profile: str = typer.Option("default", help="default, small (for tests) or tiny."),
+    seed: int = typer.Option(0, help="Zoo seed."),
+    cache_dir: Optional[Path] = _CACHE_OPTION,
+) -> None:
+    """Build the zoo (deterministic from the seed; cached)."""
+    from actlang.compile.cache import Cache
+    from actlang.zoo.build import PROFILES, build_zoo
+
+    if profile not in PROFILES:
+        typer.echo(f"error: unknown profile `{profile}` ({', '.join(PROFILES)})", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    manifest = build_zoo(Cache(cache_dir).root / "zoo", seed=seed, profile=profile,
+                         log=lambda line: typer.echo(line, err=True))
+    typer.echo(f"zoo at {manifest.root} (built in {manifest.build_seconds:.0f}s)")
+    for model, accuracies in manifest.accuracy.items():
+        shown = ", ".join(f"{a} {v:.2f}" for a, v in accuracies.items())
+        typer.echo(f"  {model:<14} {shown}")
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Replace a file's contents so that an interruption leaves the old or the new file."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -28,3 +28,15 @@ def grammar_path() -> Path:
 def stdlib_dir() -> Path:
     """Root of the standard library: ``use std.x`` loads ``<stdlib_dir>/std/x.act``."""
     return _data_dir("stdlib")
+
+
+def stdlib_digest() -> str:
+    """A digest of every stdlib file: the stdlib version a lockfile records."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    root = stdlib_dir()
+    for path in sorted(root.rglob("*.act")):
+        hasher.update(path.relative_to(root).as_posix().encode())
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:16]

@@ -113,7 +113,10 @@ def schedule(graph: nx.DiGraph) -> list[O.Op]:
             blocked = min((sum(1 for p in graph.predecessors(user) if p not in done and p != op)
                            for user in graph.successors(op)), default=0)
             return (1, blocked, op.label, O.op_id(op))
-        return (0, stage[op.kind], op.label, O.op_id(op))
+        # Evaluations of one model state run together, so the state is loaded once.
+        group = O.op_id(op.state) if isinstance(op, O.Evaluate) and \
+            not isinstance(op.state, P.ModelSpec) else ""
+        return (0, stage[op.kind], group, op.label, O.op_id(op))
 
     while ready:
         op = min(ready, key=priority)

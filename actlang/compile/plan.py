@@ -86,6 +86,7 @@ class Plan:
     models: dict[str, ModelInfo]
     keys: dict[O.Op, str]
     corpus_tokens: dict[tuple, int | None]
+    corpus_digests: dict[tuple, str]
     selectable: dict[O.Select, int]  # channels each selection chooses from
     estimates: Estimates = field(default_factory=Estimates)
     notes: list[str] = field(default_factory=list)
@@ -114,6 +115,22 @@ class Plan:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
 
+    def lock(self, stdlib_digest: str) -> dict[str, Any]:
+        """What pins this run's inputs: model digests and revisions, corpus digests."""
+        return {
+            "format_version": 1,
+            "actlang_version": __version__,
+            "stdlib": stdlib_digest,
+            "models": {name: {"source": info.spec.source, "location": info.spec.location,
+                              "revision": info.spec.revision,
+                              "resolved": str(info.directory) if info.directory else None,
+                              "digest": info.identity}
+                       for name, info in sorted(self.models.items())},
+            "corpora": {f"{O.corpus_label(corpus)} ({tokenizer.name} tokens)": value
+                        for (corpus, tokenizer), value in sorted(
+                            self.corpus_digests.items(), key=lambda kv: repr(kv[0]))},
+        }
+
 
 # ---- building the plan ------------------------------------------------------------------------
 
@@ -139,7 +156,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True) -> Plan
     graph = eliminate_dead_ops(graph)
     order = schedule(graph)
     plan = Plan(program, graph, order, cached & set(graph.nodes), models, keys, corpus_tokens,
-                selectable)
+                corpus_digests, selectable)
     plan.estimates = _estimate(plan)
     for name, info in models.items():
         if info.directory is None:

@@ -1,0 +1,98 @@
+"""Terminal output of `actc run`: rich progress bars on stderr and the results tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, \
+    TimeElapsedColumn
+from rich.table import Table
+
+from actlang.compile import ops as O
+from actlang.run.executor import Progress, RunResult, SurgeryResult
+
+
+class BarsProgress(Progress):
+    """One bar for the plan's ops, one for the work inside the current op."""
+
+    def __init__(self, console: Console):
+        self.bars = RichBars(TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                             transient=True)
+        self.ops = self.bars.add_task("ops", total=None)
+        self.work = self.bars.add_task("", total=None, visible=False)
+
+    def __enter__(self) -> "BarsProgress":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def op_started(self, index: int, count: int, op: O.Op) -> None:
+        self.bars.update(self.ops, total=count, completed=index, description=op.label[:60])
+        self.bars.update(self.work, completed=0, total=None, visible=False)
+
+    def advance(self, done: int, total: int | None) -> None:
+        self.bars.update(self.work, completed=done, total=total, visible=True,
+                         description="  " + ("batches/tensors/steps"))
+
+    def op_finished(self, op: O.Op, status: str, seconds: float) -> None:
+        mark = "=" if status == "cached" else "+"
+        self.bars.console.print(f"[dim]{mark} {op.label} ({status}, {seconds:.2f}s)[/dim]")
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def eval_table(result: SurgeryResult) -> Table:
+    columns: list[str] = []
+    for row in result.evals.values():
+        columns += [c for c in row if c not in columns]
+    table = Table(title=f"{result.surgery.name} → {result.output}")
+    table.add_column("ability")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for ability, row in result.evals.items():
+        table.add_row(ability, *(_fmt(row.get(c)) for c in columns))
+    return table
+
+
+def sweep_table(name: str, results: list[SurgeryResult]) -> Table:
+    """One row per sweep point: its parameters and the output's score on each ability."""
+    parameters = [k for k, _ in results[0].surgery.sweep_point]
+    abilities = list(results[0].evals)
+    table = Table(title=f"sweep {name}")
+    for p in parameters:
+        table.add_column(p)
+    for ability in abilities:
+        table.add_column(f"{ability} (final)", justify="right")
+    for r in results:
+        row = [v for _, v in r.surgery.sweep_point]
+        for ability in abilities:
+            values = list(r.evals.get(ability, {}).values())
+            row.append(_fmt(values[-1] if values else None))
+        table.add_row(*row)
+    return table
+
+
+def print_results(console: Console, result: RunResult) -> None:
+    groups: dict[str, list[SurgeryResult]] = {}
+    for r in result.surgeries:
+        if r.surgery.sweep_group:
+            groups.setdefault(r.surgery.sweep_group, []).append(r)
+        elif r.evals:
+            console.print(eval_table(r))
+    for name, results in groups.items():
+        console.print(sweep_table(name, results))
+    counters = result.counters
+    cached = sum(1 for r in result.records if r.status == "cached")
+    console.print(f"{len(result.records)} ops ({cached} cached), "
+                  f"{counters['forward_passes']} forward passes for statistics, "
+                  f"{counters['tokens_scored']:,} scored tokens")
+    for surgery, gate in result.failed_gates:
+        console.print(f"[red]gate failed[/red] in {surgery.surgery.name}: {gate.condition} "
+                      f"({gate.left:.4f} vs {gate.right:.4f}, short by "
+                      f"{abs(gate.left - gate.right):.4f})")
