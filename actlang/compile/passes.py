@@ -1,7 +1,7 @@
 """Optimization passes over the operation graph. Each is a small function: graph in, graph out.
 
 1. :func:`fuse_captures` — every statistic of one corpus comes from one forward pass per model.
-2. :func:`drop_cached` — statistics and evaluations found in the cache need no work.
+2. :func:`drop_cached` — statistics, evaluations and up-to-date outputs need no work.
 3. :func:`eliminate_dead_ops` — ops whose results reach no output are removed.
 4. :func:`schedule` — a deterministic order that keeps few models in memory at once, with each
    model loaded once.
@@ -55,7 +55,8 @@ def _names(models: Iterable[P.ModelSpec]) -> list[str]:
 
 def drop_cached(graph: nx.DiGraph, is_cached: Callable[[O.Op], bool]) -> tuple[nx.DiGraph,
                                                                                set[O.Op]]:
-    """Detach the statistics and evaluations that ``is_cached`` finds; shrink captures.
+    """Detach the statistics, evaluations and outputs that ``is_cached`` finds (an output is
+    cached when it exists and was made from the same inputs); shrink captures.
 
     A capture whose statistics are all cached disappears; one with some cached keeps only the
     models its missing statistics need. Returns the new graph and the set of cached ops
@@ -63,7 +64,7 @@ def drop_cached(graph: nx.DiGraph, is_cached: Callable[[O.Op], bool]) -> tuple[n
     """
     graph = graph.copy()
     cached = {op for op in graph.nodes
-              if isinstance(op, (O.Statistic, O.Evaluate)) and is_cached(op)}
+              if isinstance(op, (O.Statistic, O.Evaluate, O.Save)) and is_cached(op)}
     for op in cached:
         for source in list(graph.predecessors(op)):
             graph.remove_edge(source, op)
@@ -85,7 +86,8 @@ def drop_cached(graph: nx.DiGraph, is_cached: Callable[[O.Op], bool]) -> tuple[n
 
 
 def eliminate_dead_ops(graph: nx.DiGraph) -> nx.DiGraph:
-    """Keep only the ops some output (a Save) depends on, and the cached ops they read."""
+    """Keep only the ops some output (a Save) depends on. A cached Save has no inputs left,
+    so what only it needed goes."""
     live: set[O.Op] = set()
     for save in (op for op in graph.nodes if isinstance(op, O.Save)):
         live.add(save)

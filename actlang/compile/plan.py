@@ -165,7 +165,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True) -> Plan
         elif not info.has_weights:
             plan.notes.append(f"{name}: only a config at {info.directory} (no weights): "
                               "planning works, running needs the weights")
-    for save in (op for op in order if isinstance(op, O.Save)):
+    for save in (op for op in order if isinstance(op, O.Save) and op not in plan.cached):
         if Path(save.surgery.output).exists():
             plan.notes.append(f"{save.surgery.output} exists: `actc run` replaces it only "
                               "with --force")
@@ -366,6 +366,13 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
                 continue
             keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, "paired" if op.partner else
                               "unpaired", identities, corpus, op.corpus.options.max_tokens)
+        elif isinstance(op, O.Save):
+            identities = [info.identity for info in models.values()
+                          if _uses(op.surgery, info.spec)]
+            if None in identities:
+                continue
+            keys[op] = digest(CACHE_FORMAT, "output", O.op_id(op), identities,
+                              sorted(corpus_digests.values()))
         elif isinstance(op, O.Evaluate) and isinstance(op.state, P.ModelSpec):
             identity = models[op.state.name].identity
             corpora = [corpus_digests.get((e.corpus, op.state)) for e in op.ability.evals]
@@ -376,8 +383,24 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
     return keys
 
 
+def _uses(surgery: P.SurgerySpec, model: P.ModelSpec) -> bool:
+    return model in (surgery.target, *(t.donor for t in surgery.transfers),
+                     *(surgery.merge.donors if surgery.merge else ()),
+                     *([surgery.merge.base] if surgery.merge and surgery.merge.base else []))
+
+
 def _in_cache(cache: Cache, op: O.Op, key: str) -> bool:
+    if isinstance(op, O.Save):
+        return output_key(Path(op.surgery.output)) == key
     return cache.has("stats" if isinstance(op, O.Statistic) else "evals", key)
+
+
+def output_key(directory: Path) -> str | None:
+    """The key recorded in a finished output's run_results.json (None if there is none)."""
+    try:
+        return json.loads((directory / "run_results.json").read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ---- estimates ----------------------------------------------------------------------------
@@ -409,7 +432,7 @@ def _estimate(plan: Plan) -> Estimates:
             params = plan.models[op.source.target.name].parameters or 0
             est.flops += 6.0 * params * op.spec.steps * op.spec.batch_size * \
                 op.spec.data.options.max_tokens
-        elif isinstance(op, O.Save):
+        elif isinstance(op, O.Save) and op not in plan.cached:
             size = plan.models[op.surgery.target.name].weight_bytes
             est.exact &= size is not None
             est.bytes_written += size or 0

@@ -157,7 +157,8 @@ class Executor:
 
     def _check_outputs(self) -> None:
         for op in self.plan.order:
-            if isinstance(op, O.Save) and Path(op.surgery.output).exists() and not self.force:
+            if isinstance(op, O.Save) and op not in self.plan.cached and \
+                    Path(op.surgery.output).exists() and not self.force:
                 raise RuntimeUserError(f"output {op.surgery.output} already exists",
                                        hint="choose another output (--output) or replace it "
                                        "with --force")
@@ -170,7 +171,7 @@ class Executor:
 
     def _execute(self, op: O.Op, cached: bool) -> dict[str, Any] | None:
         handler = getattr(self, f"_op_{op.kind}")
-        return handler(op, cached) if op.kind in ("statistic", "eval") else handler(op)
+        return handler(op, cached) if op.kind in ("statistic", "eval", "save") else handler(op)
 
     # -- models and data
 
@@ -417,10 +418,17 @@ class Executor:
             self.cache.store_json(key, metrics)
         return metrics
 
-    def _op_save(self, op: O.Save) -> dict[str, Any]:
+    def _op_save(self, op: O.Save, cached: bool) -> dict[str, Any]:
         from actlang.run.output import atomic_output_dir
 
         surgery = op.surgery
+        if cached:  # up to date: made from the same inputs by an earlier run
+            previous = json.loads((Path(surgery.output) / "run_results.json").read_text())
+            gates = [GateResult(g["condition"], g["left"], g["right"], g["passed"])
+                     for g in previous["gates"]]
+            self.results.append(SurgeryResult(surgery, Path(surgery.output), previous["evals"],
+                                              gates, previous["transfer"]))
+            return {"output": surgery.output, "up_to_date": True}
         stage = self.values[op.state]
         evals = self._eval_table(surgery)
         gates = [self._gate(e, surgery) for e in surgery.expects]
@@ -431,7 +439,7 @@ class Executor:
         ancestors = _ancestors(self.plan, op)
         payload = {
             "format_version": RESULTS_FORMAT_VERSION, "actlang_version": __version__,
-            "surgery": surgery.name, "output": surgery.output,
+            "key": self.plan.keys.get(op), "surgery": surgery.name, "output": surgery.output,
             "sweep": dict(surgery.sweep_point),
             "ops": [self.records[o].to_json() for o in self.plan.order
                     if o in ancestors and o in self.records],

@@ -1,0 +1,17 @@
+"""The zoo: tiny models that really have — and really lose — abilities, built on CPU.
+
+* :mod:`actlang.zoo.data` — four synthetic abilities (``lang_a``, ``lang_b``, ``arithmetic``,
+  ``facts``) with disjoint train / probe / eval splits, deterministic from a seed.
+* :mod:`actlang.zoo.tokenizer` — a word-level ``PreTrainedTokenizerFast`` built locally.
+* :mod:`actlang.zoo.train` — tiny Llama models (GQA) and a deterministic, optionally
+  row-masked, training loop.
+* :mod:`actlang.zoo.build` — ``build_zoo(root=None, seed=0, profile="default") ->
+  ZooManifest``: the recover, merge and planted scenarios as HF model directories plus
+  corpora and a ``zoo.json`` manifest, cached under ``$ACTLANG_CACHE_DIR/zoo``.
+
+Evaluation (greedy exact match, perplexity) lives in :mod:`actlang.run.evaluate`.
+"""
+
+from actlang.zoo.build import MODELS, PROFILES, ZooConfig, ZooManifest, build_zoo, cache_root, load_zoo
+
+__all__ = ["MODELS", "PROFILES", "ZooConfig", "ZooManifest", "build_zoo", "cache_root", "load_zoo"]

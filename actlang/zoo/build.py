@@ -272,8 +272,16 @@ def load_zoo(path: Path) -> ZooManifest:
 
 
 def _save(model, tokenizer, path: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
 
 
