@@ -422,7 +422,7 @@ def _estimate(plan: Plan) -> Estimates:
                 est.forward_passes += 1
                 est.tokens += tokens or 0
                 est.flops += 2.0 * (plan.models[model.name].parameters or 0) * (tokens or 0)
-        elif isinstance(op, O.Evaluate):
+        elif isinstance(op, O.Evaluate) and op not in plan.cached:
             target = op.state if isinstance(op.state, P.ModelSpec) else _state_target(op.state)
             params = plan.models[target.name].parameters or 0
             for spec in op.ability.evals:

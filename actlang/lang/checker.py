@@ -182,7 +182,10 @@ class _Checker:
                 name, value = item.bound_name, _ImportRef(file.imports.get(item.bound_name))
             else:
                 name, value = item.name, item
-                if name in schema.MODULE_NAMESPACES or name in schema.FUNCTIONS:
+                # Module namespaces are read where names are (`attn.q`); functions only in
+                # calls, where a recipe of the same name would be ambiguous.
+                if name in schema.MODULE_NAMESPACES or \
+                        (isinstance(item, ast.Recipe) and name in schema.FUNCTIONS):
                     self.error("E106", f"`{name}` is a builtin name and cannot be redefined",
                                item.span, hint=f"rename it, e.g. `my_{name}`")
                     continue

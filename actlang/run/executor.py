@@ -159,9 +159,11 @@ class Executor:
         for op in self.plan.order:
             if isinstance(op, O.Save) and op not in self.plan.cached and \
                     Path(op.surgery.output).exists() and not self.force:
-                raise RuntimeUserError(f"output {op.surgery.output} already exists",
-                                       hint="choose another output (--output) or replace it "
-                                       "with --force")
+                made_here = (Path(op.surgery.output) / "run_results.json").is_file()
+                raise RuntimeUserError(
+                    f"output {op.surgery.output} already exists" +
+                    (", made by an earlier run with other inputs" if made_here else ""),
+                    hint="replace it with --force, or write elsewhere with --output")
 
     def _counters(self) -> dict[str, Any]:
         return {"forward_passes": S.COUNTERS.forward_passes,
