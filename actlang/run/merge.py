@@ -7,15 +7,11 @@ These are the controls that show whether *localization* matters: the same donors
 without any activation statistics. Methods (mergekit's ``linear`` and its "generalized task
 arithmetic" family, arXiv 2212.04089, 2306.01708, 2311.03099):
 
-============== ============== ================== ==================== ===================
-method         task vectors   sparsification     sign consensus       defaults
-============== ============== ================== ==================== ===================
-linear         no (θ_i)       —                  —                    normalize=True
-task_arithmetic yes (θ_i − θ_b) —                —                    normalize=False
-ties           yes            magnitude (top-k)  "sum"                normalize=True
-dare_linear    yes            Bernoulli drop     —                    normalize=False, rescale=True
-dare_ties      yes            Bernoulli drop     "sum"                normalize=False, rescale=True
-============== ============== ================== ==================== ===================
+* ``linear`` — weighted mean of the models themselves; default ``normalize=True``;
+* ``task_arithmetic`` — task vectors, no sparsification, no consensus; ``normalize=False``;
+* ``ties`` — magnitude (top-k) sparsification, sign consensus "sum"; ``normalize=True``;
+* ``dare_linear`` — Bernoulli drop, no consensus; ``normalize=False``, ``rescale=True``;
+* ``dare_ties`` — Bernoulli drop, sign consensus "sum"; ``normalize=False``, ``rescale=True``.
 
 Per tensor, with base ``θ_b``, donors ``θ_i``, weights ``w_i`` (default 1 each):
 
@@ -35,13 +31,15 @@ Per tensor, with base ``θ_b``, donors ``θ_i``, weights ``w_i`` (default 1 each
 * ``normalize``: ``mixed /= divisor``; then ``mixed *= lambda``; result ``θ_b + mixed``.
 
 ``normalize=None`` / ``rescale=None`` (the defaults) take mergekit's default for the method
-(table above). Differences from mergekit, all outside what mergekit can produce or purely
-numerical: arithmetic runs in float32 (float64 for float64 tensors) and the result is cast
-back to the base tensor's dtype (mergekit computes in the checkpoint dtype); where
-``int(density · numel) == 0`` mergekit stops with an assertion, here that task vector is
-zeroed; DARE drop masks come from a ``torch.Generator`` seeded by ``(seed, tensor name)``
-(one draw per donor, in donor order), so a merge is reproducible and independent of the
-order tensors are visited in; ties between equal magnitudes are broken by a stable sort.
+(list above). ``rescale`` affects only the DARE methods: magnitude pruning is never rescaled
+(mergekit's optional L1 rescale of ``ties`` is not offered). Other differences from mergekit,
+all outside what mergekit produces or purely numerical: arithmetic runs in float32 (float64
+for float64 tensors) and the result is cast back to the base tensor's dtype (mergekit computes
+in the checkpoint dtype); where ``int(density · numel) == 0`` mergekit stops with an
+assertion, here that task vector is zeroed; DARE drop masks come from a ``torch.Generator``
+seeded by ``(seed, tensor name)`` (one draw per donor, in donor order), so a merge is
+reproducible and independent of the order tensors are visited in; equal magnitudes are ranked
+by a stable sort.
 Non-floating tensors (integer buffers) are copied from the base (``linear``: the first donor).
 
 :func:`merge_models` works tensor by tensor over safetensors checkpoints (memory ≈ one
