@@ -40,6 +40,7 @@ _TYPE_WORDS = {
     "selector": "a module selector", "score": "a score", "budget": "a budget",
     "string": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
     "range": "a range like 4..28", "size": "a size like 2GB", "number": "a number",
+    "truth": "a ground-truth file or zoo_truth()",
     "recipe": "a recipe", "surgery": "a surgery", "module": "an imported module",
 }
 _DECL_KINDS = {ast.ModelDecl: "model", ast.CorpusDecl: "corpus", ast.AbilityDecl: "ability",
@@ -582,6 +583,13 @@ class _Checker:
             return self.score(expr, scope)
         if type_ == "eval":
             return self.eval_expr(expr, scope)
+        if type_ == "truth":
+            if isinstance(expr, ast.Str):
+                return str((Path(scope.file.key).parent / expr.value).resolve())
+            if isinstance(expr, ast.Call) and expr.func.dotted == "zoo_truth":
+                args = self.call_args(expr, scope)
+                return INVALID if args is INVALID else \
+                    P.ZooTruth(args.get("profile", "default"), args.get("seed", 0))
         hint = None
         if type_ == "float" and isinstance(expr, ast.Percent):
             hint = f"write it as a fraction: {_num(expr.value / 100)}"
@@ -944,7 +952,8 @@ class _Checker:
             lambda_=f.get("lambda", 1.0), layers=f.get("layers"),
             exclude=f.get("exclude", P.Selector(())),
             min_per_module=f.get("min_per_module", 0), max_per_module=max_per_module,
-            include_global=f.get("include_global", False), span=stmt.span)
+            include_global=f.get("include_global", False), truth=f.get("truth"),
+            span=stmt.span)
 
     def merge(self, stmt: ast.Merge, scope: _Scope) -> Any:
         if stmt.method not in schema.MERGE_METHODS:
@@ -969,7 +978,7 @@ class _Checker:
         return P.MergeRule(method=stmt.method, donors=tuple(donors), base=f.get("base"),
                            weights=tuple(weights) if weights else None,
                            density=f.get("density", 1.0), lambda_=f.get("lambda", 1.0),
-                           normalize=f.get("normalize", True), rescale=f.get("rescale", True),
+                           normalize=f.get("normalize"), rescale=f.get("rescale"),
                            seed=f.get("seed", 0), span=stmt.span)
 
     def finetune(self, stmt: ast.Finetune, scope: _Scope) -> Any:

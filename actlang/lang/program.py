@@ -167,6 +167,14 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class ZooTruth:
+    """The rows the zoo's planted fine-tune was allowed to change."""
+
+    zoo_profile: str = "default"
+    zoo_seed: int = 0
+
+
+@dataclass(frozen=True)
 class TransferRule:
     ability: AbilitySpec
     donor: ModelSpec
@@ -183,6 +191,7 @@ class TransferRule:
     min_per_module: int = 0
     max_per_module: Budget | None = None
     include_global: bool = False
+    truth: str | ZooTruth | None = None  # a JSON file {tensor: [rows]} (resolved path)
     span: Span | None = _span()
 
 
@@ -196,8 +205,8 @@ class MergeRule:
     weights: tuple[float, ...] | None = None
     density: float = 1.0
     lambda_: float = 1.0
-    normalize: bool = True
-    rescale: bool = True
+    normalize: bool | None = None  # None: mergekit's default for the method
+    rescale: bool | None = None
     seed: int = 0
     span: Span | None = _span()
 

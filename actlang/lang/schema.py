@@ -114,6 +114,9 @@ TRANSFER_FIELDS = _fields(
     FieldSpec("include_global", "bool",
               "allow residual-stream channels (embed, lm_head, norms, q/k norms) to move",
               default="false"),
+    FieldSpec("truth", "truth", "known changed rows to score the selection against: a JSON "
+              "file {tensor: [rows]}, or zoo_truth() for the zoo's planted scenario",
+              sweep=False),
 )
 
 FINETUNE_FIELDS = _fields(
@@ -135,8 +138,10 @@ MERGE_FIELDS = _fields(
     FieldSpec("density", "float", "fraction of each task vector kept (ties, dare_*)",
               default="1.0", low=0.0, high=1.0, low_open=True),
     FieldSpec("lambda", "float", "scale of the merged task vector", default="1.0", low=0.0),
-    FieldSpec("normalize", "bool", "divide by the sum of weights", default="true"),
-    FieldSpec("rescale", "bool", "dare: rescale kept entries by 1/density", default="true"),
+    FieldSpec("normalize", "bool", "divide by the sum of weights",
+              default="mergekit's: true for linear and ties, false otherwise"),
+    FieldSpec("rescale", "bool", "dare: rescale kept entries by 1/density",
+              default="true for dare_*"),
     FieldSpec("seed", "int", "dare: drop mask seed", default="0", low=0),
 )
 # Which merge fields each method reads (others are an error).
@@ -237,6 +242,10 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
                   low=1))),
     FunctionSpec("perplexity", "eval", "perplexity on a corpus (lower is better)", (
         FieldSpec("data", "corpus", "the corpus", required=True),)),
+    FunctionSpec("zoo_truth", "truth", "the rows the zoo's planted fine-tune changed", (
+        FieldSpec("seed", "int", "zoo seed", default="0", low=0),
+        FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
+                  default="default", choices=ZOO_PROFILES))),
     FunctionSpec("random", "score", "control: channels chosen uniformly at random", (
         FieldSpec("seed", "int", "random seed", default="0", low=0),)),
     FunctionSpec("threshold", "budget", "every channel whose score is at least this", (
