@@ -11,6 +11,7 @@ adds interpreter start-up and imports), so the two can be compared in the same r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -48,7 +49,7 @@ def main() -> None:
         actc = shutil.which("actc", path=str(Path(sys.executable).parent))
         start = time.perf_counter()
         subprocess.run([actc, "plan", str(spec)], check=True, capture_output=True,
-                       env={"ACTLANG_CACHE_DIR": str(root / "cache"), "PATH": ""})
+                       env={**os.environ, "ACTLANG_CACHE_DIR": str(root / "cache")})
         command = time.perf_counter() - start
         print(json.dumps({
             "parameters": plan.models["base"].parameters,
