@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import fnmatch
 
+from typing import TYPE_CHECKING
+
 from actlang.compile.cache import Cache
 from actlang.compile.resolve import zoo_corpus
 from actlang.lang import program as P
-from actlang.run import corpus as C
 from actlang.run.adapters import ChannelSpace, Entry, RawSelector
 from actlang.run.errors import RuntimeUserError
-from actlang.run.select import Budget
+
+if TYPE_CHECKING:  # the runtime imports torch: planning a config-only model does not need it
+    from actlang.run.corpus import Corpus
+    from actlang.run.select import Budget
 
 
-def runtime_corpus(spec: P.Corpus, cache: Cache, build: bool = True) -> C.Corpus | None:
+def runtime_corpus(spec: P.Corpus, cache: Cache, build: bool = True) -> Corpus | None:
     """The documents of a corpus (None: a zoo corpus whose zoo is not built, ``build`` off)."""
+    from actlang.run import corpus as C
+
     options = spec.options
     if isinstance(spec, P.ZooCorpus):
         resolved = zoo_corpus(spec, cache, build)
@@ -102,6 +108,8 @@ def candidate_entries(space: ChannelSpace, rule: P.TransferRule) -> list[Entry]:
 
 
 def runtime_budget(budget: P.Budget) -> Budget:
+    from actlang.run.select import Budget
+
     if budget.kind == "threshold":
         return Budget("threshold", budget.value)
     if budget.kind == "count":

@@ -315,16 +315,15 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
     for corpus, tokenizer in sorted(needed, key=repr):
         info = models.get(tokenizer.name)
         directory = info.directory if info else None
-        documents = None
+        if directory is None or not _has_tokenizer(directory):
+            tokens[(corpus, tokenizer)] = None  # unbuilt zoo, or a config-only directory
+            continue
         try:
             documents = runtime_corpus(corpus, cache, build=not dry_run)
         except RuntimeUserError as error:
             raise PlanError(error, None) from None
-        if documents is None or directory is None:
+        if documents is None:
             tokens[(corpus, tokenizer)] = None
-            continue
-        if not _has_tokenizer(directory):
-            tokens[(corpus, tokenizer)] = None  # a config-only directory: size unknown
             continue
         try:
             tokenized = documents.tokenize(_tokenizer(directory),
