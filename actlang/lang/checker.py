@@ -23,6 +23,7 @@ from actlang.lang import ast, schema
 from actlang.lang import program as P
 from actlang.lang.diagnostics import Diagnostic, DiagnosticError, SourceCache, did_you_mean
 from actlang.lang.loader import LoadedFile, LoadResult, load
+from actlang.lang.parser import too_deep
 from actlang.lang.schema import FieldSpec
 
 
@@ -113,7 +114,11 @@ def check(path: Path | str, text: str | None = None) -> tuple[P.Program | None, 
     """
     loaded = load(path, text)
     checker = _Checker(loaded)
-    program = checker.run()
+    try:
+        program = checker.run()
+    except RecursionError:  # values nested beyond Python's stack: one clear error instead
+        program = None
+        checker.diagnostics.append(too_deep(loaded.files[loaded.main].display))
     diagnostics = _dedupe(loaded.diagnostics + checker.diagnostics)
     has_errors = any(d.severity == "error" for d in diagnostics)
     return (None if has_errors else program), diagnostics, loaded.sources

@@ -31,6 +31,8 @@ CODES: dict[str, str] = {
     "E003": "syntax error: unexpected end of file",
     "E004": "invalid literal",
     "E005": "file cannot be read",
+    "E006": "nesting too deep",
+    "E007": "positional argument after a keyword argument",
     "E101": "unknown name",
     "E102": "duplicate definition",
     "E103": "unknown import",

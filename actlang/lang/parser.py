@@ -11,7 +11,8 @@ import re
 from functools import lru_cache
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             UnexpectedToken, VisitError)
 from lark.tree import Meta
 
 from actlang.lang import ast
@@ -79,18 +80,28 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     _COMMENTS.tokens = []
     try:
         tree = _lark().parse(text)
+        comments = tuple(ast.Comment(c.value.rstrip(), c.line, c.column, c.start_pos)
+                         for c in _COMMENTS.tokens)
+        builder = _Builder(file)
+        items = builder.transform(tree)
     except UnexpectedInput as error:
         raise DiagnosticError([_syntax_diagnostic(error, text, file)]) from None
-    comments = tuple(ast.Comment(c.value.rstrip(), c.line, c.column, c.start_pos)
-                     for c in _COMMENTS.tokens)
-    builder = _Builder(file)
-    items = builder.transform(tree)
+    except (RecursionError, VisitError) as error:
+        if isinstance(error, VisitError) and not isinstance(error.orig_exc, RecursionError):
+            raise
+        raise DiagnosticError([too_deep(file)]) from None
     if builder.errors:
         raise DiagnosticError(builder.errors)
     return ast.Module(items=tuple(items), comments=comments, file=file)
 
 
 # ---- syntax errors ----------------------------------------------------------------------------
+
+
+def too_deep(file: str) -> Diagnostic:
+    """Expressions or blocks nested beyond what the parser (or checker) recurses through."""
+    return Diagnostic("E006", f"`{file}` nests expressions or blocks too deeply", None,
+                      hint="a spec needs a few levels; split the expression with `let`")
 
 
 def _point_span(file: str, text: str, line: int, column: int, width: int = 1) -> ast.Span:
@@ -240,7 +251,7 @@ class _Builder(Transformer):
 
     def _string(self, token: Token) -> str:
         try:
-            return json.loads(token.value)
+            return json.loads(token.value, strict=False)  # a raw tab is a tab
         except json.JSONDecodeError:
             self.errors.append(Diagnostic(
                 "E004", "invalid escape in string", self._token_span(token),
@@ -339,8 +350,16 @@ class _Builder(Transformer):
     @v_args(meta=True)
     def call(self, meta, children):
         func, *args = children
-        positional = tuple(a for a in args if a is not None and not isinstance(a, ast.KwArg))
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, ast.KwArg))
         keywords = tuple(a for a in args if isinstance(a, ast.KwArg))
+        first_keyword = next((i for i, a in enumerate(args) if isinstance(a, ast.KwArg)), None)
+        if first_keyword is not None and any(not isinstance(a, ast.KwArg)
+                                             for a in args[first_keyword:]):
+            late = next(a for a in args[first_keyword:] if not isinstance(a, ast.KwArg))
+            self.errors.append(Diagnostic(
+                "E007", "positional argument after a keyword argument", late.span,
+                hint="put positional arguments first, or name this one"))
         return ast.Call(func, positional, keywords, span=self._span(meta))
 
     def kwarg(self, meta, name, value):
