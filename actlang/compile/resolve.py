@@ -31,8 +31,8 @@ class ZooRef:
     seed: int
 
 
-def zoo_ref(spec: P.ModelSpec | P.ZooCorpus) -> ZooRef:
-    """Which zoo a zoo model or corpus belongs to (after the environment override)."""
+def zoo_ref(spec: P.ModelSpec | P.ZooCorpus | P.ZooTruth) -> ZooRef:
+    """Which zoo a zoo model, corpus or truth belongs to (after the environment override)."""
     profile = os.environ.get(ZOO_PROFILE_ENV) or spec.zoo_profile
     return ZooRef(profile, spec.zoo_seed)
 

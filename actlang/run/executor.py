@@ -456,7 +456,42 @@ class Executor:
                 else:
                     shutil.copy2(item, target)
             (tmp / "run_results.json").write_text(json.dumps(payload, indent=2) + "\n")
+            self._report(tmp, op, evals, gates)
         return {"output": surgery.output}
+
+    def _report(self, directory: Path, op: O.Save, evals: dict, gates: list[GateResult]) -> None:
+        """report.md / report.html / plots: tables, channel maps, score CCDFs, overlaps."""
+        from actlang.run.report import Selection, write_report
+
+        surgery = op.surgery
+        root = _stage_root(op.state)
+        selections = []
+        if isinstance(root, O.Transfer):
+            for select, _ in root.selections:
+                rule = select.rule
+                scores = None if rule.score.name == "random" else self.values[select.scores]
+                selections.append(Selection(
+                    f"{rule.ability.name} from {rule.donor.name}", rule.ability.name,
+                    self.values[select], scores, truth=self._truth(rule.truth)))
+        donors = {s.rule.ability.name: f"donor ({s.rule.donor.name})"
+                  for s, _ in root.selections} if isinstance(root, O.Transfer) else {}
+        write_report(directory, title=surgery.name + "".join(
+                         f" {k}={v}" for k, v in surgery.sweep_point),
+                     spec_name=self.plan.program.file, evals=evals, selections=selections,
+                     space=self._space(surgery.target), gates=[g.to_json() for g in gates],
+                     specialists=donors if len(set(donors.values())) > 1 else None)
+
+    def _truth(self, truth: str | P.ZooTruth | None) -> dict[str, list[int]] | None:
+        if truth is None:
+            return None
+        if isinstance(truth, P.ZooTruth):
+            from actlang.compile.resolve import ensure_zoo, zoo_ref
+
+            return ensure_zoo(zoo_ref(truth), self.cache).ground_truth()["damage"]
+        try:
+            return json.loads(Path(truth).read_text())
+        except (OSError, ValueError) as error:
+            raise RuntimeUserError(f"cannot read the ground truth {truth}: {error}") from None
 
     # -- evaluations and gates
 
