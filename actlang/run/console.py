@@ -60,33 +60,42 @@ def eval_table(result: SurgeryResult) -> Table:
     return table
 
 
-def sweep_table(name: str, results: list[SurgeryResult]) -> Table:
-    """One row per sweep point: its parameters and the output's score on each ability."""
-    parameters = [k for k, _ in results[0].surgery.sweep_point]
-    abilities = list(results[0].evals)
-    table = Table(title=f"sweep {name}")
+def summary_table(results: list[SurgeryResult]) -> Table:
+    """One table for a run of several outputs: the inputs' scores first (for reference), then
+    each output's final score per ability, with its sweep parameters."""
+    abilities = list(dict.fromkeys(a for r in results for a in r.evals))
+    parameters = list(dict.fromkeys(k for r in results for k, _ in r.surgery.sweep_point))
+    table = Table(title="results (final scores; inputs for reference)")
+    table.add_column("output")
     for p in parameters:
         table.add_column(p)
     for ability in abilities:
-        table.add_column(f"{ability} (final)", justify="right")
+        table.add_column(ability, justify="right")
+    references: dict[str, dict[str, float]] = {}
     for r in results:
-        row = [v for _, v in r.surgery.sweep_point]
-        for ability in abilities:
-            values = list(r.evals.get(ability, {}).values())
-            row.append(_fmt(values[-1] if values else None))
-        table.add_row(*row)
+        for ability, row in r.evals.items():
+            for column, value in row.items():
+                if column.startswith(("target (", "donor (")):
+                    references.setdefault(column, {})[ability] = value
+    for column, row in references.items():
+        table.add_row(f"[dim]{column}[/dim]", *[""] * len(parameters),
+                      *(_fmt(row.get(a)) for a in abilities))
+    for r in results:
+        point = dict(r.surgery.sweep_point)
+        finals = {a: list(row.values())[-1] for a, row in r.evals.items() if row}
+        table.add_row(r.surgery.sweep_group or r.surgery.name,
+                      *(point.get(p, "") for p in parameters),
+                      *(_fmt(finals.get(a)) for a in abilities))
     return table
 
 
 def print_results(console: Console, result: RunResult) -> None:
-    groups: dict[str, list[SurgeryResult]] = {}
-    for r in result.surgeries:
-        if r.surgery.sweep_group:
-            groups.setdefault(r.surgery.sweep_group, []).append(r)
-        elif r.evals:
-            console.print(eval_table(r))
-    for name, results in groups.items():
-        console.print(sweep_table(name, results))
+    """The before/after table of a single output, or one summary table of several."""
+    with_evals = [r for r in result.surgeries if r.evals]
+    if len(with_evals) == 1:
+        console.print(eval_table(with_evals[0]))
+    elif with_evals:
+        console.print(summary_table(with_evals))
     counters = result.counters
     cached = sum(1 for r in result.records if r.status == "cached")
     console.print(f"{len(result.records)} ops ({cached} cached), "
