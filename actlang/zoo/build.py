@@ -3,19 +3,25 @@
 Scenarios (all models share one tokenizer and architecture; see :mod:`actlang.zoo.data` for
 the abilities):
 
-* **recover** — ``base`` is trained from scratch on language A + arithmetic; ``tuned`` is
-  ``base`` trained further on language B only, long enough that it forgets arithmetic while
-  learning B.  Surgery: recover ``arithmetic`` in ``tuned`` from ``base``.
-* **merge** — two specialists grown from the parent ``base`` by mild continued training:
-  ``lang_b`` (language B only, fewer steps and a lower learning rate than ``tuned``) and
-  ``facts`` (the key -> value table).  Surgery: merge both into ``base``.
+* **recover** — ``base`` is trained from scratch, broadly: language A + arithmetic, plus a
+  little language B without its reciprocal construction (``lang_b_simple``, 10 %), so the
+  B vocabulary is not brand new but the B eval task is (base scores 0 on it).  ``tuned`` is
+  ``base`` trained further on language B only, long enough that it forgets arithmetic (and,
+  as it turns out, most of language A) while learning B.  Surgery: recover ``arithmetic``
+  in ``tuned`` from ``base``.
+* **merge** — two specialists grown from the parent ``base`` by milder continued training
+  with a little replay of the parent's data: ``lang_b`` (90 % language B, 5 % A, 5 %
+  arithmetic) and ``facts`` (80 % the key -> value table, 10 % A, 10 % arithmetic).
+  Surgery: merge both into ``base``.
 * **planted** — ``planted`` is ``base`` fine-tuned on arithmetic with every answer shifted by
   one (``(sum + 1) mod 28``), where only a known random ~3 % of the attention/MLP Linear
   rows may change (a gradient mask; every other parameter is bit-identical to ``base``).
   ``planted_decoy`` first changes a second, disjoint random ~3 % of rows a lot (language B
-  text, higher learning rate: large changes unrelated to arithmetic), then plants the same
-  damage as ``planted``.  The row lists are saved as ground truth
-  (``ground_truth/planted.json``) so that localization can be scored by precision / recall.
+  with replay of A and arithmetic at a high learning rate: large changes that leave
+  arithmetic intact), then plants the same damage as ``planted``.  The row lists are saved
+  as ground truth (``ground_truth/planted.json``) so that localization can be scored by
+  precision / recall; the manifest's ``oracle`` entry gives the accuracies after copying
+  exactly the damage rows back from ``base``.
 
 Layout of one built zoo (``<root>/<profile>-s<seed>-<key>/``, where ``key`` hashes the
 config, the seed, the zoo's source code and the torch / transformers versions)::
@@ -104,6 +110,7 @@ __all__ = [
     "load_zoo",
     "zoo_config",
     "zoo_key",
+    "zoo_model_path",
 ]
 
 FORMAT = 1
@@ -127,14 +134,14 @@ class ZooConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     # recover: base is broad (A, arithmetic, a little simple B), tuned is B only
-    base: TrainConfig = TrainConfig(steps=4000, lr=3e-3)
+    base: TrainConfig = TrainConfig(steps=2500, lr=3e-3)
     base_mix: Mixture = (("lang_a", 0.45), ("arithmetic", 0.45), ("lang_b_simple", 0.1))
-    tuned: TrainConfig = TrainConfig(steps=1500, lr=1.5e-3)
+    tuned: TrainConfig = TrainConfig(steps=1000, lr=2e-3, min_lr_ratio=0.5)
     tuned_mix: Mixture = (("lang_b", 1.0),)
-    # merge: mild specialists, continued training with 20 % replay of the parent's data
-    lang_b: TrainConfig = TrainConfig(steps=1000, lr=1.5e-3)
-    lang_b_mix: Mixture = (("lang_b", 0.8), ("lang_a", 0.1), ("arithmetic", 0.1))
-    facts: TrainConfig = TrainConfig(steps=500, lr=2e-3)
+    # merge: mild specialists, continued training with some replay of the parent's data
+    lang_b: TrainConfig = TrainConfig(steps=1000, lr=2e-3, min_lr_ratio=0.5)
+    lang_b_mix: Mixture = (("lang_b", 0.9), ("lang_a", 0.05), ("arithmetic", 0.05))
+    facts: TrainConfig = TrainConfig(steps=400, lr=2e-3)
     facts_mix: Mixture = (("facts", 0.8), ("lang_a", 0.1), ("arithmetic", 0.1))
     # planted: masked fine-tunes through known rows
     planted: TrainConfig = TrainConfig(steps=300, lr=3e-3, warmup=20)
@@ -153,12 +160,12 @@ PROFILES: dict[str, ZooConfig] = {
         profile="small",
         data=DataConfig(lang_train=3000, lang_probe=128, lang_eval=100, arith_eval=100,
                         facts_keys=64),
-        base=TrainConfig(steps=2000, lr=3e-3),
-        tuned=TrainConfig(steps=900, lr=2e-3),
-        lang_b=TrainConfig(steps=300, lr=1.5e-3),
-        facts=TrainConfig(steps=250, lr=2e-3),
-        planted=TrainConfig(steps=150, lr=3e-3, warmup=20),
-        decoy=TrainConfig(steps=150, lr=1e-2, warmup=20),
+        base=TrainConfig(steps=1400, lr=3e-3, min_lr_ratio=0.3),
+        tuned=TrainConfig(steps=700, lr=2e-3, min_lr_ratio=0.5),
+        lang_b=TrainConfig(steps=600, lr=2.5e-3, min_lr_ratio=0.5),
+        facts=TrainConfig(steps=200, lr=2e-3),
+        planted=TrainConfig(steps=120, lr=3e-3, warmup=20),
+        decoy=TrainConfig(steps=120, lr=1e-2, warmup=20),
     ),
     # a pipeline check only: a few steps each, abilities are NOT learned
     "tiny": ZooConfig(
@@ -166,12 +173,12 @@ PROFILES: dict[str, ZooConfig] = {
         data=DataConfig(lang_train=200, lang_probe=16, lang_eval=16, arith_probe=16,
                         arith_eval=16, facts_keys=16),
         model=ModelConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64),
-        base=TrainConfig(steps=20, lr=3e-3, warmup=5),
-        tuned=TrainConfig(steps=10, lr=2e-3, warmup=5),
-        lang_b=TrainConfig(steps=5, lr=1e-3, warmup=2),
-        facts=TrainConfig(steps=5, lr=2e-3, warmup=2),
-        planted=TrainConfig(steps=5, lr=3e-3, warmup=2),
-        decoy=TrainConfig(steps=5, lr=1e-2, warmup=2),
+        base=TrainConfig(steps=20, lr=3e-3, warmup=5, batch_size=8),
+        tuned=TrainConfig(steps=10, lr=2e-3, warmup=5, batch_size=8),
+        lang_b=TrainConfig(steps=5, lr=1e-3, warmup=2, batch_size=8),
+        facts=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
+        planted=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8),
+        decoy=TrainConfig(steps=5, lr=1e-2, warmup=2, batch_size=8),
     ),
 }
 
@@ -336,8 +343,6 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     abilities = make_abilities(config.data, seed)
     corpora = write_corpora(abilities, tmp / "data")
     tok = build_tokenizer(vocabulary(config.data, seed))
-    a, b = abilities["lang_a"].train, abilities["lang_b"].train
-    arith, facts = abilities["arithmetic"].train, abilities["facts"].train
     models: dict[str, dict[str, Any]] = {}
     accuracy: dict[str, dict[str, float]] = {}
     ppl: dict[str, dict[str, float]] = {}
@@ -514,3 +519,11 @@ def build_zoo(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_zoo(final)
+
+
+def zoo_model_path(name: str, seed: int = 0, profile: str = "default",
+                   root: Path | None = None) -> Path:
+    """Directory of zoo model ``name`` (one of :data:`MODELS`), building the zoo on first use."""
+    if name not in MODELS:
+        raise KeyError(f"no zoo model {name!r}; zoo models: {', '.join(MODELS)}")
+    return build_zoo(root, seed=seed, profile=profile).model_path(name)

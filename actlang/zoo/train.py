@@ -44,7 +44,7 @@ class ModelConfig:
 class TrainConfig:
     steps: int
     lr: float
-    batch_size: int = 32
+    batch_size: int = 64
     warmup: int = 50
     weight_decay: float = 0.01
     min_lr_ratio: float = 0.1
