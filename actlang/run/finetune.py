@@ -31,10 +31,10 @@ Batches: each epoch is a permutation of the corpus drawn from ``torch.Generator(
 batches take ``batch_size`` consecutive sequences of that order (the last batch of an epoch
 may be smaller), cycling through as many epochs as ``steps`` need. Everything is seeded
 (dropout runs under a forked RNG seeded by ``seed``; the global RNG is left as it was), so on
-CPU the same inputs give bit-identical weights. ``torch.set_flush_denormal(True)`` is set (and
-left set: the setting cannot be read back, and flushing is what any later training wants too):
-Adam's moments of rarely-updated elements otherwise decay into denormals and slow CPU training
-~10×.
+CPU the same inputs give bit-identical weights. ``torch.set_flush_denormal(True)`` is set while
+training (Adam's moments of rarely-updated elements otherwise decay into denormals and slow CPU
+training ~10×) and reset to the process default, off, afterwards (the setting cannot be read
+back, and code after training — hypothesis, for one — needs denormals).
 """
 
 from __future__ import annotations
@@ -294,5 +294,6 @@ def finetune(
             p.requires_grad_(saved_grad[id(p)])
             p.grad = None
         model.train(was_training)
+        torch.set_flush_denormal(False)  # the process default; other code may need denormals
         report.seconds = time.perf_counter() - t0
     return report
