@@ -4,6 +4,9 @@ Forward hooks on every module of a :class:`~actlang.run.adapters.ChannelSpace` r
 module's output, on scored positions only (attention mask and the corpus' score spans), to
 per-channel float64 sums — no activation tensor outlives the hook.
 
+Each batch is reduced in the activations' precision (BLAS column sums, float32 for
+fp32/bf16/fp16 models; relative error ~1e-6) and added to float64 accumulators.
+
 Unpaired statistics (one model; fields of :data:`UNPAIRED_FIELDS`)::
 
     count      number of scored activations (tokens; tokens x heads for q_norm/k_norm)
@@ -332,30 +335,57 @@ class _Capture:
         return hook
 
 
+def _colsum(x: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
+    """Column sums of a 2-D tensor as a BLAS matrix-vector product (one read of ``x``)."""
+    return torch.mv(x.t(), ones).to(torch.float64)
+
+
+def _ones(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.ones(n, dtype=like.dtype, device=like.device)
+
+
+def _work(xs: torch.Tensor) -> torch.Tensor:
+    # float32 for the per-batch reduction of half-precision activations
+    return xs if xs.dtype in (torch.float32, torch.float64) else xs.float()
+
+
 def _reduce_unpaired(acc: dict[str, torch.Tensor], xs: torch.Tensor) -> None:
+    """Add one batch's scored activations ``xs`` [n, channels] to the accumulators.
+
+    The per-batch column sums run as BLAS matrix-vector products in the activations'
+    precision (float32 for fp32/bf16/fp16 models), then are added to the float64
+    accumulators: the cheap way to reduce on CPU and GPU alike (the float64 conversion of
+    every activation would double the cost of the hooks).
+    """
     n = xs.shape[0]
     if n == 0:
         return
-    f64 = torch.float64
+    x = _work(xs)
+    ones = _ones(n, x)
     acc["count"] += n
-    acc["sum"] += xs.sum(0, dtype=f64)
-    acc["sum_abs"] += xs.abs().sum(0, dtype=f64)
-    acc["sum_sq"] += xs.square().sum(0, dtype=f64)
-    acc["count_pos"] += (xs > 0).sum(0, dtype=f64)
+    acc["sum"] += _colsum(x, ones)
+    acc["count_pos"] += (x > 0).sum(0)
+    y = x.abs()
+    acc["sum_abs"] += _colsum(y, ones)
+    y.mul_(y)
+    acc["sum_sq"] += _colsum(y, ones)
 
 
 def _reduce_paired(acc: dict[str, torch.Tensor], xa: torch.Tensor, xb: torch.Tensor) -> None:
     n = xb.shape[0]
     if n == 0:
         return
-    f64 = torch.float64
-    d = xb.to(f64) - xa.to(f64)
+    a, b = _work(xa), _work(xb)
+    ones = _ones(n, b)
+    d = b - a
     acc["count"] += n
-    acc["sum_absdiff"] += d.abs().sum(0)
-    acc["sum_diff"] += d.sum(0)
-    acc["sum_sqdiff"] += d.square().sum(0)
-    acc["sum_abs_a"] += xa.abs().sum(0, dtype=f64)
-    acc["sum_abs_b"] += xb.abs().sum(0, dtype=f64)
+    acc["sum_diff"] += _colsum(d, ones)
+    d.abs_()
+    acc["sum_absdiff"] += _colsum(d, ones)
+    d.mul_(d)
+    acc["sum_sqdiff"] += _colsum(d, ones)
+    acc["sum_abs_a"] += _colsum(a.abs(), ones)
+    acc["sum_abs_b"] += _colsum(b.abs(), ones)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -44,9 +44,9 @@ def test_unpaired_matches_manual(family_models, tokenizer):
     for k in keys:
         x = ref[k]
         assert s[k]["count"][0] == x.shape[0] == tc.n_scored
-        torch.testing.assert_close(s[k]["sum"], x.sum(0), rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(s[k]["sum_abs"], x.abs().sum(0), rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(s[k]["sum_sq"], (x * x).sum(0), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(s[k]["sum"], x.sum(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s[k]["sum_abs"], x.abs().sum(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s[k]["sum_sq"], (x * x).sum(0), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(s[k]["count_pos"], (x > 0).sum(0).double())
 
 
@@ -58,7 +58,7 @@ def test_paired_matches_manual_and_unpaired(family_models, tokenizer):
     res = collect_paired_stats(a, b, space, tc, entries=keys, batch_size=4)
     ra, rb = _manual(a, space, tc, keys, 4), _manual(b, space, tc, keys, 4)
     for k in keys:
-        torch.testing.assert_close(res.paired.mean_absdiff(k), (rb[k] - ra[k]).abs().mean(0), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(res.paired.mean_absdiff(k), (rb[k] - ra[k]).abs().mean(0), rtol=1e-5, atol=1e-7)
     alone = collect_stats(a, space, tc, entries=keys, batch_size=4)
     assert res.a.allclose(alone, rtol=0)  # identical computation: exactly equal
 
