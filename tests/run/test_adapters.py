@@ -11,7 +11,7 @@ from actlang.run.adapters import ChannelSpace, RawSelector, get_adapter, support
 from actlang.run.checkpoint import Checkpoint
 from actlang.run.errors import RuntimeUserError
 
-from conftest import FAMILIES, make_model
+from .conftest import FAMILIES, make_model
 
 
 def _space(model) -> ChannelSpace:

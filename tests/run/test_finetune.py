@@ -19,7 +19,7 @@ from actlang.run.mask import ChannelMask
 from actlang.run.scores import random_scores
 from actlang.run.select import select_channels
 
-from conftest import SENTENCES, make_config, make_model, make_tokenizer
+from .conftest import SENTENCES, make_config, make_model, make_tokenizer
 
 PROPS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -12,7 +12,7 @@ from actlang.run.checkpoint import Checkpoint
 from actlang.run.errors import RuntimeUserError
 from actlang.run.merge import MERGE_METHODS, merge_generator, merge_models, merge_tensor_mergekit, resolve_defaults
 
-from conftest import make_model, perturbed, save_model
+from .conftest import make_model, perturbed, save_model
 
 T = torch.tensor
 

@@ -14,7 +14,7 @@ from actlang.run.scores import Scores, compute_scores, contrastive, random_score
 from actlang.run.select import Budget, candidate_entries, select_channels
 from actlang.run.stats import ChannelStats
 
-from conftest import make_config
+from .conftest import make_config
 
 
 def _space(family="llama", **kw) -> ChannelSpace:

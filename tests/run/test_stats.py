@@ -10,7 +10,7 @@ from actlang.run.corpus import inline
 from actlang.run.errors import RuntimeUserError
 from actlang.run.stats import COUNTERS, ChannelStats, collect_paired_stats, collect_stats
 
-from conftest import SENTENCES
+from .conftest import SENTENCES
 
 MORE = SENTENCES + ["zz top", "one two three four five six", "k", "the end of the corpus is near"]
 

@@ -17,7 +17,7 @@ from actlang.run.scores import random_scores
 from actlang.run.select import select_channels
 from actlang.run.transfer import Donor, apply_masks_, merge_tensor, transfer
 
-from conftest import make_model, perturbed, save_model
+from .conftest import make_model, perturbed, save_model
 
 PROPS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
