@@ -30,6 +30,7 @@ from actlang.run.errors import RuntimeUserError
 
 __all__ = [
     "Checkpoint",
+    "FileSlice",
     "TensorInfo",
     "check_compatible",
     "DTYPE_TO_ST",
@@ -122,6 +123,18 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
             hint="the download or save was interrupted; fetch or save the model again",
         )
     return header, data_start
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """The raw bytes of one tensor in a safetensors file: copied to an output verbatim,
+    in chunks, without ever holding the tensor in memory."""
+
+    file: Path
+    start: int
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
 
 
 class Checkpoint:
@@ -278,6 +291,13 @@ class Checkpoint:
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=info.dtype)
         return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+
+    def raw_slice(self, name: str) -> FileSlice | None:
+        """Where tensor ``name``'s bytes are (``None`` for a pickle checkpoint)."""
+        info = self.info(name)
+        if self._pickled is not None or info.file is None:
+            return None
+        return FileSlice(info.file, info.start, info.nbytes, info.dtype, info.shape)
 
     def iter_tensors(self, names: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for n in names or self.keys():

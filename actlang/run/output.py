@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from actlang.run.checkpoint import DTYPE_TO_ST, natural_key
+from actlang.run.checkpoint import DTYPE_TO_ST, FileSlice, natural_key
 from actlang.run.errors import RuntimeUserError
 
 __all__ = [
@@ -90,9 +90,44 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
-def write_safetensors(path: Path, layout: Sequence[OutTensor], produce: Callable[[str], torch.Tensor],
+_CHUNK = 8 * 1024 * 1024
+
+
+def _copy_slice(out: Any, src: FileSlice) -> None:
+    """Append ``src``'s bytes to the open file ``out`` in chunks (kernel copy when possible)."""
+    out.flush()
+    with open(src.file, "rb", buffering=0) as f:
+        if f.seek(0, os.SEEK_END) < src.start + src.nbytes:
+            raise RuntimeUserError(f"{src.file} is truncated")
+        done = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < src.nbytes:
+                    n = os.copy_file_range(f.fileno(), out.fileno(), min(_CHUNK * 8, src.nbytes - done),
+                                           src.start + done)
+                    if n <= 0:
+                        break
+                    done += n
+            except OSError:
+                pass  # e.g. across file systems on old kernels: fall back to read/write
+        f.seek(src.start + done)
+        buf = bytearray(min(_CHUNK, max(src.nbytes - done, 1)))
+        view = memoryview(buf)
+        while done < src.nbytes:
+            n = f.readinto(view[: min(len(buf), src.nbytes - done)])
+            if not n:
+                raise RuntimeUserError(f"{src.file} is truncated")
+            out.write(view[:n])
+            done += n
+
+
+def write_safetensors(path: Path, layout: Sequence[OutTensor],
+                      produce: Callable[[str], "torch.Tensor | FileSlice"],
                       metadata: Mapping[str, str] | None = None) -> int:
-    """Stream tensors into one safetensors file in ``layout`` order; returns bytes of data."""
+    """Stream tensors into one safetensors file in ``layout`` order; returns bytes of data.
+
+    ``produce(name)`` returns a tensor, or a :class:`~actlang.run.checkpoint.FileSlice`
+    whose bytes are copied verbatim (an unchanged tensor never enters memory)."""
     header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
     for t in layout:
@@ -109,7 +144,11 @@ def write_safetensors(path: Path, layout: Sequence[OutTensor], produce: Callable
         for t in layout:
             x = produce(t.name)
             assert x.dtype == t.dtype and tuple(x.shape) == t.shape, (t.name, x.dtype, tuple(x.shape), t)
-            f.write(_tensor_bytes(x))
+            if isinstance(x, FileSlice):
+                assert x.nbytes == t.nbytes, t.name
+                _copy_slice(f, x)
+            else:
+                f.write(_tensor_bytes(x))
             del x
     return offset
 
@@ -212,7 +251,7 @@ class atomic_output_dir:
 def write_model_dir(
     out_dir: str | Path,
     layout: Sequence[OutTensor],
-    produce: Callable[[str], torch.Tensor],
+    produce: Callable[[str], "torch.Tensor | FileSlice"],
     *,
     source_dir: str | Path,
     base_models: Sequence[str] = (),
@@ -255,7 +294,7 @@ def write_model_dir(
         shards = _shards(layout, max_bytes)
         total = sum(t.nbytes for t in layout)
 
-        def counted(name: str) -> torch.Tensor:
+        def counted(name: str) -> "torch.Tensor | FileSlice":
             if progress:
                 progress(name)
             return produce(name)

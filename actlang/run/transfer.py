@@ -19,7 +19,8 @@ Several donors (merging): where the masks overlap, ``overlap`` decides —
 :func:`transfer` works over safetensors checkpoints *tensor by tensor*: it validates the
 architectures, tensor names, shapes and masks first (headers only), then reads one tensor of
 the target (and of each donor whose mask touches it), computes the result and streams it
-into the output shard — memory stays near one tensor per model. :func:`apply_masks_` does the
+into the output shard — memory stays near one tensor per model. Tensors that no mask
+touches are copied byte for byte from the target file, in chunks, without being loaded. :func:`apply_masks_` does the
 same on in-memory ``nn.Module`` s (for notebooks, fine-tuning and tests).
 """
 
@@ -33,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from actlang.run.checkpoint import Checkpoint, check_compatible, natural_key
+from actlang.run.checkpoint import Checkpoint, FileSlice, check_compatible, natural_key
 from actlang.run.errors import RuntimeUserError
 from actlang.run.mask import ChannelMask
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
@@ -229,12 +230,16 @@ def transfer(
     names = sorted(trg.keys(), key=natural_key)
     layout = [OutTensor(n, trg.info(n).dtype, trg.info(n).shape) for n in names]
 
-    def produce(name: str) -> torch.Tensor:
+    def produce(name: str) -> torch.Tensor | FileSlice:
+        shape = trg.info(name).shape
+        touched = [d.lam != 0 and any(bool(m.any()) for m in d.mask.tensors.get(name, {}).values()) for d in donors]
+        if not any(touched):
+            # unchanged: copy the target's bytes verbatim, without loading the tensor
+            raw = trg.raw_slice(name)
+            return raw if raw is not None else trg.get(name)
+        masks = [d.mask.element_mask(name, shape) if n else None for d, n in zip(donors, touched)]
+        need = [m is not None for m in masks]
         t = trg.get(name)
-        masks = [d.mask.element_mask(name, tuple(t.shape)) for d in donors]
-        need = [m is not None and d.lam != 0 and bool(m.any()) for m, d in zip(masks, donors)]
-        if not any(need):
-            return t
         src_t = [s.get(name) if n else None for s, n in zip(srcs, need)]
         scores = None
         if overlap == "max_score" and sum(need) > 1:
