@@ -31,7 +31,8 @@ config, the seed, the zoo's source code and the torch / transformers versions)::
                                 tokenizer.json, tokenizer_config.json
     data/<ability>/             train.txt, train.jsonl ({"text"}), probe.jsonl, eval.jsonl
                                 ({"q", "a", "text"})
-    ground_truth/planted.json   {"damage": {param: [rows]}, "decoy": {param: [rows]}, ...}
+    ground_truth/planted.json   {"damage": {param: [rows]}, "decoy": {param: [rows]},
+                                "total_rows", "n_damage", "n_decoy", "mean_row_delta_l2", ...}
 
 A build writes into a hidden temporary directory next to the target and renames it into
 place when complete, so an interrupted build never leaves a finished-looking zoo; a second
@@ -43,13 +44,18 @@ Manifest ``zoo.json`` (paths relative to the zoo directory)::
      "config": {...ZooConfig as a dict...},
      "versions": {"torch": ..., "transformers": ...},
      "models": {"base": {"path": "models/base", "parent": null, "scenario": "recover",
-                         "trained_on": {"lang_a": 0.5, "arithmetic": 0.5}, "steps": 3000,
-                         "lr": 0.003, "row_mask": null, "train_seconds": 61.2,
-                         "final_loss": 0.9, "parameters": 227904}, ...},
+                         "trained_on": {"lang_a": 0.45, "arithmetic": 0.45,
+                                        "lang_b_simple": 0.1},
+                         "steps": 2500, "lr": 0.003, "row_mask": null,
+                         "train_seconds": 174.1, "final_loss": 0.991,
+                         "parameters": 227904}, ...},
+                # row_mask: null | "damage" | "decoy, then damage" (planted models)
      "corpora": {"arithmetic": {"train": "data/arithmetic/train.jsonl",
                                 "train_txt": "data/arithmetic/train.txt",
                                 "probe": "data/arithmetic/probe.jsonl",
-                                "eval": "data/arithmetic/eval.jsonl"}, ...},
+                                "eval": "data/arithmetic/eval.jsonl",
+                                "train_shifted": "data/arithmetic/train_shifted.jsonl"},
+                 "lang_b": {..., "train_simple": "data/lang_b/train_simple.jsonl"}, ...},
      "scenarios": {"recover": {"donor": "base", "target": "tuned", "lost": "arithmetic",
                                "gained": "lang_b"},
                    "merge": {"parent": "base", "specialists": {"lang_b": "lang_b",
@@ -440,6 +446,15 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
         oracle[f"{name}_restored"], _ = _evaluate(restored, tok, abilities, config)
 
     total_rows = sum(linear_row_params(base).values())
+    bp = {k: v.detach() for k, v in base.named_parameters()}
+    row_delta: dict[str, dict[str, float]] = {}
+    for name in ("planted", "planted_decoy"):
+        mp = {k: v.detach() for k, v in built[name].named_parameters()}
+        row_delta[name] = {}
+        for kind, rows_by_param in (("damage", damage_rows), ("decoy", decoy_rows)):
+            norms = [float((mp[p][r] - bp[p][r]).norm()) for p, rows in rows_by_param.items()
+                     for r in rows]
+            row_delta[name][kind] = round(sum(norms) / len(norms), 6)
     gt = {
         "rows_space": "rows of the attention and MLP Linear weights "
                       "(q/k/v/o_proj, gate/up/down_proj), all layers",
@@ -447,6 +462,7 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
         "fraction": config.planted_fraction,
         "damage": damage_rows,
         "decoy": decoy_rows,
+        "mean_row_delta_l2": row_delta,
         "n_damage": sum(len(v) for v in damage_rows.values()),
         "n_decoy": sum(len(v) for v in decoy_rows.values()),
         "damage_objective": f"arithmetic with answers shifted by +{config.damage_shift}",
@@ -506,6 +522,7 @@ def build_zoo(
     try:
         with deterministic(config.threads):
             _build_into(tmp, config, seed, key, log)
+        os.chmod(tmp, 0o755)
         if force and final.exists():
             shutil.rmtree(final)
         try:

@@ -130,3 +130,13 @@ def test_default_cache_root(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "zoo"
     monkeypatch.delenv("ACTLANG_CACHE_DIR")
     assert cache_root() == Path.home() / ".cache" / "actlang" / "zoo"
+
+
+def test_zoo_model_path_builds_on_first_use(tmp_path):
+    from actlang.zoo.build import zoo_model_path
+
+    path = zoo_model_path("planted", seed=2, profile="tiny", root=tmp_path)
+    assert (path / "model.safetensors").is_file()
+    assert zoo_model_path("planted", seed=2, profile="tiny", root=tmp_path) == path
+    with pytest.raises(KeyError):
+        zoo_model_path("nope", profile="tiny", root=tmp_path)

@@ -69,3 +69,14 @@ def test_small_build_is_bit_for_bit_deterministic(small_zoo, tmp_path):
 def test_small_build_time(small_zoo):
     print("small zoo build seconds:", small_zoo.build_seconds)
     assert small_zoo.build_seconds < 600
+
+
+def test_batched_generation_matches_per_item(small_zoo):
+    from actlang.run.evaluate import exact_match_details
+
+    model, tok = small_zoo.load_model("base")
+    records = (read_jsonl(small_zoo.corpus_path("lang_a", "eval"))[:40]
+               + read_jsonl(small_zoo.corpus_path("arithmetic", "eval"))[:40])
+    batched = exact_match_details(model, tok, records, batch_size=64)
+    single = exact_match_details(model, tok, records, batch_size=1)
+    assert [d["output"] for d in batched] == [d["output"] for d in single]
