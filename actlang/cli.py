@@ -251,7 +251,8 @@ def run_command(
                            "transfer": r.transfer, "gates": [g.to_json() for g in r.gates]}
                           for r in result.surgeries]}, indent=2))
     else:
-        print_results(Console(), result)
+        # Tables are not cut to 80 columns when stdout is a file or a pipe.
+        print_results(Console(width=None if sys.stdout.isatty() else 160), result)
     if result.failed_gates:
         raise typer.Exit(EXIT_GATE_FAILED)
 

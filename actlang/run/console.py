@@ -61,31 +61,21 @@ def eval_table(result: SurgeryResult) -> Table:
 
 
 def summary_table(results: list[SurgeryResult]) -> Table:
-    """One table for a run of several outputs: the inputs' scores first (for reference), then
-    each output's final score per ability, with its sweep parameters."""
-    abilities = list(dict.fromkeys(a for r in results for a in r.evals))
-    parameters = list(dict.fromkeys(k for r in results for k, _ in r.surgery.sweep_point))
-    table = Table(title="results (final scores; inputs for reference)")
-    table.add_column("output")
-    for p in parameters:
-        table.add_column(p)
-    for ability in abilities:
-        table.add_column(ability, justify="right")
-    references: dict[str, dict[str, float]] = {}
+    """One table for a run of several outputs: a row per (output, ability) with the inputs'
+    scores (target, donor) and the output's, after transfer and after fine-tune."""
+    table = Table(title="results")
+    for column in ("surgery", "point", "ability", "target", "donor", "after transfer",
+                   "after finetune"):
+        table.add_column(column, justify="left" if column in ("surgery", "point", "ability")
+                         else "right")
     for r in results:
+        point = ",".join(f"{k}={v}" for k, v in r.surgery.sweep_point)
         for ability, row in r.evals.items():
-            for column, value in row.items():
-                if column.startswith(("target (", "donor (")):
-                    references.setdefault(column, {})[ability] = value
-    for column, row in references.items():
-        table.add_row(f"[dim]{column}[/dim]", *[""] * len(parameters),
-                      *(_fmt(row.get(a)) for a in abilities))
-    for r in results:
-        point = dict(r.surgery.sweep_point)
-        finals = {a: list(row.values())[-1] for a, row in r.evals.items() if row}
-        table.add_row(r.surgery.sweep_group or r.surgery.name,
-                      *(point.get(p, "") for p in parameters),
-                      *(_fmt(finals.get(a)) for a in abilities))
+            target = next((v for k, v in row.items() if k.startswith("target (")), None)
+            donors = [v for k, v in row.items() if k.startswith("donor (")]
+            table.add_row(r.surgery.sweep_group or r.surgery.name, point, ability,
+                          _fmt(target), " / ".join(_fmt(v) for v in donors) or "—",
+                          _fmt(row.get("after transfer")), _fmt(row.get("after finetune")))
     return table
 
 

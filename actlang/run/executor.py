@@ -152,7 +152,9 @@ class Executor:
                         self.loaded.pop(name, None)
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
-        return RunResult([self.records[op] for op in self.plan.order], self.results,
+        position = {s: i for i, s in enumerate(self.plan.program.surgeries)}
+        return RunResult([self.records[op] for op in self.plan.order],
+                         sorted(self.results, key=lambda r: position[r.surgery]),
                          self._counters())
 
     def _check_outputs(self) -> None:
