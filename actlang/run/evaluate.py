@@ -102,8 +102,12 @@ def greedy_generate(
         nxt = res.logits[:, -1, :].argmax(-1, keepdim=True)
         out = torch.cat([out, nxt], dim=1)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        cur_pos = cur_pos[:, -1:] + 1
-        cur_ids = nxt
+        ids = torch.cat([ids, nxt], dim=1)
+        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        if past is None:  # a model without a KV cache: run the whole sequence again
+            cur_ids, cur_pos = ids, positions
+        else:
+            cur_ids, cur_pos = nxt, positions[:, -1:]
     rows = out.tolist()
     return [row[:n] for row, n in zip(rows, n_new)]
 

@@ -16,8 +16,9 @@ class NextWord(torch.nn.Module):
     """Deterministic toy LM: after word x comes the next word of WORDS (cyclic); after the
     last real word comes '.'; after '.' comes <eos>."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, cache=True):
         super().__init__()
+        self.cache = cache
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.vocab = len(tok)
         ids = [tok.convert_tokens_to_ids(w) for w in WORDS]
@@ -35,7 +36,7 @@ class NextWord(torch.nn.Module):
             for t in range(input_ids.shape[1]):
                 nxt = self.next.get(int(input_ids[b, t]), 0)
                 logits[b, t, nxt] = 10.0
-        return SimpleNamespace(logits=logits, past_key_values=("cache",))
+        return SimpleNamespace(logits=logits, past_key_values=("cache",) if self.cache else None)
 
 
 @pytest.fixture
@@ -54,8 +55,10 @@ def test_exact_match_rule(tok):
     det = exact_match_details(model, tok, records)
     assert [d["match"] for d in det] == [True, True, False, True]
     assert exact_match(model, tok, records) == 0.75
-    # per-item and batched agree
+    # per-item and batched agree, with and without a KV cache
     assert exact_match(model, tok, records, batch_size=1) == 0.75
+    assert [d["match"] for d in exact_match_details(NextWord(tok, cache=False), tok, records)] \
+        == [True, True, False, True]
 
 
 def test_exact_match_with_max_new_tokens_cuts_at_eos(tok):
