@@ -52,6 +52,16 @@ def ensure_zoo(ref: ZooRef, cache: Cache, log=None):
     return build_zoo(cache.root / "zoo", seed=ref.seed, profile=ref.profile, log=log)
 
 
+def zoo_manifest(ref: ZooRef, cache: Cache, build: bool):
+    """The zoo's manifest, building it if ``build``; None if it is not built and not ``build``."""
+    from actlang.zoo.build import load_zoo
+
+    directory = zoo_directory(ref, cache)
+    if (directory / "zoo.json").is_file():
+        return load_zoo(directory)
+    return ensure_zoo(ref, cache) if build else None
+
+
 def hub_snapshot(repo_id: str, revision: str) -> Path:
     """The local snapshot directory of a hub model at a revision (commit or branch)."""
     root = Path(os.environ.get("HF_HUB_CACHE") or
@@ -77,16 +87,11 @@ def model_directory(spec: P.ModelSpec, cache: Cache, build: bool) -> Path | None
     if spec.source == "hub":
         assert spec.revision is not None, "the checker requires a pinned revision"
         return hub_snapshot(spec.location, spec.revision)
-    ref = zoo_ref(spec)
-    directory = zoo_directory(ref, cache)
-    if not (directory / "zoo.json").is_file():
-        if not build:
-            return None
-        ensure_zoo(ref, cache)
-    from actlang.zoo.build import load_zoo
-
+    manifest = zoo_manifest(zoo_ref(spec), cache, build)
+    if manifest is None:
+        return None
     try:
-        return load_zoo(directory).model_path(spec.location)
+        return manifest.model_path(spec.location)
     except KeyError as error:
         raise RuntimeUserError(str(error.args[0])) from None
 
@@ -119,15 +124,9 @@ def model_identity(spec: P.ModelSpec, directory: Path | None, cache: Cache,
 def zoo_corpus(corpus: P.ZooCorpus, cache: Cache, build: bool) -> P.JsonlCorpus | None:
     """A zoo corpus as the jsonl file it is (None if the zoo is not built and ``build`` is
     false). Probe and eval records are {q, a}; only the answer is scored."""
-    ref = zoo_ref(corpus)
-    directory = zoo_directory(ref, cache)
-    if not (directory / "zoo.json").is_file():
-        if not build:
-            return None
-        ensure_zoo(ref, cache)
-    from actlang.zoo.build import load_zoo
-
-    manifest = load_zoo(directory)
+    manifest = zoo_manifest(zoo_ref(corpus), cache, build)
+    if manifest is None:
+        return None
     if corpus.ability not in manifest.data["corpora"]:
         raise RuntimeUserError(f"the zoo has no ability `{corpus.ability}`",
                                hint="abilities: " + ", ".join(manifest.data["corpora"]))

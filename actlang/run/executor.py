@@ -487,9 +487,9 @@ class Executor:
         if truth is None:
             return None
         if isinstance(truth, P.ZooTruth):
-            from actlang.compile.resolve import ensure_zoo, zoo_ref
+            from actlang.compile.resolve import zoo_manifest, zoo_ref
 
-            return ensure_zoo(zoo_ref(truth), self.cache).ground_truth()["damage"]
+            return zoo_manifest(zoo_ref(truth), self.cache, build=True).ground_truth()["damage"]
         try:
             return json.loads(Path(truth).read_text())
         except (OSError, ValueError) as error:
