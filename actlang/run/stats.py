@@ -98,13 +98,16 @@ class ChannelStats:
 
     @classmethod
     def zeros(cls, kind: StatKind, entries: Iterable[Entry], meta: Mapping[str, str] | None = None,
-              device: torch.device | str = "cpu") -> "ChannelStats":
-        fields = UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS
+              device: torch.device | str = "cpu", fields: Sequence[str] | None = None) -> "ChannelStats":
+        fields = _check_fields(kind, fields)
         data = {e.key: {f: torch.zeros(e.size, dtype=torch.float64, device=device) for f in fields} for e in entries}
         return cls(kind, data, meta)
 
     @property
     def fields(self) -> tuple[str, ...]:
+        """The statistics collected (``count`` always; a subset when ``fields=`` was given)."""
+        for d in self.data.values():
+            return tuple(d)
         return UNPAIRED_FIELDS if self.kind == "unpaired" else PAIRED_FIELDS
 
     def keys(self) -> list[str]:
@@ -125,6 +128,9 @@ class ChannelStats:
     def mean(self, key: str, fld: str) -> torch.Tensor:
         """``fld / count`` per channel (0 where nothing was counted)."""
         d = self[key]
+        if fld not in d:
+            raise RuntimeUserError(f"statistic {fld!r} was not collected for {key!r} (collected: {', '.join(d)})",
+                                   hint="collect it (fields=...) or use a score that does not need it")
         count = d["count"]
         return torch.where(count > 0, d[fld] / count.clamp_min(1), torch.zeros_like(count))
 
@@ -157,6 +163,8 @@ class ChannelStats:
         """The statistics of both parts together (fieldwise sums)."""
         if self.kind != other.kind:
             raise RuntimeUserError(f"cannot merge {self.kind} with {other.kind} statistics")
+        if self.fields != other.fields:
+            raise RuntimeUserError(f"cannot merge statistics with different fields ({self.fields} vs {other.fields})")
         if set(self.data) != set(other.data):
             missing = sorted(set(self.data) ^ set(other.data))
             raise RuntimeUserError(f"cannot merge statistics of different modules (e.g. {missing[0]})")
@@ -201,6 +209,7 @@ class ChannelStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"actlang": "channel-stats/1", "kind": self.kind, "keys": json.dumps(list(self.data)),
+                "fields": json.dumps(list(self.fields)),
                 **{f"meta.{k}": str(v) for k, v in self.meta.items()}}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file(self.to_tensors(), str(tmp), metadata=meta)
@@ -221,7 +230,8 @@ class ChannelStats:
                     raise RuntimeUserError(f"{path} is not an actlang statistics file")
                 kind = meta["kind"]
                 keys = json.loads(meta["keys"])
-                fields = UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS
+                fields = json.loads(meta["fields"]) if "fields" in meta else (
+                    UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS)
                 data = {k: {fl: f.get_tensor(f"{k}/{fl}") for fl in fields} for k in keys}
         except RuntimeUserError:
             raise
@@ -229,6 +239,17 @@ class ChannelStats:
             raise RuntimeUserError(f"cannot read statistics file {path}: {err}") from None
         user_meta = {k[5:]: v for k, v in meta.items() if k.startswith("meta.")}
         return cls(kind, data, user_meta)  # type: ignore[arg-type]
+
+
+def _check_fields(kind: StatKind, fields: Sequence[str] | None) -> tuple[str, ...]:
+    allowed = UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS
+    if fields is None:
+        return allowed
+    bad = [f for f in fields if f not in allowed]
+    if bad:
+        raise RuntimeUserError(f"unknown {kind} statistic {bad[0]!r}", hint=f"fields: {', '.join(allowed)}")
+    required = ("count",) if kind == "unpaired" else ("count", "sum_absdiff")
+    return tuple(f for f in allowed if f in fields or f in required)
 
 
 @dataclass
@@ -262,10 +283,12 @@ class _Capture:
                                        hint="use a weight_delta or random score for it")
             self.sites.setdefault((e.hook.module, e.hook.seq_axis), []).append(e)
         self.handles: list[Any] = []
-        self.flat_idx: torch.Tensor | None = None
         self.B = self.T = 0
+        self.mask: torch.Tensor | None = None  # [B*T] bool, None when every position is scored
+        self._weights: dict[int, torch.Tensor] = {}
         self.stash: dict[str, torch.Tensor] | None = None
         self.paired: ChannelStats | None = None
+        self.paired_fields: tuple[str, ...] = PAIRED_FIELDS
         self.mode: str = "plain"  # "plain" | "stash" | "diff"
 
     def __enter__(self) -> "_Capture":
@@ -287,10 +310,20 @@ class _Capture:
 
     def set_batch(self, score_mask: torch.Tensor, device: torch.device) -> None:
         self.B, self.T = score_mask.shape
-        if bool(score_mask.all()):
-            self.flat_idx = None
-        else:
-            self.flat_idx = score_mask.reshape(-1).nonzero().squeeze(1).to(device)
+        self._weights.clear()
+        self.mask = None if bool(score_mask.all()) else score_mask.reshape(-1).to(device)
+
+    def weights(self, per_position: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """Row weights (1 scored, 0 not) for rows = positions x ``per_position``."""
+        if self.mask is None:
+            return None
+        w = self._weights.get(per_position)
+        if w is None or w.dtype != dtype:
+            w = self.mask.to(dtype)
+            if per_position > 1:
+                w = w.repeat_interleave(per_position)
+            self._weights[per_position] = w
+        return w
 
     def _make_hook(self, module_path: str, seq_axis: int, entries: list[Entry]) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -308,10 +341,9 @@ class _Capture:
             if x.shape[0] != B:
                 x = x.expand(B, *x.shape[1:])
             width = x.shape[-1]
-            x = x.reshape(B * T, -1, width)
-            if self.flat_idx is not None:
-                x = x.index_select(0, self.flat_idx)
-            x = x.reshape(-1, width)
+            x = x.reshape(-1, width)  # rows: (batch, seq, ...) positions
+            per_position = x.shape[0] // (B * T)
+            w = self.weights(per_position, _work_dtype(x.dtype), x.device)
             for e in entries:
                 h = e.hook
                 assert h is not None
@@ -322,71 +354,94 @@ class _Capture:
                     )
                 xs = x[:, h.start : h.stop] if (h.start, h.stop) != (0, width) else x
                 if self.unpaired is not None:
-                    _reduce_unpaired(self.unpaired.data[e.key], xs)
+                    _reduce_unpaired(self.unpaired.data[e.key], xs, w)
                 if self.mode == "stash":
                     assert self.stash is not None
-                    # without padding xs is a view of the module's output: copy it
-                    self.stash[e.key] = xs.clone() if self.flat_idx is None else xs
+                    self.stash[e.key] = xs.clone()  # xs is a view of the module's output
                 elif self.mode == "diff":
                     assert self.stash is not None and self.paired is not None
                     other = self.stash.pop(e.key).to(xs.device)
-                    _reduce_paired(self.paired.data[e.key], other, xs)
+                    _reduce_paired(self.paired.data[e.key], other, xs, w)
 
         return hook
 
 
-def _colsum(x: torch.Tensor, ones: torch.Tensor) -> torch.Tensor:
-    """Column sums of a 2-D tensor as a BLAS matrix-vector product (one read of ``x``)."""
-    return torch.mv(x.t(), ones).to(torch.float64)
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _ones(n: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.ones(n, dtype=like.dtype, device=like.device)
+def _colsum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted column sums of a 2-D tensor as one BLAS matrix-vector product."""
+    return torch.mv(x.t(), w).to(torch.float64)
 
 
-def _work(xs: torch.Tensor) -> torch.Tensor:
-    # float32 for the per-batch reduction of half-precision activations
-    return xs if xs.dtype in (torch.float32, torch.float64) else xs.float()
+def _reduce_unpaired(acc: dict[str, torch.Tensor], xs: torch.Tensor, w: torch.Tensor | None) -> None:
+    """Add one batch's activations ``xs`` [rows, channels] to the accumulators.
 
-
-def _reduce_unpaired(acc: dict[str, torch.Tensor], xs: torch.Tensor) -> None:
-    """Add one batch's scored activations ``xs`` [n, channels] to the accumulators.
-
-    The per-batch column sums run as BLAS matrix-vector products in the activations'
-    precision (float32 for fp32/bf16/fp16 models), then are added to the float64
-    accumulators: the cheap way to reduce on CPU and GPU alike (the float64 conversion of
-    every activation would double the cost of the hooks).
+    Rows are weighted by ``w`` (1 for scored positions, 0 for padding and unscored tokens;
+    ``None``: all scored) inside BLAS matrix-vector products, so no gather copy is made.
+    Per-batch sums run in the activations' precision (float32 for fp32/bf16/fp16 models) and
+    are added to float64 accumulators: the float64 conversion of every activation, or a
+    reduction over the token axis, would cost more than the forward pass itself on CPU.
     """
-    n = xs.shape[0]
-    if n == 0:
+    rows = xs.shape[0]
+    if rows == 0:
         return
-    x = _work(xs)
-    ones = _ones(n, x)
-    acc["count"] += n
-    acc["sum"] += _colsum(x, ones)
-    y = x.abs()  # one scratch buffer, reused (a bool reduction over dim 0 is slow on CPU)
-    acc["sum_abs"] += _colsum(y, ones)
-    y.mul_(y)
-    acc["sum_sq"] += _colsum(y, ones)
-    torch.gt(x, 0, out=y)
-    acc["count_pos"] += _colsum(y, ones)
+    x = xs if xs.dtype == _work_dtype(xs.dtype) else xs.to(torch.float32)
+    ones = w if w is not None else torch.ones(rows, dtype=x.dtype, device=x.device)
+    fields = acc.keys()
+    out: dict[str, torch.Tensor] = {"count": ones.sum().to(torch.float64).expand(x.shape[1])}
+    if "sum" in fields:
+        out["sum"] = _colsum(x, ones)
+    y = None
+    if "sum_abs" in fields or "sum_sq" in fields:
+        y = x.abs()  # one scratch buffer, reused
+        if "sum_abs" in fields:
+            out["sum_abs"] = _colsum(y, ones)
+        if "sum_sq" in fields:
+            y.mul_(y)
+            out["sum_sq"] = _colsum(y, ones)
+    if "count_pos" in fields:  # a bool reduction over the token axis is slow on CPU: use BLAS
+        y = torch.gt(x, 0, out=y) if y is not None else (x > 0).to(x.dtype)
+        out["count_pos"] = _colsum(y, ones)
+    if w is not None and not all(bool(torch.isfinite(v).all()) for v in out.values()):
+        # non-finite activations at unscored positions (e.g. fully masked rows): gather instead
+        keep = w.nonzero().squeeze(1)
+        _reduce_unpaired(acc, xs.index_select(0, keep), None)
+        return
+    for k, v in out.items():
+        acc[k] += v
 
 
-def _reduce_paired(acc: dict[str, torch.Tensor], xa: torch.Tensor, xb: torch.Tensor) -> None:
-    n = xb.shape[0]
-    if n == 0:
+def _reduce_paired(acc: dict[str, torch.Tensor], xa: torch.Tensor, xb: torch.Tensor, w: torch.Tensor | None) -> None:
+    rows = xb.shape[0]
+    if rows == 0:
         return
-    a, b = _work(xa), _work(xb)
-    ones = _ones(n, b)
+    a = xa if xa.dtype == _work_dtype(xa.dtype) else xa.to(torch.float32)
+    b = xb if xb.dtype == _work_dtype(xb.dtype) else xb.to(torch.float32)
+    if a.dtype != b.dtype:
+        a, b = a.to(torch.float64), b.to(torch.float64)
+    ones = w.to(b.dtype) if w is not None else torch.ones(rows, dtype=b.dtype, device=b.device)
+    fields = acc.keys()
+    out: dict[str, torch.Tensor] = {"count": ones.sum().to(torch.float64).expand(b.shape[1])}
     d = b - a
-    acc["count"] += n
-    acc["sum_diff"] += _colsum(d, ones)
+    if "sum_diff" in fields:
+        out["sum_diff"] = _colsum(d, ones)
     d.abs_()
-    acc["sum_absdiff"] += _colsum(d, ones)
-    d.mul_(d)
-    acc["sum_sqdiff"] += _colsum(d, ones)
-    acc["sum_abs_a"] += _colsum(torch.abs(a, out=d), ones)
-    acc["sum_abs_b"] += _colsum(torch.abs(b, out=d), ones)
+    out["sum_absdiff"] = _colsum(d, ones)
+    if "sum_sqdiff" in fields:
+        d.mul_(d)
+        out["sum_sqdiff"] = _colsum(d, ones)
+    if "sum_abs_a" in fields:
+        out["sum_abs_a"] = _colsum(torch.abs(a, out=d), ones)
+    if "sum_abs_b" in fields:
+        out["sum_abs_b"] = _colsum(torch.abs(b, out=d), ones)
+    if w is not None and not all(bool(torch.isfinite(v).all()) for v in out.values()):
+        keep = w.nonzero().squeeze(1)
+        _reduce_paired(acc, xa.index_select(0, keep), xb.index_select(0, keep), None)
+        return
+    for k, v in out.items():
+        acc[k] += v
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -446,16 +501,19 @@ def collect_stats(
     label: str | None = None,
     progress: Callable[[int], None] | None = None,
     meta: Mapping[str, str] | None = None,
+    fields: Sequence[str] | None = None,
 ) -> ChannelStats:
     """Unpaired statistics of ``model`` over a corpus, in one forward pass over it.
 
-    ``entries`` defaults to :func:`default_stat_entries`. ``progress`` is called with the
-    number of scored tokens of each batch. ``label`` names the model in
+    ``entries`` defaults to :func:`default_stat_entries`. ``fields`` restricts the
+    statistics to a subset of :data:`UNPAIRED_FIELDS` (``count`` is always kept), e.g.
+    ``("sum_abs",)`` for ``absmean_diff`` alone — cheaper hooks. ``progress`` is called
+    with the number of scored tokens of each batch. ``label`` names the model in
     ``COUNTERS.passes_by_label``.
     """
     ents = _resolve_entries(space, entries)
     device = _device_of(model)
-    stats = ChannelStats.zeros("unpaired", ents, meta=_meta(space, data, meta), device=device)
+    stats = ChannelStats.zeros("unpaired", ents, meta=_meta(space, data, meta), device=device, fields=fields)
     need_logits = _needs_logits(model, ents)
     was_training = model.training
     model.eval()
@@ -488,6 +546,8 @@ def collect_paired_stats(
     labels: tuple[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
     meta: Mapping[str, str] | None = None,
+    fields: Sequence[str] | None = None,
+    unpaired_fields: Sequence[str] | None = None,
 ) -> PairedResult:
     """Paired statistics of ``model_b - model_a`` on the same batches, in lock-step.
 
@@ -495,6 +555,8 @@ def collect_paired_stats(
     model B's hooks then reduce ``a_B - a_A`` per module and drop A's activations at once.
     Memory: one batch of A's hooked activations (choose ``batch_size`` accordingly).
     With ``unpaired`` (default), each model's unpaired statistics come out of the same pass.
+    ``fields`` / ``unpaired_fields`` restrict what is computed (``count`` and
+    ``sum_absdiff`` are always kept).
     """
     if model_a is model_b:
         raise RuntimeUserError("paired statistics need two different model objects",
@@ -502,9 +564,9 @@ def collect_paired_stats(
     ents = _resolve_entries(space, entries)
     dev_a, dev_b = _device_of(model_a), _device_of(model_b)
     m = _meta(space, data, meta)
-    paired = ChannelStats.zeros("paired", ents, meta=m, device=dev_b)
-    sa = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_a) if unpaired else None
-    sb = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_b) if unpaired else None
+    paired = ChannelStats.zeros("paired", ents, meta=m, device=dev_b, fields=fields)
+    sa = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_a, fields=unpaired_fields) if unpaired else None
+    sb = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_b, fields=unpaired_fields) if unpaired else None
     need_a, need_b = _needs_logits(model_a, ents), _needs_logits(model_b, ents)
     modes = (model_a.training, model_b.training)
     model_a.eval()
