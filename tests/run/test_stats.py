@@ -137,3 +137,24 @@ def test_paired_needs_two_models(family_models, tokenizer):
     space = ChannelSpace.from_config(a.config)
     with pytest.raises(RuntimeUserError, match="two different"):
         collect_paired_stats(a, a, space, inline(["x"]).tokenize(tokenizer))
+
+
+def test_field_subsets(family_models, tokenizer, tmp_path):
+    a, b = family_models["llama"]
+    space = ChannelSpace.from_config(a.config)
+    tc = inline(MORE).tokenize(tokenizer)
+    full = collect_stats(a, space, tc, batch_size=3)
+    part = collect_stats(a, space, tc, batch_size=3, fields=("sum_abs",))
+    assert part.fields == ("count", "sum_abs")
+    k = "layers.1.mlp.up"
+    assert torch.equal(part[k]["sum_abs"], full[k]["sum_abs"])
+    with pytest.raises(RuntimeUserError, match="'sum' was not collected"):
+        part.mean_act(k)
+    back = ChannelStats.load(part.save(tmp_path / "p.safetensors"))
+    assert back.fields == part.fields and back.allclose(part, rtol=0)
+    with pytest.raises(RuntimeUserError, match="different fields"):
+        full.merge(part)
+    res = collect_paired_stats(a, b, space, tc, fields=(), unpaired=False)
+    assert res.paired.fields == ("count", "sum_absdiff") and res.a is None
+    with pytest.raises(RuntimeUserError, match="unknown unpaired statistic"):
+        collect_stats(a, space, tc, fields=("median",))
