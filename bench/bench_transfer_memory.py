@@ -4,8 +4,8 @@
 
 Two Llama-shaped fp32 checkpoints (about 1.3 GB each) are made from a config, one tensor
 at a time (random weights), with a 3 % global channel mask. Each method runs in a fresh
-subprocess; its extra memory is the process' peak RSS (``ru_maxrss``) minus its RSS just
-before the transfer (after imports):
+subprocess; its extra memory is the process' peak RSS (``VmHWM``, reset after imports via
+``/proc/self/clear_refs``) minus its RSS just before the transfer:
 
 * ``actlang``: :func:`actlang.run.transfer.transfer` — tensor by tensor, streamed output;
 * ``naive``: load both state dicts (``safetensors.torch.load_file``), apply the same
@@ -36,7 +36,16 @@ from actlang.run.transfer import Donor, transfer, merge_tensor
 method, trg, src, mask_path, out = sys.argv[1:6]
 mask = ChannelMask.load(mask_path)
 import safetensors.torch as st
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 proc = psutil.Process()
+try:  # reset the peak-RSS counter of this process to its current RSS (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 base = proc.memory_info().rss
 t = time.perf_counter()
 if method == "actlang":
@@ -50,7 +59,8 @@ else:
         res[name] = merge_tensor(name, x, [b[name]], [m], [1.0])[0]
     st.save_file(res, out + ".safetensors", metadata={"format": "pt"})
 secs = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: after fork+exec, ru_maxrss still counts the parent's RSS
+peak = hwm() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"base": base, "peak": peak, "extra": peak - base, "seconds": secs}))
 """
 
@@ -121,7 +131,7 @@ def main() -> None:
         print("\n".join(lines))
         if args.write:
             body = ("## Transfer memory (`bench/bench_transfer_memory.py`)\n\n"
-                    f"Machine: {machine()}. Each method in a fresh process; extra = peak RSS (ru_maxrss) minus RSS "
+                    f"Machine: {machine()}. Each method in a fresh process; extra = peak RSS (VmHWM, reset after imports) minus RSS "
                     "before the transfer.\n\n```\n" + "\n".join(lines) + "\n```\n\n"
                     f"Result: the streaming transfer needs **{ratio * 100:.1f}%** of one model's size in extra memory "
                     f"({'meets' if ratio <= 0.25 else 'misses'} the 25% target); loading both state dicts needs "
