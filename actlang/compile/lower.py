@@ -31,18 +31,27 @@ def _edge(graph: nx.DiGraph, source: O.Op, sink: O.Op) -> None:
     graph.add_edge(source, sink)
 
 
-def _statistics(score: O.Score) -> list[O.Statistic]:
+def _statistics(score: O.Score, rule: P.TransferRule) -> list[O.Statistic]:
     """The statistics a score reads (none for random and weight_delta)."""
     corpora = [score.ability.probe]
     if score.contrast > 0:
         assert score.ability.control is not None, "the checker requires a control corpus"
         corpora.append(score.ability.control)
     tokenizer = score.target
+    modules = "all" if _may_select_residual(rule) else "default"
     if score.score.name in PAIRED_SCORES:
-        return [O.Statistic(score.target, c, tokenizer, partner=score.donor) for c in corpora]
+        return [O.Statistic(score.target, c, tokenizer, score.donor, modules) for c in corpora]
     if score.score.name in UNPAIRED_SCORES:
-        return [O.Statistic(m, c, tokenizer) for c in corpora for m in (score.target, score.donor)]
+        return [O.Statistic(m, c, tokenizer, None, modules) for c in corpora
+                for m in (score.target, score.donor)]
     return []
+
+
+def _may_select_residual(rule: P.TransferRule) -> bool:
+    """Whether the rule can select embed, norm or lm_head channels (not hooked by default)."""
+    named = [t.glob for _, t in rule.channels.terms if isinstance(t, P.KindPattern)]
+    return rule.include_global or any(g.startswith(("embed", "norm", "lm_head")) or
+                                      g.endswith("_norm") for g in named)
 
 
 def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:
@@ -55,7 +64,7 @@ def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:
             score = O.Score(target, rule.donor, rule.ability, rule.score, rule.normalize,
                             rule.contrast)
             graph.add_node(score)
-            for statistic in _statistics(score):
+            for statistic in _statistics(score, rule):
                 for model in filter(None, (statistic.model, statistic.partner)):
                     _edge(graph, O.LoadModel(model), statistic)
                 _edge(graph, statistic, score)

@@ -43,10 +43,14 @@ class Statistic:
     """Per-channel statistics of ``model`` on ``corpus``; paired with ``partner`` when set
     (then ``Δa = mean |a(partner) − a(model)|``). Tokens come from ``tokenizer``."""
 
+
     model: P.ModelSpec
     corpus: P.Corpus
     tokenizer: P.ModelSpec
     partner: P.ModelSpec | None = None
+    # "default": the modules selectable by default; "all": also embed, norms and lm_head
+    # (needed only when a rule may select those).
+    modules: str = "default"
     kind = "statistic"
 
     @property
@@ -69,6 +73,11 @@ class Capture:
     def label(self) -> str:
         names = ", ".join(m.name for m in self.models)
         return f"capture {names} on {corpus_label(self.corpus)}"
+
+    @property
+    def modules(self) -> str:
+        """The hooked modules: "all" if any statistic needs them (it serves the rest too)."""
+        return "all" if any(s.modules == "all" for s in self.statistics) else "default"
 
     def passes(self) -> list[tuple[P.ModelSpec, ...]]:
         """The forward passes that compute the statistics: each paired statistic is a

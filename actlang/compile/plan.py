@@ -34,7 +34,7 @@ from actlang.run.adapters import ChannelSpace
 from actlang.run.errors import RuntimeUserError
 
 PLAN_FORMAT_VERSION = 1
-STATS_CONFIG = "default-entries/v1"  # which modules a capture hooks: every entry with a hook
+STATS_CONFIG = "hooked-entries/v1"  # captures hook the entries their Statistic.modules names
 EVAL_CONFIG = "greedy-exact-match/v1"
 
 
@@ -363,8 +363,8 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
             corpus = corpus_digests.get((op.corpus, op.tokenizer))
             if None in identities or corpus is None:
                 continue
-            keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, "paired" if op.partner else
-                              "unpaired", identities, corpus, op.corpus.options.max_tokens)
+            keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, op.modules, "paired" if op.partner
+                              else "unpaired", identities, corpus, op.corpus.options.max_tokens)
         elif isinstance(op, O.Save):
             identities = [info.identity for info in models.values()
                           if _uses(op.surgery, info.spec)]

@@ -241,6 +241,7 @@ class Executor:
         data = self._data(op.corpus, op.tokenizer)
         space = self._space(op.models[0])
         wanted = set(op.statistics)
+        entries = None if op.modules == "default" else [e for e in space if e.hook is not None]
         batches = data.n_batches()
         for models in op.passes():
             done = 0
@@ -254,18 +255,18 @@ class Executor:
             if len(models) == 2:
                 a, b = models
                 result = S.collect_paired_stats(self.loaded[a.name], self.loaded[b.name], space,
-                                                data, labels=(labels[0], labels[1]),
+                                                data, entries=entries,
+                                                labels=(labels[0], labels[1]),
                                                 progress=advance)
-                produced = {O.Statistic(a, op.corpus, op.tokenizer, partner=b): result.paired,
-                            O.Statistic(a, op.corpus, op.tokenizer): result.a,
-                            O.Statistic(b, op.corpus, op.tokenizer): result.b}
+                produced = {(a, b): result.paired, (a, None): result.a, (b, None): result.b}
             else:
                 (m,) = models
-                produced = {O.Statistic(m, op.corpus, op.tokenizer):
-                            S.collect_stats(self.loaded[m.name], space, data, label=labels[0],
-                                            progress=advance)}
-            for statistic, value in produced.items():
-                if statistic in wanted and statistic not in self.values:
+                produced = {(m, None): S.collect_stats(self.loaded[m.name], space, data,
+                                                       entries=entries, label=labels[0],
+                                                       progress=advance)}
+            for statistic in wanted:
+                value = produced.get((statistic.model, statistic.partner))
+                if value is not None and statistic not in self.values:
                     self.values[statistic] = value
                     key = self.plan.keys.get(statistic)
                     if key is not None:
@@ -289,12 +290,20 @@ class Executor:
         tokenizer = op.target
         normalize = None if op.normalize == "none" else op.normalize
 
+        statistics = {s for s in self.values if isinstance(s, O.Statistic)}
+
+        def read(model: P.ModelSpec, corpus: P.Corpus, partner: P.ModelSpec | None):
+            # The widest statistics computed for this (model, corpus, partner).
+            found = [s for s in statistics if (s.model, s.corpus, s.tokenizer, s.partner) ==
+                     (model, corpus, tokenizer, partner)]
+            assert found, "the plan computes every statistic a score reads"
+            return self.values[max(found, key=lambda s: s.modules == "all")]
+
         def on(corpus: P.Corpus):
             if op.score.name == "paired_absdiff":
-                paired = self.values[O.Statistic(op.target, corpus, tokenizer, op.donor)]
+                paired = read(op.target, corpus, op.donor)
                 return R.compute_scores("paired_absdiff", paired=paired, normalize=normalize)
-            a = self.values[O.Statistic(op.target, corpus, tokenizer)]
-            b = self.values[O.Statistic(op.donor, corpus, tokenizer)]
+            a, b = read(op.target, corpus, None), read(op.donor, corpus, None)
             return R.compute_scores(op.score.name, a=a, b=b, normalize=normalize)
 
         if op.score.name == "random":

@@ -25,10 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    """`actc` with a private cache holding a small zoo (built once for the module)."""
-    cache = Path(os.environ.get("ACTLANG_TEST_ZOO_CACHE") or tmp_path_factory.mktemp("cache"))
-    env = {**os.environ, "ACTLANG_CACHE_DIR": str(cache), "ACTLANG_ZOO_PROFILE": "small"}
+def runner(small_zoo, zoo_cache_dir):
+    """`actc` using the session's cache, which holds the small zoo (built once a session)."""
+    env = {**os.environ, "ACTLANG_CACHE_DIR": str(zoo_cache_dir), "ACTLANG_ZOO_PROFILE": "small"}
     executable = shutil.which("actc", path=str(Path(sys.executable).parent))
     assert executable
 

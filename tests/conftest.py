@@ -1,4 +1,4 @@
-"""Fixtures shared by the zoo tests and reusable by other suites.
+"""Fixtures shared by every suite: the zoo, built once per test session.
 
 ``small_zoo`` (session scope) builds the ``small`` profile once per test session into a
 temporary cache directory, which it installs as ``ACTLANG_CACHE_DIR`` for the rest of the
