@@ -199,7 +199,8 @@ def run_command(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Write here instead of the spec's output path (with "
         "several surgeries, each writes into its own directory below it)."),
-    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs (and redo "
+                               "up-to-date ones; cached statistics are still used)."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
 ) -> None:
@@ -228,7 +229,7 @@ def run_command(
     cache = Cache(cache_dir)
     try:
         with console.status("planning (first use of the zoo builds it: a few minutes)"):
-            plan = make_plan(program, cache, dry_run=False)
+            plan = make_plan(program, cache, dry_run=False, rebuild=force)
         with BarsProgress(console) as progress:
             result = Executor(plan, cache, spec_text=spec.read_text(), force=force,
                               progress=progress).run()

@@ -85,8 +85,8 @@ def candidate_entries(space: ChannelSpace, rule: P.TransferRule) -> list[Entry]:
                             f"`{_show(pattern)}` channels are residual dimensions shared by the "
                             "whole model", hint="set include_global = true to move them anyway")
                     continue
-                if e.default_excluded and not _explicit(pattern):
-                    continue
+                if e.default_excluded and not e.is_global and not _explicit(pattern):
+                    continue  # lm_head: its rows are vocabulary entries, moved only by name
                 chosen[e.key] = e
         else:
             for e in hits:

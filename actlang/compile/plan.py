@@ -135,7 +135,8 @@ class Plan:
 # ---- building the plan ------------------------------------------------------------------------
 
 
-def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True) -> Plan:
+def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
+              rebuild: bool = False) -> Plan:
     """Plan a checked program.
 
     Args:
@@ -143,6 +144,8 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True) -> Plan
         cache: where statistics and evaluations are looked up.
         dry_run: read no tensor data and build nothing (``actc plan``); otherwise build zoo
             models and hash weights so that cache keys are exact (``actc run``).
+        rebuild: redo outputs even when they are up to date (``actc run --force``); cached
+            statistics and evaluations are still used.
 
     Raises:
         PlanError: a problem with the models, data or selection, located in the spec.
@@ -152,7 +155,8 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True) -> Plan
     selectable = _validate_rules(graph, models)
     corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
     keys = _cache_keys(graph, models, corpus_digests)
-    graph, cached = drop_cached(graph, lambda op: op in keys and _in_cache(cache, op, keys[op]))
+    graph, cached = drop_cached(graph, lambda op: op in keys and not (
+        rebuild and isinstance(op, O.Save)) and _in_cache(cache, op, keys[op]))
     graph = eliminate_dead_ops(graph)
     order = schedule(graph)
     plan = Plan(program, graph, order, cached & set(graph.nodes), models, keys, corpus_tokens,
@@ -370,7 +374,7 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
                           if _uses(op.surgery, info.spec)]
             if None in identities:
                 continue
-            keys[op] = digest(CACHE_FORMAT, "output", O.op_id(op), identities,
+            keys[op] = digest(CACHE_FORMAT, __version__, "output", O.op_id(op), identities,
                               sorted(corpus_digests.values()))
         elif isinstance(op, O.Evaluate) and isinstance(op.state, P.ModelSpec):
             identity = models[op.state.name].identity

@@ -377,7 +377,7 @@ class Executor:
 
     def _op_finetune(self, op: O.Finetune) -> dict[str, Any]:
         from actlang.run.finetune import finetune
-        from actlang.run.output import save_state_dict
+        from actlang.run.output import ACT_DESCRIPTION, save_state_dict
 
         source = self.values[op.source]
         model = self._load(source, op.source.target)
@@ -393,8 +393,13 @@ class Executor:
         extras = {str(p.relative_to(source)): p for p in (source / "masks").glob("*")} \
             if (source / "masks").is_dir() else {}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        kept = "every other parameter is bit-identical to the target" \
+            if spec.scope == "transferred" else "all parameters were trained"
+        description = (f"{ACT_DESCRIPTION.split(';')[0]}; then a {spec.steps}-step "
+                       f"compatibility fine-tune (scope {spec.scope}): {kept}.")
         save_state_dict(out, state, source_dir=source, overwrite=True, spec_text=self.spec_text,
-                        extra_files=extras, tags=["actlang", "act", "ability-transfer"])
+                        extra_files=extras, tags=["actlang", "act", "ability-transfer"],
+                        description=description)
         self.values[op] = out
         losses = list(getattr(report, "losses", []))
         return {"steps": spec.steps, "scope": spec.scope,

@@ -169,9 +169,16 @@ def _yaml_list(items: Iterable[str]) -> str:
     return "".join(f"- {json.dumps(str(i))}\n" for i in items)
 
 
+ACT_DESCRIPTION = (
+    "Made with actlang — ACT, activation-guided channel-wise ability transfer (arXiv 2601.09398): "
+    "channels localized by activation difference were moved from the donor model(s) into the "
+    "target; every other parameter is bit-identical to the target.")
+
+
 def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (), spec_text: str | None = None,
                description: str | None = None) -> str:
-    """README.md text: YAML front matter (base_model, library_name, tags) + the spec."""
+    """README.md text: YAML front matter (base_model, library_name, tags), what was done
+    (``description``, by default the ACT transfer), the inputs and the spec."""
     all_tags = list(dict.fromkeys(["actlang", "act", "ability-transfer", *tags]))
     out = "---\n"
     if base_models:
@@ -180,10 +187,7 @@ def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (
     out += "tags:\n" + _yaml_list(all_tags)
     out += "---\n\n"
     out += f"# {name}\n\n"
-    out += (description.strip() + "\n\n") if description else ""
-    out += ("Made with [actlang](https://github.com/) — ACT, activation-guided channel-wise ability transfer "
-            "(arXiv 2601.09398): channels localized by activation difference were moved from the donor "
-            "model(s) into the target; every other parameter is bit-identical to the target.\n\n")
+    out += (description or ACT_DESCRIPTION).strip() + "\n\n"
     if base_models:
         out += "Inputs:\n\n" + "".join(f"- `{b}`\n" for b in base_models) + "\n"
     if spec_text is not None:

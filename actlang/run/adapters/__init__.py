@@ -74,8 +74,8 @@ __all__ = [
 
 _DATA_DIR = Path(__file__).resolve().parent
 RAW_HINT = (
-    "name modules directly with the raw escape hatch: raw(\"model.layers.*.mlp.up_proj\", axis=0) "
-    "in a spec, or RawSelector(pattern, axis) in Python"
+    "name modules directly with the raw escape hatch: module(\"model.layers.*.mlp.up_proj\", "
+    "axis = 0) in a spec, or RawSelector(pattern, axis) in Python"
 )
 
 
