@@ -80,13 +80,27 @@ class Capture:
         return "all" if any(s.modules == "all" for s in self.statistics) else "default"
 
     def passes(self) -> list[tuple[P.ModelSpec, ...]]:
-        """The forward passes that compute the statistics: each paired statistic is a
-        lock-step pass of its two models (which yields both models' unpaired statistics);
-        a model with only unpaired statistics runs alone. Two models: one pass each."""
+        """The lock-step passes that compute the statistics, each ``(anchor, *partners)``:
+        the anchor runs once and every partner reduces its difference to it, so each model
+        runs once (a target paired with several donors is the anchor of one pass). A model
+        with only unpaired statistics runs alone, ``(model,)``. When the pairs do not share
+        one model (a chain a~b~c), the remaining pairs get passes of their own."""
         pairs = list(dict.fromkeys((s.model, s.partner) for s in self.statistics if s.partner))
-        covered = {m for pair in pairs for m in pair}
-        singles = [(m,) for m in self.models if m not in covered]
-        return [*pairs, *singles]
+        passes: list[tuple[P.ModelSpec, ...]] = []
+        while pairs:
+            count: dict[P.ModelSpec, int] = {}
+            for pair in pairs:
+                for model in pair:
+                    count[model] = count.get(model, 0) + 1
+            anchor = max(count, key=lambda m: (count[m], m.name))
+            partners = [b if a == anchor else a for a, b in pairs if anchor in (a, b)]
+            passes.append((anchor, *sorted(partners, key=lambda m: m.name)))
+            pairs = [pair for pair in pairs if anchor not in pair]
+        covered = {m for p in passes for m in p}
+        return [*passes, *((m,) for m in self.models if m not in covered)]
+
+    def pass_count(self) -> int:
+        return sum(len(p) for p in self.passes())
 
 
 @dataclass(frozen=True)

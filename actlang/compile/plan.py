@@ -421,7 +421,7 @@ def _estimate(plan: Plan) -> Estimates:
         elif isinstance(op, O.Capture):
             tokens = plan.corpus_tokens.get((op.corpus, op.tokenizer))
             est.exact &= tokens is not None
-            for model in (m for models in op.passes() for m in models):
+            for model in (m for models in op.passes() for m in models):  # each runs once
                 est.forward_passes += 1
                 est.tokens += tokens or 0
                 est.flops += 2.0 * (plan.models[model.name].parameters or 0) * (tokens or 0)

@@ -55,7 +55,7 @@ def render_plan(plan: Plan) -> str:
 def _detail(plan: Plan, op: O.Op) -> str:
     if isinstance(op, O.Capture):
         tokens = plan.corpus_tokens.get((op.corpus, op.tokenizer))
-        passes = sum(len(p) for p in op.passes())
+        passes = op.pass_count()
         shown = f"{tokens:,} tokens" if tokens is not None else "tokens unknown"
         return f"  [{passes} forward pass{'es' if passes != 1 else ''}, {shown}]"
     if isinstance(op, O.Select) and op in plan.selectable:

@@ -252,13 +252,17 @@ class Executor:
                 self.progress.advance(done, batches)
 
             labels = [f"{m.name} on {O.corpus_label(op.corpus)}" for m in models]
-            if len(models) == 2:
-                a, b = models
-                result = S.collect_paired_stats(self.loaded[a.name], self.loaded[b.name], space,
-                                                data, entries=entries,
-                                                labels=(labels[0], labels[1]),
-                                                progress=advance)
-                produced = {(a, b): result.paired, (a, None): result.a, (b, None): result.b}
+            if len(models) > 1:
+                anchor, *partners = models
+                results = S.collect_lockstep_stats(
+                    self.loaded[anchor.name], [self.loaded[p.name] for p in partners], space,
+                    data, entries=entries, labels=labels, progress=advance)
+                produced = {(anchor, None): results[0].a}
+                for partner, result in zip(partners, results):
+                    produced[(partner, None)] = result.b
+                    # Paired statistics are symmetric in |a - b|; the op names the pair as
+                    # (model, partner) in either order.
+                    produced[(anchor, partner)] = produced[(partner, anchor)] = result.paired
             else:
                 (m,) = models
                 produced = {(m, None): S.collect_stats(self.loaded[m.name], space, data,
@@ -271,7 +275,7 @@ class Executor:
                     key = self.plan.keys.get(statistic)
                     if key is not None:
                         self.cache.store("stats", key, lambda path: value.save(path))
-        return {"forward_passes": sum(len(p) for p in op.passes()), "tokens": data.n_tokens}
+        return {"forward_passes": op.pass_count(), "tokens": data.n_tokens}
 
     def _op_statistic(self, op: O.Statistic, cached: bool) -> None:
         if not cached:

@@ -35,6 +35,8 @@ prove that work was, or was not, done.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -290,6 +292,7 @@ class _Capture:
         self.paired: ChannelStats | None = None
         self.paired_fields: tuple[str, ...] = PAIRED_FIELDS
         self.mode: str = "plain"  # "plain" | "stash" | "diff"
+        self.keep = False  # "diff": leave the stash for a further partner
 
     def __enter__(self) -> "_Capture":
         for (module_path, seq_axis), entries in self.sites.items():
@@ -360,7 +363,7 @@ class _Capture:
                     self.stash[e.key] = xs.clone()  # xs is a view of the module's output
                 elif self.mode == "diff":
                     assert self.stash is not None and self.paired is not None
-                    other = self.stash.pop(e.key).to(xs.device)
+                    other = (self.stash[e.key] if self.keep else self.stash.pop(e.key)).to(xs.device)
                     _reduce_paired(self.paired.data[e.key], other, xs, w)
 
         return hook
@@ -556,39 +559,77 @@ def collect_paired_stats(
     Memory: one batch of A's hooked activations (choose ``batch_size`` accordingly).
     With ``unpaired`` (default), each model's unpaired statistics come out of the same pass.
     ``fields`` / ``unpaired_fields`` restrict what is computed (``count`` and
-    ``sum_absdiff`` are always kept).
+    ``sum_absdiff`` are always kept). :func:`collect_lockstep_stats` pairs one model with
+    several.
     """
-    if model_a is model_b:
+    (result,) = collect_lockstep_stats(
+        model_a, [model_b], space, data, entries=entries, batch_size=batch_size,
+        unpaired=unpaired, labels=labels, progress=progress, meta=meta, fields=fields,
+        unpaired_fields=unpaired_fields)
+    return result
+
+
+def collect_lockstep_stats(
+    anchor: nn.Module,
+    partners: Sequence[nn.Module],
+    space: ChannelSpace,
+    data: TokenizedCorpus | Iterable[Batch],
+    *,
+    entries: Sequence[Entry | str] | None = None,
+    batch_size: int = 8,
+    unpaired: bool = True,
+    labels: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    meta: Mapping[str, str] | None = None,
+    fields: Sequence[str] | None = None,
+    unpaired_fields: Sequence[str] | None = None,
+) -> list[PairedResult]:
+    """Paired statistics of each ``partner - anchor``, every model running once per batch.
+
+    The anchor runs first and its hooks keep the batch's scored activations; each partner
+    then reduces its difference to them, and the last one drops them. So a target paired
+    with several donors runs over the corpus once, not once per donor. Result ``i`` holds
+    the pair (anchor, partner ``i``); the anchor's unpaired statistics are in every ``.a``.
+    ``labels`` names the anchor, then each partner, in ``COUNTERS.passes_by_label``.
+    """
+    models = [anchor, *partners]
+    if not partners:
+        raise RuntimeUserError("paired statistics need at least one partner model")
+    if len({id(m) for m in models}) != len(models):
         raise RuntimeUserError("paired statistics need two different model objects",
                                hint="load the second model separately")
     ents = _resolve_entries(space, entries)
-    dev_a, dev_b = _device_of(model_a), _device_of(model_b)
+    devices = [_device_of(m) for m in models]
     m = _meta(space, data, meta)
-    paired = ChannelStats.zeros("paired", ents, meta=m, device=dev_b, fields=fields)
-    sa = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_a, fields=unpaired_fields) if unpaired else None
-    sb = ChannelStats.zeros("unpaired", ents, meta=m, device=dev_b, fields=unpaired_fields) if unpaired else None
-    need_a, need_b = _needs_logits(model_a, ents), _needs_logits(model_b, ents)
-    modes = (model_a.training, model_b.training)
-    model_a.eval()
-    model_b.eval()
-    la, lb = labels or (None, None)
-    COUNTERS._pass(la)
-    COUNTERS._pass(lb)
+    pairs = [ChannelStats.zeros("paired", ents, meta=m, device=d, fields=fields)
+             for d in devices[1:]]
+    singles = [ChannelStats.zeros("unpaired", ents, meta=m, device=d, fields=unpaired_fields)
+               if unpaired else None for d in devices]
+    need = [_needs_logits(model, ents) for model in models]
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    for label in (labels or [None] * len(models)):
+        COUNTERS._pass(label)
     stash: dict[str, torch.Tensor] = {}
     try:
-        with _Capture(model_a, ents, sa) as ca, _Capture(model_b, ents, sb) as cb, torch.inference_mode():
-            ca.mode, ca.stash = "stash", stash
-            cb.mode, cb.stash, cb.paired = "diff", stash, paired
+        with contextlib.ExitStack() as stack:
+            captures = [stack.enter_context(_Capture(model, ents, single))
+                        for model, single in zip(models, singles)]
+            stack.enter_context(torch.inference_mode())
+            captures[0].mode, captures[0].stash = "stash", stash
+            for index, (capture, paired) in enumerate(zip(captures[1:], pairs), 1):
+                capture.mode, capture.stash, capture.paired = "diff", stash, paired
+                capture.keep = index < len(partners)  # the last partner frees the stash
             for batch in _batches(data, batch_size):
-                ba, bb = batch.to(dev_a), batch.to(dev_b)
-                ca.set_batch(ba.score_mask, dev_a)
-                cb.set_batch(bb.score_mask, dev_b)
-                _run(model_a, ba, need_a)
-                _run(model_b, bb, need_b)
+                for model, capture, device, logits in zip(models, captures, devices, need):
+                    on_device = batch.to(device)
+                    capture.set_batch(on_device.score_mask, device)
+                    _run(model, on_device, logits)
                 if stash:
                     raise RuntimeUserError(
-                        f"model B never ran the modules {sorted(stash)[:3]} that model A ran",
-                        hint="paired statistics need two models of one architecture",
+                        f"a partner never ran the modules {sorted(stash)[:3]} that the first "
+                        "model ran", hint="paired statistics need models of one architecture",
                     )
                 n = batch.n_scored
                 COUNTERS.tokens_scored += n
@@ -596,14 +637,14 @@ def collect_paired_stats(
                     progress(n)
     finally:
         stash.clear()
-        model_a.train(modes[0])
-        model_b.train(modes[1])
+        for model, mode in zip(models, modes):
+            model.train(mode)
 
     def cpu(s: ChannelStats | None) -> ChannelStats | None:
         if s is None:
             return None
         return ChannelStats(s.kind, {k: {f: t.cpu() for f, t in d.items()} for k, d in s.data.items()}, s.meta)
 
-    out = cpu(paired)
-    assert out is not None
-    return PairedResult(out, cpu(sa), cpu(sb))
+    anchor_stats = cpu(singles[0])
+    return [PairedResult(cpu(p), anchor_stats, cpu(single))  # type: ignore[arg-type]
+            for p, single in zip(pairs, singles[1:])]

@@ -70,13 +70,13 @@ def test_controls_need_no_capture(tmp_path: Path) -> None:
     assert nodes(graph, O.Capture) == [] and nodes(graph, O.LoadModel) == []
 
 
-def test_two_donors_pair_each_with_the_target(tmp_path: Path) -> None:
+def test_two_donors_share_one_lockstep_pass_of_the_target(tmp_path: Path) -> None:
     graph = graph_of('surgery s -> "s" { target = tuned '
                      'transfer math from base { budget = 1% } '
                      'transfer math from other { budget = 1% } }', tmp_path)
     (capture,) = nodes(graph, O.Capture)
-    assert sorted(tuple(m.name for m in p) for p in capture.passes()) == \
-        [("tuned", "base"), ("tuned", "other")]
+    assert [tuple(m.name for m in p) for p in capture.passes()] == [("tuned", "base", "other")]
+    assert capture.pass_count() == 3  # each model runs over the corpus once
 
 
 def test_cached_statistics_remove_the_capture_and_its_loads(tmp_path: Path) -> None:

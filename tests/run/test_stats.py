@@ -10,7 +10,7 @@ from actlang.run.corpus import inline
 from actlang.run.errors import RuntimeUserError
 from actlang.run.stats import COUNTERS, ChannelStats, collect_paired_stats, collect_stats
 
-from .conftest import SENTENCES
+from .conftest import SENTENCES, perturbed
 
 MORE = SENTENCES + ["zz top", "one two three four five six", "k", "the end of the corpus is near"]
 
@@ -158,3 +158,19 @@ def test_field_subsets(family_models, tokenizer, tmp_path):
     assert res.paired.fields == ("count", "sum_absdiff") and res.a is None
     with pytest.raises(RuntimeUserError, match="unknown unpaired statistic"):
         collect_stats(a, space, tc, fields=("median",))
+
+
+def test_lockstep_with_two_partners_equals_two_paired_passes(family_models, tokenizer):
+    from actlang.run.stats import COUNTERS, collect_lockstep_stats
+
+    a, b = family_models["llama"]
+    c = perturbed(b, seed=7)
+    space = ChannelSpace.from_config(a.config)
+    data = inline(SENTENCES).tokenize(tokenizer)
+    COUNTERS.reset()
+    together = collect_lockstep_stats(a, [b, c], space, data, labels=["a", "b", "c"])
+    assert COUNTERS.passes_by_label == {"a": 1, "b": 1, "c": 1}
+    for partner, result in zip((b, c), together):
+        alone = collect_paired_stats(a, partner, space, data)
+        assert result.paired.allclose(alone.paired, rtol=1e-9)
+        assert result.a.allclose(alone.a, rtol=1e-9) and result.b.allclose(alone.b, rtol=1e-9)
