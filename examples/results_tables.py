@@ -99,6 +99,7 @@ def main() -> None:
           simple_table(runs, ("granularity", "overlap", "linear", "task_arithmetic", "ties",
                               "dare")))
     print("\n### Localization against the planted ground truth\n\n" + localization_table(runs))
+    print("\n" + simple_table(runs, ("planted", "decoy", "decoy_weight_delta")))
 
 
 if __name__ == "__main__":
