@@ -202,7 +202,13 @@ class Executor:
     def _tokenizer(self, directory: Path):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(directory)
+        try:
+            return AutoTokenizer.from_pretrained(directory)
+        except (OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise RuntimeUserError(f"cannot load the tokenizer of {directory}: {reason}",
+                                   hint="a model directory needs its tokenizer files "
+                                   "(tokenizer.json, tokenizer_config.json) to run") from None
 
     def _data(self, corpus: P.Corpus, tokenizer_model: P.ModelSpec):
         key = (corpus, tokenizer_model)
