@@ -169,6 +169,9 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
         elif not info.has_weights:
             plan.notes.append(f"{name}: only a config at {info.directory} (no weights): "
                               "planning works, running needs the weights")
+        elif not _has_tokenizer(info.directory):
+            plan.notes.append(f"{name}: no tokenizer files in {info.directory}: token counts "
+                              "are unknown, and running needs them")
     for save in (op for op in order if isinstance(op, O.Save) and op not in plan.cached):
         if Path(save.surgery.output).exists():
             plan.notes.append(f"{save.surgery.output} exists: `actc run` replaces it only "
