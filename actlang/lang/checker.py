@@ -254,28 +254,13 @@ class _Checker:
     # -- name resolution
 
     def resolve(self, path: ast.Path, scope: _Scope, what: str = "name") -> tuple[Any, _Scope]:
-        """Follow a dotted path through imports; returns (binding, scope it lives in)."""
-        binding = scope.lookup(path.parts[0])
-        if binding is None:
-            return self._unknown(path.parts[0], path, scope, what), scope
-        for i, part in enumerate(path.parts[1:], start=1):
-            if not isinstance(binding, _ImportRef):
-                break
-            if binding.file_key is None or binding.file_key not in self.scopes:
-                return INVALID, scope
-            scope = self.scopes[binding.file_key]
-            member = scope.names.get(part)
-            if member is None:
-                module_name = ".".join(path.parts[:i])
-                return self.error("E105", f"`{module_name}` has no `{part}`", path.span,
-                                  hint=did_you_mean(part, scope.names) or
-                                  f"`{module_name}` defines: " +
-                                  ", ".join(sorted(scope.names)) if scope.names else None,
-                                  site=scope.recipe_site), scope
-            binding = member
-            if i == len(path.parts) - 1:
-                return binding, scope
-        return binding, scope
+        """A dotted path that must name a declaration: (binding, scope it lives in)."""
+        binding, where, rest = self._follow(path, scope, what)
+        if rest and binding is not INVALID:
+            named = ".".join(path.parts[: len(path.parts) - len(rest)])
+            return self.error("E204", f"`{named}` has no member `{rest[0]}`", path.span,
+                              site=scope.recipe_site), where
+        return binding, where
 
     def _unknown(self, name: str, path: ast.Path, scope: _Scope, what: str) -> Any:
         hint = did_you_mean(name, scope.candidates())
@@ -283,25 +268,29 @@ class _Checker:
                           label="not defined in this file or its imports", hint=hint,
                           site=scope.recipe_site)
 
-    def _member_path(self, path: ast.Path, scope: _Scope) -> tuple[Any, _Scope, tuple[str, ...]]:
-        """Resolve the longest prefix of ``path`` that names a binding; return the rest."""
+    def _follow(self, path: ast.Path, scope: _Scope,
+                what: str = "name") -> tuple[Any, _Scope, tuple[str, ...]]:
+        """Follow a dotted path through imports to the first binding that is not a module;
+        return it, the scope it lives in, and the parts left (members such as ``.probe``)."""
         binding = scope.lookup(path.parts[0])
         if binding is None:
-            return self._unknown(path.parts[0], path, scope, "name"), scope, ()
-        rest = list(path.parts[1:])
-        while rest and isinstance(binding, _ImportRef):
+            return self._unknown(path.parts[0], path, scope, what), scope, ()
+        site = scope.recipe_site
+        for i, part in enumerate(path.parts[1:], start=1):
+            if not isinstance(binding, _ImportRef):
+                return binding, scope, path.parts[i:]
             if binding.file_key is None or binding.file_key not in self.scopes:
-                return INVALID, scope, ()
-            module_scope = self.scopes[binding.file_key]
-            member = module_scope.names.get(rest[0])
-            if member is None:
-                module_name = path.dotted[: path.dotted.index(rest[0]) - 1]
-                return self.error("E105", f"`{module_name}` has no `{rest[0]}`", path.span,
-                                  hint=did_you_mean(rest[0], module_scope.names),
-                                  site=scope.recipe_site), scope, ()
-            binding, scope = member, module_scope
-            rest.pop(0)
-        return binding, scope, tuple(rest)
+                return INVALID, scope, ()  # the import failed, and said so
+            module = self.scopes[binding.file_key]
+            if part not in module.names:
+                module_name = ".".join(path.parts[:i])
+                listing = f"`{module_name}` defines: " + ", ".join(sorted(module.names)) \
+                    if module.names else None
+                return self.error("E105", f"`{module_name}` has no `{part}`", path.span,
+                                  hint=did_you_mean(part, module.names) or listing,
+                                  site=site), scope, ()
+            binding, scope = module.names[part], module
+        return binding, scope, ()
 
     def value_of(self, expr: ast.Expr, scope: _Scope, type_: str,
                  evaluate: Callable[[ast.Expr, _Scope], Any],
@@ -313,7 +302,7 @@ class _Checker:
                 scope.lookup(expr.parts[0]) is None:
             return evaluate(expr, scope)  # a builtin name, or an unknown one to report as such
         if isinstance(expr, ast.Path) and not expr.is_glob:
-            binding, where, rest = self._member_path(expr, scope)
+            binding, where, rest = self._follow(expr, scope)
             if binding is INVALID:
                 return INVALID
             if isinstance(binding, _Thunk) and not rest:
@@ -355,7 +344,7 @@ class _Checker:
 
     def _describe(self, expr: ast.Expr, scope: _Scope) -> str:
         if isinstance(expr, ast.Path) and not expr.is_glob:
-            binding, _, rest = self._member_path(expr, scope)
+            binding, _, rest = self._follow(expr, scope)
             for node, kind in _DECL_KINDS.items():
                 if isinstance(binding, node) and not rest:
                     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} `{expr.dotted}`"
@@ -839,7 +828,7 @@ class _Checker:
     def _list_literal(self, expr: ast.Expr, scope: _Scope) -> tuple[ast.ListExpr, _Scope] | None:
         """The list literal an expression stands for, through lets and recipe parameters."""
         while isinstance(expr, ast.Path) and not expr.is_glob:
-            binding, where, rest = self._member_path(expr, scope)
+            binding, where, rest = self._follow(expr, scope)
             if rest or not isinstance(binding, (ast.Let, _Thunk)):
                 return None
             expr, scope = (binding.value, where) if isinstance(binding, ast.Let) else \

@@ -168,3 +168,12 @@ def test_language_reference_tables_are_up_to_date() -> None:
     path = Path(__file__).parents[2] / "LANGUAGE.md"
     text = path.read_text()
     assert render(text) == text, "run: python -m actlang.lang.docs LANGUAGE.md"
+
+
+def test_a_member_of_a_model_is_an_error(tmp_path: Path) -> None:
+    program, diagnostics, _ = check(tmp_path / "s.act", PRELUDE +
+                                    'surgery s -> "o" { target = tuned.weights '
+                                    'transfer math from base { budget = 1% } }')
+    assert program is None
+    assert [(d.code, d.message) for d in diagnostics] == \
+        [("E204", "`tuned` has no fields")]
