@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -91,6 +90,7 @@ def fmt_command(
                                     help="Change nothing; exit 1 if a file is not formatted."),
 ) -> None:
     """Rewrite specs in the canonical layout (comments kept; idempotent)."""
+    from actlang.compile.cache import write_atomically
     from actlang.lang.diagnostics import DiagnosticError, SourceCache, render_all
     from actlang.lang.parser import parse
     from actlang.lang.printer import format_module
@@ -118,7 +118,7 @@ def fmt_command(
             typer.echo(f"would reformat {file}", err=True)
             failed = True
         else:
-            _write_atomically(file, formatted)
+            write_atomically(file, lambda temporary: _write_like(temporary, file, formatted))
             typer.echo(f"reformatted {file}")
     if failed:
         raise typer.Exit(EXIT_USER_ERROR)
@@ -337,17 +337,10 @@ def zoo_build(
         typer.echo(f"  {model:<14} {shown}")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace a file's contents so that an interruption leaves the old or the new file."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temporary, path.stat().st_mode & 0o777)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _write_like(temporary: Path, original: Path, text: str) -> None:
+    """Write ``text`` to ``temporary`` with the permissions ``original`` has."""
+    temporary.write_text(text, encoding="utf-8")
+    os.chmod(temporary, original.stat().st_mode & 0o777)
 
 
 def main() -> None:

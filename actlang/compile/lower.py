@@ -27,10 +27,6 @@ def lower(program: P.Program) -> nx.DiGraph:
     return graph
 
 
-def _edge(graph: nx.DiGraph, source: O.Op, sink: O.Op) -> None:
-    graph.add_edge(source, sink)
-
-
 def _statistics(score: O.Score, rule: P.TransferRule) -> list[O.Statistic]:
     """The statistics a score reads (none for random and weight_delta)."""
     corpora = [score.ability.probe]
@@ -66,14 +62,14 @@ def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:
             graph.add_node(score)
             for statistic in _statistics(score, rule):
                 for model in filter(None, (statistic.model, statistic.partner)):
-                    _edge(graph, O.LoadModel(model), statistic)
-                _edge(graph, statistic, score)
+                    graph.add_edge(O.LoadModel(model), statistic)
+                graph.add_edge(statistic, score)
             select = O.Select(score, replace(rule, lambda_=1.0))
-            _edge(graph, score, select)
+            graph.add_edge(score, select)
             selections.append((select, rule.lambda_))
         state = O.Transfer(target, tuple(selections), surgery.overlap)
         for select, _ in selections:
-            _edge(graph, select, state)
+            graph.add_edge(select, state)
         donors = [rule.donor for rule in surgery.transfers]
     else:
         assert surgery.merge is not None, "the checker requires a transfer or merge rule"
@@ -83,11 +79,11 @@ def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:
     stages: dict[str, O.ModelState] = {"target": target, "transferred": state, "output": state}
     if surgery.finetune is not None and surgery.finetune.scope != "none":
         finetuned = O.Finetune(state, surgery.finetune)
-        _edge(graph, O.LoadModel(target), finetuned)  # trains from the transferred weights
-        _edge(graph, state, finetuned)
+        graph.add_edge(O.LoadModel(target), finetuned)  # trains from the transferred weights
+        graph.add_edge(state, finetuned)
         stages["output"] = finetuned
     save = O.Save(surgery, stages["output"])
-    _edge(graph, stages["output"], save)
+    graph.add_edge(stages["output"], save)
     # The before/after table: target, donors, after transfer, after fine-tune.
     states = [target, *dict.fromkeys(donors), state, stages["output"]]
     measured = [(a, s) for a in surgery.evals for s in dict.fromkeys(states)]
@@ -100,10 +96,10 @@ def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:
             continue
         evaluate = O.Evaluate(ability, on)
         if isinstance(on, P.ModelSpec):
-            _edge(graph, O.LoadModel(on), evaluate)
+            graph.add_edge(O.LoadModel(on), evaluate)
         else:
-            _edge(graph, on, evaluate)
-        _edge(graph, evaluate, save)
+            graph.add_edge(on, evaluate)
+        graph.add_edge(evaluate, save)
 
 
 def _measures(quantity: P.Quantity) -> list[P.Measure]:

@@ -383,7 +383,7 @@ class Executor:
             seed=rule.seed, target=self._directory(op.target), overwrite=True,
             spec_text=self.spec_text)
         self.values[op] = out
-        return {"merge": rule.method, "report": getattr(report, "to_json", lambda: {})()}
+        return {"merge": rule.method, "report": report.to_json()}
 
     def _op_finetune(self, op: O.Finetune) -> dict[str, Any]:
         from actlang.run.finetune import finetune
