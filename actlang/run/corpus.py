@@ -30,11 +30,13 @@ import random
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 
 from actlang.run.errors import RuntimeUserError
+
+T = TypeVar("T")
 
 __all__ = [
     "Batch",
@@ -79,7 +81,7 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.score_mask.to(device))
 
 
-def _take(docs: list[Document], limit: int | None, seed: int | None) -> list[Document]:
+def _take(docs: list[T], limit: int | None, seed: int | None) -> list[T]:
     if limit is not None and limit < 0:
         raise RuntimeUserError(f"limit must be >= 0, got {limit}")
     if seed is not None:
@@ -277,7 +279,13 @@ def jsonl(
             f"score field {sorted(missing)[0]!r} does not appear in the template {text!r}",
             hint="score names a field of the template, e.g. text=\"{q} {a}\", score=\"a\"",
         )
-    docs: list[Document] = []
+    docs = [_render(text, rec, score_fields, f"{path}:{n}") for n, rec in _records(path)]
+    return Corpus(tuple(_take(docs, limit, seed)), name=Path(path).name)
+
+
+def _records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every non-empty line of a JSON-lines file."""
+    out = []
     for n, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
@@ -287,8 +295,15 @@ def jsonl(
             raise RuntimeUserError(f"{path}:{n}: not valid JSON: {err.msg}") from None
         if not isinstance(rec, dict):
             raise RuntimeUserError(f"{path}:{n}: expected a JSON object per line")
-        docs.append(_render(text, rec, score_fields, f"{path}:{n}"))
-    return Corpus(tuple(_take(docs, limit, seed)), name=Path(path).name)
+        out.append((n, rec))
+    return out
+
+
+def jsonl_records(path: str | Path, *, limit: int | None = None,
+                  seed: int | None = None) -> list[dict[str, Any]]:
+    """The raw records of a JSON-lines file, with ``limit`` / ``seed`` applied exactly as
+    :func:`jsonl` applies them — so an evaluation reads the same items a corpus would."""
+    return _take([rec for _, rec in _records(path)], limit, seed)
 
 
 def mix(parts: Sequence[tuple[Corpus, float]], *, limit: int | None = None, seed: int = 0) -> Corpus:

@@ -608,22 +608,10 @@ def _as_jsonl(corpus: P.Corpus, cache: Cache) -> P.JsonlCorpus:
 
 def _records(corpus: P.Corpus, cache: Cache) -> list[dict[str, Any]]:
     """The records of a jsonl eval corpus, with its limit and seed applied."""
-    import random
+    from actlang.run.corpus import jsonl_records
 
-    jsonl = _as_jsonl(corpus, cache)
-    records = []
-    with open(jsonl.path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise RuntimeUserError(f"{jsonl.path}:{number}: not valid JSON: "
-                                           f"{error.msg}") from None
-    limit = corpus.options.limit
-    if limit is not None and limit < len(records):
-        records = random.Random(corpus.options.seed).sample(records, limit)
-    return records
+    options = corpus.options
+    return jsonl_records(_as_jsonl(corpus, cache).path, limit=options.limit, seed=options.seed)
 
 
 def _work_dir(outputs: list[Path]) -> Path:

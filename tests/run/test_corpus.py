@@ -79,3 +79,13 @@ def test_batches_pad_right(tokenizer):
     assert b.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b.input_ids[1, 1] == tokenizer.pad_token_id
     assert torch.equal(b.score_mask, b.attention_mask.bool())
+
+
+def test_jsonl_records_take_the_same_items_as_the_corpus(tmp_path):
+    from actlang.run.corpus import jsonl, jsonl_records
+
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(f'{{"q": "q{i}", "a": "a{i}"}}\n' for i in range(20)))
+    records = jsonl_records(path, limit=5, seed=3)
+    corpus = jsonl(path, text="{q} {a}", limit=5, seed=3)
+    assert [f"{r['q']} {r['a']}" for r in records] == [d.text for d in corpus.documents]
