@@ -35,7 +35,7 @@ from actlang.run.errors import RuntimeUserError
 
 PLAN_FORMAT_VERSION = 1
 STATS_CONFIG = "hooked-entries/v1"  # captures hook the entries their Statistic.modules names
-EVAL_CONFIG = "greedy-exact-match/v1"
+EVAL_CONFIG = "greedy-exact-match/v2"  # v2: records chosen as the corpus reader chooses them
 
 
 class PlanError(Exception):
