@@ -26,7 +26,8 @@ from actlang.compile.bind import (candidate_entries, check_budget, raw_selectors
                                   runtime_corpus)
 from actlang.compile.cache import CACHE_FORMAT, Cache, digest
 from actlang.compile.lower import lower
-from actlang.compile.passes import drop_cached, eliminate_dead_ops, fuse_captures, schedule
+from actlang.compile.passes import (drop_cached, eliminate_dead_ops, fuse_captures,
+                                    last_uses, schedule)
 from actlang.compile.resolve import model_directory, model_identity
 from actlang.lang import program as P
 from actlang.lang.ast import Span
@@ -415,7 +416,8 @@ def output_key(directory: Path) -> str | None:
 def _estimate(plan: Plan) -> Estimates:
     est = Estimates()
     live: dict[str, int] = {}
-    last_use = _last_uses(plan)
+    last_use = {load.model.name: index
+                for load, index in last_uses(plan.graph, plan.order).items()}
     for index, op in enumerate(plan.order):
         if isinstance(op, O.LoadModel):
             size = plan.models[op.model.name].weight_bytes
@@ -451,13 +453,3 @@ def _estimate(plan: Plan) -> Estimates:
         for name in [n for n, last in last_use.items() if last == index]:
             live.pop(name, None)
     return est
-
-
-def _last_uses(plan: Plan) -> dict[str, int]:
-    position = {op: i for i, op in enumerate(plan.order)}
-    last: dict[str, int] = {}
-    for op in plan.order:
-        if isinstance(op, O.LoadModel):
-            users = [position[s] for s in plan.graph.successors(op)]
-            last[op.model.name] = max(users, default=position[op])
-    return last

@@ -134,8 +134,7 @@ class Executor:
         S.COUNTERS.reset()
         outputs = [Path(s.surgery.output) for s in self.plan.order if isinstance(s, O.Save)]
         self.work = _work_dir(outputs)
-        release = {index: load.model.name for load, index in
-                   last_uses(self.plan.graph, self.plan.order).items()}
+        last = last_uses(self.plan.graph, self.plan.order)  # models freed after that op
         try:
             for index, op in enumerate(self.plan.order):
                 self.progress.op_started(index, len(self.plan.order), op)
@@ -147,9 +146,9 @@ class Executor:
                                   details or {})
                 self.records[op] = record
                 self.progress.op_finished(op, record.status, record.seconds)
-                for i, name in release.items():
-                    if i == index:
-                        self.loaded.pop(name, None)
+                for load, last_index in last.items():
+                    if last_index == index:  # several models can end at one op (a capture)
+                        self.loaded.pop(load.model.name, None)
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
         position = {s: i for i, s in enumerate(self.plan.program.surgeries)}

@@ -131,3 +131,4 @@ def test_models_are_released_after_their_last_use(tmp_path: Path) -> None:
     ends = last_uses(graph, order)
     (capture,) = [i for i, op in enumerate(order) if isinstance(op, O.Capture)]
     assert set(ends.values()) == {capture}  # both models are free after the capture
+

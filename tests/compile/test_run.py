@@ -217,3 +217,22 @@ def test_killed_run_leaves_no_finished_output_and_resumes_from_cache(actc, write
     assert report["counters"]["forward_passes"] == 0  # statistics came from the cache
     assert (tmp_path / "out" / "s" / "run_results.json").is_file()
     assert not any(p.name.startswith(".actc-work") for p in (tmp_path / "out").iterdir())
+
+
+def test_executor_releases_both_models_of_a_paired_capture(write_spec, tmp_path) -> None:
+    """Both models' last use is the capture (no evals): neither may stay loaded."""
+    from actlang.compile.cache import Cache
+    from actlang.compile.plan import make_plan
+    from actlang.lang.checker import check_file
+    from actlang.run.executor import Executor
+
+    spec = write_spec('surgery s -> "out/s" { target = tuned transfer sums from base '
+                      '{ budget = 10% } eval = [] }')
+    cache = Cache(tmp_path / "cache")
+    executor = Executor(make_plan(check_file(spec), cache, dry_run=False), cache)
+    seen = []
+    executor.progress.op_finished = lambda op, status, seconds: seen.append(
+        (op.kind, sorted(executor.loaded)))
+    executor.run()
+    assert ("capture", ["base", "tuned"]) in seen  # loaded while capturing
+    assert executor.loaded == {}
