@@ -4,8 +4,8 @@ Forward hooks on every module of a :class:`~actlang.run.adapters.ChannelSpace` r
 module's output, on scored positions only (attention mask and the corpus' score spans), to
 per-channel float64 sums — no activation tensor outlives the hook.
 
-Each batch is reduced in the activations' precision (BLAS column sums, float32 for
-fp32/bf16/fp16 models; relative error ~1e-6) and added to float64 accumulators.
+Each batch is reduced by :class:`~actlang.run.reduce.Reducer` in cache-sized row blocks,
+summed in float32 (float64 for float64 models) and added to float64 accumulators.
 
 Unpaired statistics (one model; fields of :data:`UNPAIRED_FIELDS`)::
 
@@ -49,6 +49,7 @@ from torch import nn
 from actlang.run.adapters import ChannelSpace, Entry
 from actlang.run.corpus import Batch, TokenizedCorpus
 from actlang.run.errors import RuntimeUserError
+from actlang.run.reduce import Reducer, ScoredRows
 
 __all__ = [
     "COUNTERS",
@@ -286,14 +287,15 @@ class _Capture:
             self.sites.setdefault((e.hook.module, e.hook.seq_axis), []).append(e)
         self.handles: list[Any] = []
         self.B = self.T = 0
-        self.mask: torch.Tensor | None = None  # [B*T] bool, None when every position is scored
-        self._weights: dict[int, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None  # [B*T] bool on CPU, None when every position is scored
+        self.device = torch.device("cpu")
+        self._scored_rows: dict[int, ScoredRows] = {}
         self.stash: dict[str, torch.Tensor] | None = None
         self.paired: ChannelStats | None = None
         self.paired_fields: tuple[str, ...] = PAIRED_FIELDS
         self.mode: str = "plain"  # "plain" | "stash" | "diff"
         self.keep = False  # "diff": leave the stash for a further partner
-        self.scratch = _Scratch()
+        self.reducer = Reducer()
 
     def __enter__(self) -> "_Capture":
         for (module_path, seq_axis), entries in self.sites.items():
@@ -314,20 +316,17 @@ class _Capture:
 
     def set_batch(self, score_mask: torch.Tensor, device: torch.device) -> None:
         self.B, self.T = score_mask.shape
-        self._weights.clear()
-        self.mask = None if bool(score_mask.all()) else score_mask.reshape(-1).to(device)
+        self._scored_rows.clear()
+        self.device = device
+        self.mask = None if bool(score_mask.all()) else score_mask.reshape(-1).cpu()
 
-    def weights(self, per_position: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-        """Row weights (1 scored, 0 not) for rows = positions x ``per_position``."""
-        if self.mask is None:
-            return None
-        w = self._weights.get(per_position)
-        if w is None or w.dtype != dtype:
-            w = self.mask.to(dtype)
-            if per_position > 1:
-                w = w.repeat_interleave(per_position)
-            self._weights[per_position] = w
-        return w
+    def scored_rows(self, per_position: int) -> ScoredRows:
+        """The scored rows of this batch's activations, rows = positions x ``per_position``."""
+        rows = self._scored_rows.get(per_position)
+        if rows is None:
+            rows = self._scored_rows[per_position] = ScoredRows.of(
+                self.mask, self.B * self.T, per_position, self.device)
+        return rows
 
     def _make_hook(self, module_path: str, seq_axis: int, entries: list[Entry]) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -347,7 +346,7 @@ class _Capture:
             width = x.shape[-1]
             x = x.reshape(-1, width)  # rows: (batch, seq, ...) positions
             per_position = x.shape[0] // (B * T)
-            w = self.weights(per_position, _work_dtype(x.dtype), x.device)
+            rows = self.scored_rows(per_position)
             for e in entries:
                 h = e.hook
                 assert h is not None
@@ -358,114 +357,16 @@ class _Capture:
                     )
                 xs = x[:, h.start : h.stop] if (h.start, h.stop) != (0, width) else x
                 if self.unpaired is not None:
-                    _reduce_unpaired(self.unpaired.data[e.key], xs, w, self.scratch)
+                    self.reducer.unpaired(self.unpaired.data[e.key], xs, rows)
                 if self.mode == "stash":
                     assert self.stash is not None
                     self.stash[e.key] = xs.clone()  # xs is a view of the module's output
                 elif self.mode == "diff":
                     assert self.stash is not None and self.paired is not None
                     other = (self.stash[e.key] if self.keep else self.stash.pop(e.key)).to(xs.device)
-                    _reduce_paired(self.paired.data[e.key], other, xs, w, self.scratch)
+                    self.reducer.paired(self.paired.data[e.key], other, xs, rows)
 
         return hook
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _colsum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weighted column sums of a 2-D tensor as one BLAS matrix-vector product."""
-    return torch.mv(x.t(), w).to(torch.float64)
-
-
-class _Scratch:
-    """Reusable work buffers, one per (shape, dtype, device).
-
-    A fresh multi-megabyte buffer per hook call goes through mmap and page faults (glibc's
-    allocator switches between heap and mmap as its threshold adapts), which made the hook
-    cost swing between ~1.1x and ~1.4x of the forward pass; reusing buffers keeps it low."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple, torch.Tensor] = {}
-
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device)
-        buffer = self._buffers.get(key)
-        if buffer is None:
-            buffer = self._buffers[key] = torch.empty_like(x, memory_format=torch.contiguous_format)
-        return buffer
-
-
-def _reduce_unpaired(acc: dict[str, torch.Tensor], xs: torch.Tensor, w: torch.Tensor | None,
-                     scratch: _Scratch | None = None) -> None:
-    """Add one batch's activations ``xs`` [rows, channels] to the accumulators.
-
-    Rows are weighted by ``w`` (1 for scored positions, 0 for padding and unscored tokens;
-    ``None``: all scored) inside BLAS matrix-vector products, so no gather copy is made.
-    Per-batch sums run in the activations' precision (float32 for fp32/bf16/fp16 models) and
-    are added to float64 accumulators: the float64 conversion of every activation, or a
-    reduction over the token axis, would cost more than the forward pass itself on CPU.
-    """
-    rows = xs.shape[0]
-    if rows == 0:
-        return
-    x = xs if xs.dtype == _work_dtype(xs.dtype) else xs.to(torch.float32)
-    ones = w if w is not None else torch.ones(rows, dtype=x.dtype, device=x.device)
-    fields = acc.keys()
-    out: dict[str, torch.Tensor] = {"count": ones.sum().to(torch.float64).expand(x.shape[1])}
-    if "sum" in fields:
-        out["sum"] = _colsum(x, ones)
-    y = None
-    if "sum_abs" in fields or "sum_sq" in fields:
-        y = torch.abs(x, out=scratch.like(x)) if scratch is not None else x.abs()
-        if "sum_abs" in fields:
-            out["sum_abs"] = _colsum(y, ones)
-        if "sum_sq" in fields:
-            y.mul_(y)
-            out["sum_sq"] = _colsum(y, ones)
-    if "count_pos" in fields:  # a bool reduction over the token axis is slow on CPU: use BLAS
-        y = torch.gt(x, 0, out=y) if y is not None else (x > 0).to(x.dtype)
-        out["count_pos"] = _colsum(y, ones)
-    if w is not None and not all(bool(torch.isfinite(v).all()) for v in out.values()):
-        # non-finite activations at unscored positions (e.g. fully masked rows): gather instead
-        keep = w.nonzero().squeeze(1)
-        _reduce_unpaired(acc, xs.index_select(0, keep), None)
-        return
-    for k, v in out.items():
-        acc[k] += v
-
-
-def _reduce_paired(acc: dict[str, torch.Tensor], xa: torch.Tensor, xb: torch.Tensor, w: torch.Tensor | None,
-                   scratch: _Scratch | None = None) -> None:
-    rows = xb.shape[0]
-    if rows == 0:
-        return
-    a = xa if xa.dtype == _work_dtype(xa.dtype) else xa.to(torch.float32)
-    b = xb if xb.dtype == _work_dtype(xb.dtype) else xb.to(torch.float32)
-    if a.dtype != b.dtype:
-        a, b = a.to(torch.float64), b.to(torch.float64)
-    ones = w.to(b.dtype) if w is not None else torch.ones(rows, dtype=b.dtype, device=b.device)
-    fields = acc.keys()
-    out: dict[str, torch.Tensor] = {"count": ones.sum().to(torch.float64).expand(b.shape[1])}
-    d = torch.sub(b, a, out=scratch.like(b)) if scratch is not None and a.shape == b.shape else b - a
-    if "sum_diff" in fields:
-        out["sum_diff"] = _colsum(d, ones)
-    d.abs_()
-    out["sum_absdiff"] = _colsum(d, ones)
-    if "sum_sqdiff" in fields:
-        d.mul_(d)
-        out["sum_sqdiff"] = _colsum(d, ones)
-    if "sum_abs_a" in fields:
-        out["sum_abs_a"] = _colsum(torch.abs(a, out=d), ones)
-    if "sum_abs_b" in fields:
-        out["sum_abs_b"] = _colsum(torch.abs(b, out=d), ones)
-    if w is not None and not all(bool(torch.isfinite(v).all()) for v in out.values()):
-        keep = w.nonzero().squeeze(1)
-        _reduce_paired(acc, xa.index_select(0, keep), xb.index_select(0, keep), None)
-        return
-    for k, v in out.items():
-        acc[k] += v
 
 
 def _device_of(model: nn.Module) -> torch.device:
