@@ -64,10 +64,10 @@ class ScoredRows:
 
     Attributes:
         total: rows of the activation.
-        count: scored rows (a 0-d device tensor on accelerators, so nothing waits).
+        count: scored rows (a 0-d device tensor on accelerators, so the hooks never wait
+            for the device).
         keep: ``[rows, 1]`` bool, True for scored rows; None when every row is scored.
-        runs: maximal ``(start, stop)`` runs of scored rows (CPU only; empty on
-            accelerators, which mask instead).
+        runs: maximal ``(start, stop)`` runs of scored rows.
     """
 
     total: int
@@ -92,14 +92,13 @@ class ScoredRows:
             return cls(total, total, None, ((0, total),) if total else ())
         assert mask.shape == (positions,), f"mask of {list(mask.shape)} for {positions} positions"
         keep = (mask.repeat_interleave(per_position) if per_position > 1 else mask).to(device).unsqueeze(1)
-        if device.type != "cpu":
-            return cls(total, keep.sum(), keep, ())
         edges = torch.diff(mask.to("cpu", torch.int8), prepend=torch.zeros(1, dtype=torch.int8),
                            append=torch.zeros(1, dtype=torch.int8))
         starts = (edges == 1).nonzero().squeeze(1).tolist()
         stops = (edges == -1).nonzero().squeeze(1).tolist()
         runs = tuple((start * per_position, stop * per_position) for start, stop in zip(starts, stops))
-        return cls(total, sum(stop - start for start, stop in runs), keep, runs)
+        count = keep.sum() if device.type != "cpu" else sum(stop - start for start, stop in runs)
+        return cls(total, count, keep, runs)
 
 
 class Reducer:
@@ -107,12 +106,15 @@ class Reducer:
 
     Args:
         block_bytes: size of a CPU row block (runs of scored rows are cut into blocks of at
-            most this size); accelerators always use one block.
+            most this size).
+        masked: reduce all rows at once with unscored rows zeroed, as on accelerators (which
+            always do), also on CPU.
     """
 
-    def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+    def __init__(self, block_bytes: int = BLOCK_BYTES, masked: bool = False) -> None:
         assert block_bytes > 0, "a block holds at least one row"
         self.block_bytes = block_bytes
+        self.masked = masked
         self._buffers: dict[tuple, torch.Tensor] = {}
 
     # -- buffers and blocks -----------------------------------------------------------------
@@ -126,10 +128,13 @@ class Reducer:
             buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buffer
 
+    def _is_masked(self, device: torch.device) -> bool:
+        return self.masked or device.type != "cpu"
+
     def _blocks(self, rows: ScoredRows, width: int, dtype: torch.dtype, device: torch.device) -> list[slice]:
-        """Row slices to reduce: all rows at once on accelerators, else the scored runs cut
-        into blocks of at most ``block_bytes``."""
-        if device.type != "cpu":
+        """Row slices to reduce: all rows at once when masked, else the scored runs cut into
+        blocks of at most ``block_bytes``."""
+        if self._is_masked(device):
             return [slice(0, rows.total)] if rows.total else []
         step = max(1, self.block_bytes // (width * torch.empty((), dtype=dtype).element_size()))
         return [slice(s, min(stop, s + step)) for start, stop in rows.runs for s in range(start, stop, step)]
@@ -147,8 +152,8 @@ class Reducer:
         return torch.where(keep, x, torch.zeros((), dtype=dtype, device=x.device), out=out)
 
     def _keep(self, rows: ScoredRows, device: torch.device, block: slice) -> torch.Tensor | None:
-        """The mask to apply inside a block: none on CPU, whose blocks hold scored rows only."""
-        return None if device.type == "cpu" or rows.keep is None else rows.keep[block]
+        """The mask to apply inside a block: none for blocks of scored rows only."""
+        return rows.keep[block] if self._is_masked(device) and rows.keep is not None else None
 
     @staticmethod
     def _add(acc: MutableMapping[str, torch.Tensor], fields: list[str], parts: torch.Tensor,
