@@ -386,7 +386,7 @@ class Executor:
 
     def _op_finetune(self, op: O.Finetune) -> dict[str, Any]:
         from actlang.run.finetune import finetune
-        from actlang.run.output import ACT_DESCRIPTION, save_state_dict
+        from actlang.run.output import ACT_DESCRIPTION, checkpoint_state, save_state_dict
 
         source = self.values[op.source]
         model = self._load(source, op.source.target)
@@ -401,7 +401,7 @@ class Executor:
         out = self.work / O.op_id(op)
         extras = {str(p.relative_to(source)): p for p in (source / "masks").glob("*")} \
             if (source / "masks").is_dir() else {}
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state = checkpoint_state(model, source, set(self.plan.models[op.source.target.name].space.tensors()))
         kept = "every other parameter is bit-identical to the target" \
             if spec.scope == "transferred" else "all parameters were trained"
         description = (f"{ACT_DESCRIPTION.split(';')[0]}; then a {spec.steps}-step "

@@ -114,9 +114,12 @@ def trainable_masks(model: nn.Module, masks: Sequence[ChannelMask]) -> dict[str,
     ``masks`` and over every name the parameter has. Parameters with nothing selected are
     absent. Raises :class:`RuntimeUserError` when a mask names a tensor the model lacks or
     does not fit its shape."""
+    from actlang.run.adapters import checkpoint_naming
+
+    to_checkpoint = checkpoint_naming(model).to_checkpoint
     params = _unique_parameters(model)
-    known = {n for _, names in params for n in names}
-    known |= set(model.state_dict().keys())
+    known = {to_checkpoint(n) for _, names in params for n in names}
+    known |= {to_checkpoint(n) for n in model.state_dict()}
     for m in masks:
         for name in m.tensor_names():
             if name not in known:
@@ -127,7 +130,7 @@ def trainable_masks(model: nn.Module, masks: Sequence[ChannelMask]) -> dict[str,
         acc: torch.Tensor | None = None
         for name in names:
             for m in masks:
-                em = m.element_mask(name, tuple(p.shape))
+                em = m.element_mask(to_checkpoint(name), tuple(p.shape))
                 if em is not None:
                     acc = em.clone() if acc is None else (acc | em)
         if acc is not None and bool(acc.any()):

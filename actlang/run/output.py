@@ -27,7 +27,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import torch
 
@@ -40,6 +40,7 @@ __all__ = [
     "atomic_output_dir",
     "model_card",
     "parse_size",
+    "checkpoint_state",
     "save_state_dict",
     "write_model_dir",
     "write_safetensors",
@@ -330,6 +331,34 @@ def write_model_dir(
             else:
                 dest.write_text(content)
     return Path(out_dir)
+
+
+def checkpoint_state(model: Any, source_dir: str | Path, channel_tensors: Collection[str]) -> dict[str, torch.Tensor]:
+    """An in-memory model's tensors under the names its source checkpoint stores them by.
+
+    State-dict names are translated by the family's :class:`~actlang.run.adapters.Naming`.
+    A source tensor the model's state still lacks is read from the source when it lies
+    outside ``channel_tensors`` (e.g. Gemma 3's vision tower, whose hub names transformers
+    does not reproduce; a text-only fine-tune never changes it); inside, it is an error.
+
+    Args:
+        model: a transformers model (its ``config`` picks the naming).
+        source_dir: the model directory it was loaded from.
+        channel_tensors: checkpoint names of the tensors that channels live in.
+    """
+    from actlang.run.adapters import checkpoint_naming
+    from actlang.run.checkpoint import Checkpoint
+
+    naming = checkpoint_naming(model)
+    state = {naming.to_checkpoint(k): v.detach().cpu() for k, v in model.state_dict().items()}
+    source = Checkpoint.open(source_dir)
+    for name in source.keys():
+        if name not in state:
+            if name in channel_tensors:
+                raise RuntimeUserError(f"the model's state dict lacks tensor {name} of {source_dir}",
+                                       hint="the model does not match its adapter's checkpoint names")
+            state[name] = source.get(name)
+    return state
 
 
 def save_state_dict(

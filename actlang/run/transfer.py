@@ -289,10 +289,14 @@ def apply_masks_(
 ) -> TransferReport:
     """In-place transfer between in-memory models (``Donor.model`` is an ``nn.Module``).
 
-    Parameters are matched by state-dict name; tensors tied to another (``lm_head`` tied to
-    the embedding) are updated once, through the tensor they share.
+    Parameters are matched by state-dict name (masks name checkpoint tensors, translated by
+    the family's naming); tensors tied to another (``lm_head`` tied to the embedding) are
+    updated once, through the tensor they share.
     """
+    from actlang.run.adapters import checkpoint_naming
+
     _check_args(donors, overlap)
+    to_checkpoint = checkpoint_naming(target).to_checkpoint
     sd_t = target.state_dict()
     sds = []
     for i, d in enumerate(donors):
@@ -314,13 +318,13 @@ def apply_masks_(
             t = sd_t[name]
             if t.data_ptr() in seen and t.numel():
                 continue
-            masks = [d.mask.element_mask(name, tuple(t.shape)) for d in donors]
+            masks = [d.mask.element_mask(to_checkpoint(name), tuple(t.shape)) for d in donors]
             if not any(m is not None for m in masks):
                 continue
             seen.add(t.data_ptr())
             scores = None
             if overlap == "max_score":
-                scores = [d.mask.element_scores(name, tuple(t.shape)) for d in donors]
+                scores = [d.mask.element_scores(to_checkpoint(name), tuple(t.shape)) for d in donors]
             out, moved, over = merge_tensor(
                 name, t.detach().cpu(), [sd[name].detach().cpu() for sd in sds], masks,
                 [d.lam for d in donors], overlap, scores, labels)

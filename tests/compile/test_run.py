@@ -236,3 +236,71 @@ def test_executor_releases_both_models_of_a_paired_capture(write_spec, tmp_path)
     executor.run()
     assert ("capture", ["base", "tuned"]) in seen  # loaded while capturing
     assert executor.loaded == {}
+
+
+@pytest.fixture(scope="module")
+def gemma3_pair(tmp_path_factory) -> Path:
+    """A multimodal Gemma 3 base/tuned pair (vision tower included) with the pair's corpora."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from actlang.zoo.tokenizer import build_tokenizer
+
+    from .conftest import WORDS
+
+    root = tmp_path_factory.mktemp("gemma3")
+    tokenizer = build_tokenizer(WORDS)
+    vocab = len(tokenizer) + 3  # room for the image-boundary tokens
+    config = Gemma3Config(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, vocab_size=vocab, sliding_window=16,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=64),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1)
+    torch.manual_seed(0)
+    base = Gemma3ForConditionalGeneration(config).eval()
+    tuned = Gemma3ForConditionalGeneration(config).eval()
+    tuned.load_state_dict(base.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in tuned.named_parameters():
+            if "language_model" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    for model, name in ((base, "base"), (tuned, "tuned")):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    rows = [{"q": f"{a} plus {b} is", "a": str((a + b) % 10)} for a in range(10) for b in range(10)]
+    (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:64]))
+    (root / "text.txt").write_text("the cat sees the dog .\nthe dog sees the cat .\n" * 8)
+    return root
+
+
+@pytest.mark.slow
+def test_multimodal_gemma3_transfer_and_finetune_end_to_end(actc, gemma3_pair, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import PRELUDE
+
+    spec = tmp_path / "gemma3.act"
+    spec.write_text(PRELUDE.format(root=gemma3_pair) + (
+        'surgery s -> "out/s" { target = tuned  transfer sums from base { budget = 10% }\n'
+        '  finetune { data = probe steps = 3 lr = 1e-3 } }\n'))
+    assert actc("plan", str(spec)).returncode == 0
+    report = run_json(actc, spec)
+    (surgery,) = report["surgeries"]
+    out = Path(surgery["output"])
+    tuned, result = load_file(gemma3_pair / "tuned" / "model.safetensors"), {}
+    for shard in out.glob("*.safetensors"):
+        result.update(load_file(shard))
+    assert set(result) == set(tuned)  # the checkpoint's own names, vision tower included
+    vision = [n for n in tuned if n.startswith(("vision_tower.", "multi_modal_projector."))]
+    assert vision and all(torch.equal(result[n], tuned[n]) for n in vision)
+    changed = [n for n in tuned if not torch.equal(result[n], tuned[n])]
+    assert changed and all(n.startswith("language_model.model.layers.") for n in changed)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape[-1] == len(model.get_input_embeddings().weight)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "phi3", "gpt2"]
 
 _DEC = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=48, vocab_size=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
@@ -26,6 +26,11 @@ CONFIGS: dict[str, dict] = {
     "qwen3": dict(_DEC, head_dim=8),
     "gemma2": dict(_DEC, head_dim=8),
     "gemma3_text": dict(_DEC, head_dim=8),
+    # multimodal Gemma 3: the text model nested in text_config, a vision tower beside it
+    "gemma3": dict(text_config=dict(_DEC, head_dim=8, sliding_window=16),
+                   vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, image_size=28, patch_size=14),
+                   mm_tokens_per_image=4, boi_token_index=125, eoi_token_index=126, image_token_index=127),
     "phi3": dict(_DEC),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=128, bos_token_id=1,
                  eos_token_id=2, pad_token_id=0),

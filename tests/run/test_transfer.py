@@ -27,7 +27,7 @@ def _random_mask(space, seed, frac, tie=None, granularity="channel"):
 
 
 @PROPS
-@given(seed=st.integers(0, 10_000), frac=st.floats(0, 0.5), family=st.sampled_from(["llama", "phi3", "gpt2", "qwen2"]),
+@given(seed=st.integers(0, 10_000), frac=st.floats(0, 0.5), family=st.sampled_from(["llama", "phi3", "gpt2", "qwen2", "gemma3"]),
        tie=st.sampled_from([None, "neuron", "head"]), lam=st.sampled_from([1.0, 0.5, 0.0]))
 def test_only_masked_elements_change(family_dirs, tmp_path_factory, seed, frac, family, tie, lam):
     trg_dir, src_dir = family_dirs[family]
@@ -95,7 +95,7 @@ def test_gpt2_output_channel_changes_only_that_unit(family_dirs, family_models, 
     assert (outs[0] != outs[1]).reshape(-1, outs[0].shape[-1]).any(0).nonzero().flatten().tolist() == [unit]
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "phi3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gemma3", "phi3", "gpt2"])
 def test_saved_output_reloads_and_matches_in_memory(family, family_dirs, family_models, tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

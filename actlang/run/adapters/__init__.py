@@ -29,6 +29,13 @@ Fields of a kind (all sizes are expressions over ``dims``, which are read from
 ``tied_tensor``  the tensor that holds this kind when the embeddings are tied (``lm_head`` →
                  the embedding; its channel ``r`` is row ``r`` of ``[vocab, hidden]``).
 
+Fields of an adapter besides its kinds: ``config_section`` names a nested config whose keys
+override the top-level ones (``text_config`` of a multimodal Gemma 3); ``checkpoint_names``
+maps module-path prefixes to the prefixes the checkpoint stores them under, when the two
+differ (transformers writes Gemma 3's ``model.language_model.layers.0...`` as
+``language_model.model.layers.0...``): entries name checkpoint tensors, hooks name modules,
+and :class:`Naming` translates between state-dict and checkpoint names.
+
 Canonical kinds: ``attn.q attn.k attn.v attn.o mlp.gate mlp.up mlp.down``, norms
 (``norm.input norm.post_attn norm.pre_ffn norm.post_ffn norm.final attn.q_norm
 attn.k_norm``), ``embed`` (``embed.pos`` for GPT-2) and ``lm_head``.
@@ -63,11 +70,13 @@ __all__ = [
     "ChannelSpace",
     "Entry",
     "Hook",
+    "Naming",
     "RawSelector",
     "TensorPart",
     "get_adapter",
     "supported_model_types",
     "adapters",
+    "checkpoint_naming",
     "entry_key",
     "parse_entry_key",
 ]
@@ -214,6 +223,33 @@ class RawSelector:
 
 
 @dataclass(frozen=True)
+class Naming:
+    """State-dict (module path) names <-> checkpoint tensor names, by prefix rewrites.
+
+    ``prefixes`` holds ``(state prefix, checkpoint prefix)`` pairs; a name matching none is
+    the same in both. The identity for every family whose checkpoint names are its module
+    paths.
+    """
+
+    prefixes: tuple[tuple[str, str], ...] = ()
+
+    @staticmethod
+    def _rewrite(name: str, pairs: Iterable[tuple[str, str]]) -> str:
+        for old, new in pairs:
+            if name.startswith(old):
+                return new + name[len(old):]
+        return name
+
+    def to_checkpoint(self, name: str) -> str:
+        """The checkpoint name of a state-dict (or module path) name."""
+        return self._rewrite(name, self.prefixes)
+
+    def to_state(self, name: str) -> str:
+        """The state-dict (or module path) name of a checkpoint name."""
+        return self._rewrite(name, ((c, s) for s, c in self.prefixes))
+
+
+@dataclass(frozen=True)
 class Adapter:
     """One architecture family, as loaded from its JSON file."""
 
@@ -227,13 +263,23 @@ class Adapter:
     layer_kinds: Mapping[str, Mapping[str, Any]]
     global_kinds: Mapping[str, Mapping[str, Any]]
     source: Path = field(compare=False)
+    config_section: str | None = None
+    naming: Naming = Naming()
 
     @property
     def kinds(self) -> list[str]:
         return [*self.layer_kinds, *self.global_kinds]
 
+    def effective_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The config the adapter reads: top-level keys, overridden by ``config_section``'s."""
+        section = config.get(self.config_section) if self.config_section else None
+        if self.config_section and not isinstance(section, Mapping):
+            raise RuntimeUserError(f"config.json of this {self.family} model has no {self.config_section!r} section",
+                                   hint="check that config.json is complete and matches its model_type")
+        return {**config, **(section or {})}
+
     def resolve_dims(self, config: Mapping[str, Any]) -> dict[str, int]:
-        names: dict[str, Any] = dict(config)
+        names: dict[str, Any] = self.effective_config(config)
         dims: dict[str, int] = {}
         for name, expr in self.dims.items():
             value = _eval_expr(expr, {**names, **dims})
@@ -260,6 +306,8 @@ def _load_adapter(path: Path) -> Adapter:
         layer_kinds=dict(data["layer_kinds"]),
         global_kinds=dict(data.get("global_kinds", {})),
         source=path,
+        config_section=data.get("config_section"),
+        naming=Naming(tuple(data.get("checkpoint_names", {}).items())),
     )
 
 
@@ -289,6 +337,18 @@ def get_adapter(model_type: str | None) -> Adapter:
         f"(supported: {', '.join(sorted(table))})",
         hint=RAW_HINT,
     )
+
+
+def checkpoint_naming(model_or_config: Any) -> Naming:
+    """How a model (or a model of this config) names its checkpoint tensors: the identity
+    without an adapter, or for an object without a config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    try:
+        model_type = _config_dict(config).get("model_type")
+    except TypeError:
+        return Naming()
+    adapter = adapters().get(model_type)
+    return adapter.naming if adapter else Naming()
 
 
 # --------------------------------------------------------------------------- channel space
@@ -374,20 +434,22 @@ class ChannelSpace:
         if model_type in adapters() or not raw:
             adapter = get_adapter(model_type)
             dims = adapter.resolve_dims(cfg)
-            tied = bool(cfg.get(adapter.tied_flag, adapter.tied_default))
+            effective = adapter.effective_config(cfg)
+            tied = bool(effective.get(adapter.tied_flag, adapter.tied_default))
             for layer in range(dims["layers"]):
                 prefix = adapter.layer_prefix.format(layer=layer)
                 for kind, spec in adapter.layer_kinds.items():
-                    entries.append(_make_entry(kind, spec, layer, prefix, dims, cfg, tied))
+                    entries.append(_make_entry(kind, spec, layer, prefix, dims, effective, tied, adapter.naming))
             for kind, spec in adapter.global_kinds.items():
-                entries.append(_make_entry(kind, spec, None, "", dims, cfg, tied))
+                entries.append(_make_entry(kind, spec, None, "", dims, effective, tied, adapter.naming))
         if raw:
             if shapes is None:
                 raise RuntimeUserError(
                     "raw selectors need tensor shapes (safetensors headers)",
                     hint="use ChannelSpace.from_pretrained(model_dir, raw=...)",
                 )
-            entries.extend(_raw_entries(raw, shapes, {e.key for e in entries}))
+            entries.extend(_raw_entries(raw, shapes, {e.key for e in entries},
+                                        adapter.naming if adapter else Naming()))
         return cls(entries, config=cfg, adapter=adapter, dims=dims, tied=tied)
 
     @classmethod
@@ -424,6 +486,11 @@ class ChannelSpace:
 
     def keys(self) -> list[str]:
         return list(self._entries)
+
+    @property
+    def naming(self) -> Naming:
+        """State-dict <-> checkpoint names of this model's tensors."""
+        return self.adapter.naming if self.adapter else Naming()
 
     @property
     def model_type(self) -> str | None:
@@ -518,20 +585,21 @@ def _make_entry(
     dims: Mapping[str, int],
     cfg: Mapping[str, Any],
     tied: bool,
+    naming: Naming,
 ) -> Entry:
     size = _eval_expr(spec["size"], dims)
     offset = _eval_expr(spec.get("offset", 0), dims)
     assert size is not None and offset is not None, (kind, spec)
     axis = int(spec.get("axis", 0))
     module = prefix + spec["module"]
-    weight = f"{module}.{spec.get('param', 'weight')}"
+    weight = naming.to_checkpoint(f"{module}.{spec.get('param', 'weight')}")
     if "tied_tensor" in spec and tied:
         # lm_head tied to the embedding [vocab, hidden]: channel r is row r of the embedding.
-        parts: tuple[TensorPart, ...] = (TensorPart(spec["tied_tensor"], 0, offset, size),)
+        parts: tuple[TensorPart, ...] = (TensorPart(naming.to_checkpoint(spec["tied_tensor"]), 0, offset, size),)
     else:
         parts = (TensorPart(weight, axis, offset, size),)
         if _flag(spec.get("bias", False), cfg):
-            parts += (TensorPart(f"{module}.bias", 0, offset, size),)
+            parts += (TensorPart(naming.to_checkpoint(f"{module}.bias"), 0, offset, size),)
     inputs: tuple[TensorPart, ...] = ()
     if "inputs" in spec:
         n_in = _eval_expr(spec["inputs"], dims)
@@ -553,7 +621,7 @@ def _make_entry(
 
 
 def _raw_entries(
-    raw: Sequence[RawSelector], shapes: Mapping[str, Sequence[int]], taken: set[str]
+    raw: Sequence[RawSelector], shapes: Mapping[str, Sequence[int]], taken: set[str], naming: Naming
 ) -> list[Entry]:
     out: list[Entry] = []
     for sel in raw:
@@ -584,7 +652,7 @@ def _raw_entries(
             m = _LAYER_RE.search("." + module + ".")
             out.append(Entry(
                 key=key, layer=int(m.group(1)) if m else None, kind="raw", size=size,
-                parts=parts, hook=Hook(module, 0, size),
+                parts=parts, hook=Hook(naming.to_state(module), 0, size),
             ))
     return out
 
