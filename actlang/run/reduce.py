@@ -11,7 +11,8 @@ op. ``bench/bench_stats.py`` on a 2-core VM: whole-tensor reductions on 2 thread
 capture took 1.10x–1.40x the plain forward, varying from process to process); blocked on
 one thread, 0.05 s in every process. The forward itself keeps all its threads. For real
 models the reductions are a small part anyway: they grow with the hidden size, the forward
-with its square.
+with its square. (The switch is ``torch.set_num_threads``, which is process-wide: torch
+work running concurrently in another Python thread also runs on one thread meanwhile.)
 
 On accelerators a block is the whole tensor: kernels are asynchronous, and nothing here
 waits for the device (no ``.item()``, no finiteness check).
