@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -37,15 +38,25 @@ def pair(tmp_path_factory) -> Path:
                          num_attention_heads=4, num_key_value_heads=2,
                          vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
                          pad_token_id=0, max_position_embeddings=64)
+    return write_pair(root, lambda: LlamaForCausalLM(config), tokenizer, noise=0.01,
+                      boosted=lambda name: name.endswith("mlp.up_proj.weight"))
+
+
+def write_pair(root: Path, make_model: Callable[[], Any], tokenizer: Any, *, noise: float,
+               nudged: Callable[[str], bool] = lambda name: True,
+               boosted: Callable[[str], bool] = lambda name: False) -> Path:
+    """Save ``base`` and ``tuned`` (base plus noise on the ``nudged`` parameters and large
+    changes to the first rows of the ``boosted`` ones) and the probe, eval and text corpora."""
     torch.manual_seed(0)
-    base = LlamaForCausalLM(config).eval()
-    tuned = LlamaForCausalLM(config).eval()
+    base = make_model().eval()
+    tuned = make_model().eval()
     tuned.load_state_dict(base.state_dict())
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in tuned.named_parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.01)
-            if name.endswith("mlp.up_proj.weight"):
+            if nudged(name):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
+            if boosted(name):
                 parameter[:4] += torch.randn(parameter[:4].shape, generator=generator)
     _save(base, tokenizer, root / "base")
     _save(tuned, tokenizer, root / "tuned")

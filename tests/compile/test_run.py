@@ -241,12 +241,11 @@ def test_executor_releases_both_models_of_a_paired_capture(write_spec, tmp_path)
 @pytest.fixture(scope="module")
 def gemma3_pair(tmp_path_factory) -> Path:
     """A multimodal Gemma 3 base/tuned pair (vision tower included) with the pair's corpora."""
-    import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     from actlang.zoo.tokenizer import build_tokenizer
 
-    from .conftest import WORDS
+    from .conftest import WORDS, write_pair
 
     root = tmp_path_factory.mktemp("gemma3")
     tokenizer = build_tokenizer(WORDS)
@@ -258,23 +257,8 @@ def gemma3_pair(tmp_path_factory) -> Path:
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                            image_size=28, patch_size=14),
         mm_tokens_per_image=4, boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1)
-    torch.manual_seed(0)
-    base = Gemma3ForConditionalGeneration(config).eval()
-    tuned = Gemma3ForConditionalGeneration(config).eval()
-    tuned.load_state_dict(base.state_dict())
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in tuned.named_parameters():
-            if "language_model" in name:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    for model, name in ((base, "base"), (tuned, "tuned")):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    rows = [{"q": f"{a} plus {b} is", "a": str((a + b) % 10)} for a in range(10) for b in range(10)]
-    (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
-    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:64]))
-    (root / "text.txt").write_text("the cat sees the dog .\nthe dog sees the cat .\n" * 8)
-    return root
+    return write_pair(root, lambda: Gemma3ForConditionalGeneration(config), tokenizer, noise=0.05,
+                      nudged=lambda name: "language_model" in name)
 
 
 @pytest.mark.slow
