@@ -488,11 +488,6 @@ class ChannelSpace:
         return list(self._entries)
 
     @property
-    def naming(self) -> Naming:
-        """State-dict <-> checkpoint names of this model's tensors."""
-        return self.adapter.naming if self.adapter else Naming()
-
-    @property
     def model_type(self) -> str | None:
         return self.config.get("model_type")
 
