@@ -33,6 +33,7 @@ from actlang.lang import program as P
 from actlang.lang.ast import Span
 from actlang.run.adapters import ChannelSpace
 from actlang.run.errors import RuntimeUserError
+from actlang.run.files import pickle_files, safetensors_files
 
 PLAN_FORMAT_VERSION = 1
 STATS_CONFIG = "hooked-entries/v1"  # captures hook the entries their Statistic.modules names
@@ -206,7 +207,7 @@ def _model_info(spec: P.ModelSpec, cache: Cache, dry_run: bool) -> ModelInfo:
                                    hint="a model directory is what save_pretrained() writes")
         info.space = ChannelSpace.from_pretrained(directory)
         info.model_type = info.space.model_type
-        info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space)
+        info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space, spec.allow_pickle)
         if info.has_weights:
             info.identity = model_identity(spec, directory, cache, compute=not dry_run)
         elif not dry_run:
@@ -218,17 +219,18 @@ def _model_info(spec: P.ModelSpec, cache: Cache, dry_run: bool) -> ModelInfo:
         raise PlanError(error, spec.span) from None
 
 
-def _size(directory: Path, space: ChannelSpace) -> tuple[int, int, bool]:
+def _size(directory: Path, space: ChannelSpace, allow_pickle: bool) -> tuple[int, int, bool]:
     """(parameters, weight bytes, has weights): exact from safetensors headers, or estimated
-    from the channel space for a directory holding only a config."""
-    if any(directory.glob("*.safetensors")):
+    from the channel space for a directory holding only a config or (allowed) pickle files,
+    which are not unpickled to plan. Pickle files the spec does not allow are an error."""
+    if safetensors_files(directory) or (pickle_files(directory) and not allow_pickle):
         from actlang.run.checkpoint import Checkpoint
 
-        infos = Checkpoint.open(directory).infos()  # headers only
+        infos = Checkpoint.open(directory).infos()  # headers only; refuses pickle files
         return sum(i.numel for i in infos), sum(i.nbytes for i in infos), True
     parameters = config_parameters(space)
     dtype = space.config.get("dtype") or space.config.get("torch_dtype") or "float32"
-    return parameters, parameters * _DTYPE_BYTES.get(str(dtype), 4), False
+    return parameters, parameters * _DTYPE_BYTES.get(str(dtype), 4), bool(pickle_files(directory))
 
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -300,10 +302,12 @@ def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
                 f"{donor.spec.name} and {target.spec.name} differ at {entry.key}: "
                 f"{other.size if other else 'missing'} vs {entry.size} channels",
                 hint="the two models must have the same shapes")
-    if target.has_weights and donor.has_weights:
+    if all(info.directory and safetensors_files(info.directory) for info in (target, donor)):
         from actlang.run.checkpoint import check_compatible
 
-        check_compatible(target.directory, [donor.directory])  # headers only
+        # headers only; pickle weights (allowed by the spec) have no headers to read without
+        # unpickling: the transfer checks them when it opens them, before any tensor moves
+        check_compatible(target.directory, [donor.directory])
 
 
 def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,

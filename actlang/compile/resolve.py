@@ -21,6 +21,7 @@ from pathlib import Path
 from actlang.compile.cache import Cache, digest
 from actlang.lang import program as P
 from actlang.run.errors import RuntimeUserError
+from actlang.run.files import pickle_files, safetensors_files
 
 ZOO_PROFILE_ENV = "ACTLANG_ZOO_PROFILE"
 
@@ -97,8 +98,9 @@ def model_directory(spec: P.ModelSpec, cache: Cache, build: bool) -> Path | None
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The files whose content defines a model: config and safetensors (sorted)."""
-    return sorted([directory / "config.json", *directory.glob("*.safetensors")])
+    """The files whose content defines a model: config and safetensors, or its pickle files
+    when it has no safetensors (sorted)."""
+    return sorted([directory / "config.json", *(safetensors_files(directory) or pickle_files(directory))])
 
 
 def model_identity(spec: P.ModelSpec, directory: Path | None, cache: Cache,

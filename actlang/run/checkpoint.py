@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from actlang.run.errors import RuntimeUserError
+from actlang.run.files import pickle_files
 
 __all__ = [
     "Checkpoint",
@@ -55,9 +56,6 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
     if hasattr(torch, _attr):
         ST_TO_DTYPE[_name] = getattr(torch, _attr)
 DTYPE_TO_ST = {v: k for k, v in ST_TO_DTYPE.items()}
-
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-
 
 def natural_key(s: str) -> list[Any]:
     """Sort key that orders ``layers.2`` before ``layers.10``."""
@@ -190,7 +188,7 @@ class Checkpoint:
         else:
             files = sorted(path.glob("*.safetensors"), key=natural_key)
         if not files:
-            pickles = sorted({p.name for pat in PICKLE_PATTERNS for p in path.glob(pat)})
+            pickles = [p.name for p in pickle_files(path)]
             if pickles and allow_pickle:
                 return cls._open_pickle(path, config, pickles)
             if pickles:
@@ -308,17 +306,23 @@ class Checkpoint:
         return {n: t for n, t in self.iter_tensors()}
 
 
-def _as_checkpoint(x: "Checkpoint | str | Path") -> Checkpoint:
-    return x if isinstance(x, Checkpoint) else Checkpoint.open(x)
+def as_checkpoint(x: "Checkpoint | str | Path", allow_pickle: bool = False) -> Checkpoint:
+    """``x`` itself if it is a :class:`Checkpoint`, else the checkpoint of directory ``x``."""
+    if isinstance(x, Checkpoint):
+        return x
+    if isinstance(x, (str, Path)):
+        return Checkpoint.open(x, allow_pickle=allow_pickle)
+    raise RuntimeUserError(f"expected a model directory or a Checkpoint, got {type(x).__name__}",
+                           hint="in-memory models go through apply_masks_")
 
 
 def check_compatible(target: "Checkpoint | str | Path", donors: Sequence["Checkpoint | str | Path"]) -> None:
     """Raise :class:`RuntimeUserError` naming the first difference that makes a transfer
     between ``target`` and each donor impossible: architecture, vocabulary, tensor names or
     shapes. Reads only configs and headers."""
-    trg = _as_checkpoint(target)
+    trg = as_checkpoint(target)
     for d in donors:
-        src = _as_checkpoint(d)
+        src = as_checkpoint(d)
         mt_t, mt_s = trg.model_type, src.model_type
         if mt_t != mt_s:
             raise RuntimeUserError(

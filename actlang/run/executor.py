@@ -32,6 +32,7 @@ from actlang.compile.passes import last_uses
 from actlang.compile.plan import Plan
 from actlang.lang import program as P
 from actlang.run import stats as S
+from actlang.run.checkpoint import Checkpoint
 from actlang.run.errors import RuntimeUserError
 
 RESULTS_FORMAT_VERSION = 1
@@ -183,6 +184,10 @@ class Executor:
         assert directory is not None, "run plans resolve every model"
         return directory
 
+    def _checkpoint(self, model: P.ModelSpec) -> Checkpoint:
+        """The model's weights, opened with the permission its spec gives (pickle or not)."""
+        return Checkpoint.open(self._directory(model), allow_pickle=model.allow_pickle)
+
     def _load(self, directory: Path, spec: P.ModelSpec | None) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
@@ -318,8 +323,7 @@ class Executor:
         if op.score.name == "random":
             scores = R.random_scores(space, op.score.seed)
         elif op.score.name == "weight_delta":
-            scores = R.weight_delta_scores(space, self._directory(op.donor),
-                                           self._directory(op.target))
+            scores = R.weight_delta_scores(space, self._checkpoint(op.donor), self._checkpoint(op.target))
             scores = scores.normalized("zscore" if op.normalize == "zscore" else None)
         else:
             scores = on(op.ability.probe)
@@ -346,12 +350,11 @@ class Executor:
     def _op_transfer(self, op: O.Transfer) -> dict[str, Any]:
         from actlang.run.transfer import Donor, transfer
 
-        from actlang.run.checkpoint import Checkpoint
-
         out = self.work / O.op_id(op)
-        donors = [Donor(self._directory(select.rule.donor), self.values[select], lam,
+        donors = [Donor(self._checkpoint(select.rule.donor), self.values[select], lam,
                         name=select.rule.donor.name) for select, lam in op.selections]
-        total = len(Checkpoint.open(self._directory(op.target)).keys())  # headers only
+        target = self._checkpoint(op.target)
+        total = len(target.keys())
         count = 0
 
         def advance(_: str) -> None:
@@ -360,7 +363,7 @@ class Executor:
             self.progress.advance(count, total)
 
         models = [op.target, *(select.rule.donor for select, _ in op.selections)]
-        report = transfer(self._directory(op.target), donors, out, overlap=op.overlap,
+        report = transfer(target, donors, out, overlap=op.overlap,
                           overwrite=True, spec_text=self.spec_text,
                           base_models=[_card_name(m) for m in dict.fromkeys(models)],
                           tags=["actlang", "act", "ability-transfer"], progress=advance)
@@ -375,11 +378,11 @@ class Executor:
         rule = op.merge
         out = self.work / O.op_id(op)
         report = merge_models(
-            rule.method, [self._directory(d) for d in rule.donors], out,
-            base=self._directory(rule.base) if rule.base else None,
+            rule.method, [self._checkpoint(d) for d in rule.donors], out,
+            base=self._checkpoint(rule.base) if rule.base else None,
             weights=list(rule.weights) if rule.weights else None, density=rule.density,
             lambda_=rule.lambda_, normalize=rule.normalize, rescale=rule.rescale,
-            seed=rule.seed, target=self._directory(op.target), overwrite=True,
+            seed=rule.seed, target=self._checkpoint(op.target), overwrite=True,
             spec_text=self.spec_text)
         self.values[op] = out
         return {"merge": rule.method, "report": report.to_json()}

@@ -58,7 +58,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from actlang.run.checkpoint import Checkpoint, check_compatible, natural_key
+from actlang.run.checkpoint import Checkpoint, as_checkpoint, check_compatible, natural_key
 from actlang.run.errors import RuntimeUserError
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
 
@@ -316,24 +316,24 @@ class MergeReport:
 
 def merge_models(
     method: str,
-    donors: Sequence[str | Path],
+    donors: Sequence[str | Path | Checkpoint],
     out_dir: str | Path,
     *,
-    base: str | Path | None = None,
+    base: str | Path | Checkpoint | None = None,
     weights: Sequence[float] | None = None,
     density: float | Sequence[float] = 1.0,
     lambda_: float = 1.0,
     normalize: bool | None = None,
     rescale: bool | None = None,
     seed: int = 0,
-    target: str | Path | None = None,
+    target: str | Path | Checkpoint | None = None,
     overwrite: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     spec_text: str | None = None,
     tags: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> MergeReport:
-    """Merge ``donors`` (model directories) by ``method``; write a HF directory at ``out_dir``.
+    """Merge ``donors`` (model directories or checkpoints) by ``method``; write a HF directory at ``out_dir``.
 
     ``base`` is the common ancestor (required by every method but ``linear``); ``target``
     supplies config.json, generation config and tokenizer (default: ``base``, else the first
@@ -343,12 +343,12 @@ def merge_models(
     """
     spec, ws, ds = _check_args(method, len(donors), base is not None, weights, density, lambda_)
     norm, resc = resolve_defaults(method, normalize, rescale)
-    srcs = [Checkpoint.open(d) for d in donors]
-    base_ck = Checkpoint.open(base) if base is not None else None
+    srcs = [as_checkpoint(d) for d in donors]
+    base_ck = as_checkpoint(base) if base is not None else None
     ref = base_ck if (spec.task_vectors and base_ck is not None) else srcs[0]
     others = [c for c in [base_ck, *srcs] if c is not None and c is not ref]
     check_compatible(ref, others)
-    trg_ck = Checkpoint.open(target) if target is not None else None
+    trg_ck = as_checkpoint(target) if target is not None else None
     if trg_ck is not None and trg_ck is not ref:
         check_compatible(ref, [trg_ck])
     source_dir = trg_ck.path if trg_ck is not None else (base_ck.path if base_ck is not None else srcs[0].path)

@@ -33,7 +33,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 import torch
 
 from actlang.run.adapters import ChannelSpace, Entry
-from actlang.run.checkpoint import Checkpoint
+from actlang.run.checkpoint import Checkpoint, as_checkpoint
 from actlang.run.errors import RuntimeUserError
 from actlang.run.stats import ChannelStats
 
@@ -189,8 +189,7 @@ def weight_delta_scores(
 ) -> Scores:
     """``||theta_src[channel] - theta_trg[channel]||_2`` over each channel's weight slice and
     bias element: the *weight-delta* control. Reads one tensor pair at a time."""
-    src = source if isinstance(source, Checkpoint) else Checkpoint.open(source)
-    trg = target if isinstance(target, Checkpoint) else Checkpoint.open(target)
+    src, trg = as_checkpoint(source), as_checkpoint(target)
     ents = list(space if entries is None else entries)
     acc = {e.key: torch.zeros(e.size, dtype=torch.float64) for e in ents}
     by_tensor: dict[str, list[tuple[Entry, int, int, int]]] = {}

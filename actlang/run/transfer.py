@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from actlang.run.checkpoint import Checkpoint, FileSlice, check_compatible, natural_key
+from actlang.run.checkpoint import Checkpoint, FileSlice, as_checkpoint, check_compatible, natural_key
 from actlang.run.errors import RuntimeUserError
 from actlang.run.mask import ChannelMask
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
@@ -186,15 +186,6 @@ def merge_tensor(
     return out, int(moved.sum()), n_over
 
 
-def _as_ckpt(x: Any, allow_pickle: bool) -> Checkpoint:
-    if isinstance(x, Checkpoint):
-        return x
-    if isinstance(x, (str, Path)):
-        return Checkpoint.open(x, allow_pickle=allow_pickle)
-    raise RuntimeUserError(f"a transfer over files needs model directories, got {type(x).__name__}",
-                           hint="use apply_masks_ for in-memory models")
-
-
 def transfer(
     target: str | Path | Checkpoint,
     donors: Sequence[Donor],
@@ -219,8 +210,8 @@ def transfer(
     ``masks/`` in the output. ``base_models`` defaults to the target and donor paths.
     """
     _check_args(donors, overlap)
-    trg = _as_ckpt(target, allow_pickle)
-    srcs = [_as_ckpt(d.model, allow_pickle) for d in donors]
+    trg = as_checkpoint(target, allow_pickle)
+    srcs = [as_checkpoint(d.model, allow_pickle) for d in donors]
     check_compatible(trg, srcs)
     for d in donors:
         d.mask.validate(trg)

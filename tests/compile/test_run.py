@@ -288,3 +288,43 @@ def test_multimodal_gemma3_transfer_and_finetune_end_to_end(actc, gemma3_pair, t
     model = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
         assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape[-1] == len(model.get_input_embeddings().weight)
+
+
+def test_pickle_donor_is_refused_unless_the_spec_allows_it(actc, pair, tmp_path) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from .conftest import PRELUDE
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(pair / "tuned", pickled)
+    state = load_file(pickled / "model.safetensors")
+    (pickled / "model.safetensors").unlink()
+    torch.save(state, pickled / "pytorch_model.bin")
+    surgery = ('surgery s -> "out/s" { target = base  transfer sums from donor { budget = 10% } '
+               'eval = [] }\n')
+    spec = tmp_path / "refused.act"
+    spec.write_text(PRELUDE.format(root=pair) + f'model donor = local("{pickled}")\n' + surgery)
+    for command in ("plan", "run"):
+        result = actc(command, str(spec))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "pickle" in result.stderr and "allow_pickle" in result.stderr
+        assert f"{spec.name}:" in result.stderr and "^" in result.stderr  # located, with a caret
+    assert not (tmp_path / "out").exists()
+
+    allowed = tmp_path / "allowed.act"
+    allowed.write_text(PRELUDE.format(root=pair)
+                       + f'model donor = local("{pickled}", allow_pickle = true)\n' + surgery)
+    report = run_json(actc, allowed)
+    (done,) = report["surgeries"]
+    assert done["transfer"]["parameters_changed"] > 0
+    out = Path(done["output"])
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    moved = load_file(out / "model.safetensors")
+    base = load_file(pair / "base" / "model.safetensors")
+    changed = [n for n in base if not torch.equal(moved[n], base[n])]
+    assert changed and all(torch.equal(moved[n][moved[n] != base[n]], state[n][moved[n] != base[n]])
+                           for n in changed)  # every moved element is the pickled donor's
+    assert all(op["status"] == "cached" for op in run_json(actc, allowed)["ops"])
