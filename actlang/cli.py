@@ -214,13 +214,14 @@ def run_command(
 
     from rich.console import Console
 
+    from actlang.arch.errors import RuntimeUserError
     from actlang.compile.cache import Cache, write_atomically
     from actlang.compile.plan import PlanError, make_plan
     from actlang.lang.diagnostics import Diagnostic
     from actlang.resources import stdlib_digest
     from actlang.run.console import BarsProgress, print_results
-    from actlang.run.errors import RuntimeUserError
     from actlang.run.executor import Executor
+    from actlang.zoo.build import build_zoo
 
     program, sources = _checked_program(spec, json_output)
     if output is not None:
@@ -229,7 +230,8 @@ def run_command(
     cache = Cache(cache_dir)
     try:
         with console.status("planning (first use of the zoo builds it: a few minutes)"):
-            plan = make_plan(program, cache, dry_run=False, rebuild=force)
+            plan = make_plan(program, cache, dry_run=False, rebuild=force,
+                             zoo_builder=build_zoo)
         with BarsProgress(console) as progress:
             result = Executor(plan, cache, spec_text=spec.read_text(), force=force,
                               progress=progress).run()
@@ -323,8 +325,9 @@ def zoo_build(
     cache_dir: Optional[Path] = _CACHE_OPTION,
 ) -> None:
     """Build the zoo (deterministic from the seed; cached)."""
+    from actlang.arch.zoo import PROFILES
     from actlang.compile.cache import Cache
-    from actlang.zoo.build import PROFILES, build_zoo
+    from actlang.zoo.build import build_zoo
 
     if profile not in PROFILES:
         typer.echo(f"error: unknown profile `{profile}` ({', '.join(PROFILES)})", err=True)

@@ -56,9 +56,13 @@ def measure(name: str, shape: Shape, repeats: int) -> tuple[list[str], float]:
     """Run the variants on one shape; return report lines and the unpaired wall ratio."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from actlang.run.adapters import ChannelSpace
+    from actlang.arch.adapters import ChannelSpace
     from actlang.run.corpus import Batch
-    from actlang.run.stats import collect_paired_stats, collect_stats, default_stat_entries
+    from actlang.run.stats import (
+        collect_paired_stats,
+        collect_stats,
+        default_stat_entries,
+    )
 
     cfg = LlamaConfig(hidden_size=shape.hidden, intermediate_size=shape.intermediate,
                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,

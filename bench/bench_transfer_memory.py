@@ -104,7 +104,7 @@ def main() -> None:
         t = time.perf_counter()
         trg, src, nbytes, cfg = make_models(root)
         print(f"made two models of {nbytes / 1e9:.2f} GB in {time.perf_counter() - t:.1f} s")
-        from actlang.run.adapters import ChannelSpace
+        from actlang.arch.adapters import ChannelSpace
         from actlang.run.scores import random_scores
         from actlang.run.select import select_channels
 

@@ -2,7 +2,7 @@
 
 The checker speaks the language's terms (a selector is a sequence of added and removed
 patterns; a budget has a scope); the runtime speaks in entries of a model's
-:class:`~actlang.run.adapters.ChannelSpace`. This module translates, and reports what the
+:class:`~actlang.arch.adapters.ChannelSpace`. This module translates, and reports what the
 language promises to catch before any heavy work: a selector that matches nothing, residual
 channels named without ``include_global``, a count budget larger than the candidates.
 """
@@ -10,28 +10,27 @@ channels named without ``include_global``, a count budget larger than the candid
 from __future__ import annotations
 
 import fnmatch
-
 from typing import TYPE_CHECKING
 
+from actlang.arch.adapters import ChannelSpace, Entry, RawSelector
+from actlang.arch.errors import RuntimeUserError
 from actlang.compile.cache import Cache
 from actlang.compile.resolve import zoo_corpus
 from actlang.lang import program as P
-from actlang.run.adapters import ChannelSpace, Entry, RawSelector
-from actlang.run.errors import RuntimeUserError
 
 if TYPE_CHECKING:  # the runtime imports torch: planning a config-only model does not need it
-    from actlang.run.corpus import Corpus
-    from actlang.run.select import Budget
+    from actlang.arch.corpus import Corpus
+    from actlang.arch.selection import Budget
 
 
-def runtime_corpus(spec: P.Corpus, cache: Cache, build: bool = True) -> Corpus | None:
-    """The documents of a corpus (None: a zoo corpus whose zoo is not built, ``build`` off)."""
-    from actlang.run import corpus as C
+def runtime_corpus(spec: P.Corpus, cache: Cache) -> Corpus | None:
+    """The documents of a corpus (None: a zoo corpus whose zoo is not built)."""
+    from actlang.arch import corpus as C
 
     options = spec.options
     if isinstance(spec, P.ZooCorpus):
-        resolved = zoo_corpus(spec, cache, build)
-        return None if resolved is None else runtime_corpus(resolved, cache, build)
+        resolved = zoo_corpus(spec, cache)
+        return None if resolved is None else runtime_corpus(resolved, cache)
     if isinstance(spec, P.TextCorpus):
         return C.text_file(spec.path, limit=options.limit, seed=options.seed)
     if isinstance(spec, P.JsonlCorpus):
@@ -41,7 +40,7 @@ def runtime_corpus(spec: P.Corpus, cache: Cache, build: bool = True) -> Corpus |
                        seed=options.seed)
     if isinstance(spec, P.LinesCorpus):
         return C.inline(list(spec.lines), limit=options.limit, seed=options.seed)
-    parts = [runtime_corpus(part, cache, build) for part in spec.parts]
+    parts = [runtime_corpus(part, cache) for part in spec.parts]
     if any(part is None for part in parts):
         return None
     return C.mix(list(zip(parts, spec.weights)), limit=options.limit, seed=options.seed)
@@ -108,7 +107,7 @@ def candidate_entries(space: ChannelSpace, rule: P.TransferRule) -> list[Entry]:
 
 
 def runtime_budget(budget: P.Budget) -> Budget:
-    from actlang.run.select import Budget
+    from actlang.arch.selection import Budget
 
     if budget.kind == "threshold":
         return Budget("threshold", budget.value)

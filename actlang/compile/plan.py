@@ -21,19 +21,35 @@ from typing import Any
 import networkx as nx
 
 from actlang import __version__
+from actlang.arch.adapters import ChannelSpace
+from actlang.arch.errors import RuntimeUserError
+from actlang.arch.files import pickle_files, safetensors_files
+from actlang.arch.safetensors import Headers, check_compatible
 from actlang.compile import ops as O
-from actlang.compile.bind import (candidate_entries, check_budget, raw_selectors,
-                                  runtime_corpus)
+from actlang.compile.bind import (
+    candidate_entries,
+    check_budget,
+    raw_selectors,
+    runtime_corpus,
+)
 from actlang.compile.cache import CACHE_FORMAT, Cache, digest
 from actlang.compile.lower import lower
-from actlang.compile.passes import (drop_cached, eliminate_dead_ops, fuse_captures,
-                                    last_uses, schedule)
-from actlang.compile.resolve import model_directory, model_identity
+from actlang.compile.passes import (
+    drop_cached,
+    eliminate_dead_ops,
+    fuse_captures,
+    last_uses,
+    schedule,
+)
+from actlang.compile.resolve import (
+    ZooBuilder,
+    ensure_zoos,
+    model_directory,
+    model_identity,
+    zoo_refs,
+)
 from actlang.lang import program as P
 from actlang.lang.ast import Span
-from actlang.run.adapters import ChannelSpace
-from actlang.run.errors import RuntimeUserError
-from actlang.run.files import pickle_files, safetensors_files
 
 PLAN_FORMAT_VERSION = 1
 STATS_CONFIG = "hooked-entries/v1"  # captures hook the entries their Statistic.modules names
@@ -138,7 +154,7 @@ class Plan:
 
 
 def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
-              rebuild: bool = False) -> Plan:
+              rebuild: bool = False, zoo_builder: ZooBuilder | None = None) -> Plan:
     """Plan a checked program.
 
     Args:
@@ -148,10 +164,18 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
             models and hash weights so that cache keys are exact (``actc run``).
         rebuild: redo outputs even when they are up to date (``actc run --force``); cached
             statistics and evaluations are still used.
+        zoo_builder: builds the zoos the program names that are not built yet (run mode;
+            the CLI passes :func:`actlang.zoo.build.build_zoo`). Without it, an unbuilt zoo
+            is an error in run mode.
 
     Raises:
         PlanError: a problem with the models, data or selection, located in the spec.
     """
+    if not dry_run:
+        try:
+            ensure_zoos(zoo_refs(program), cache, zoo_builder)
+        except RuntimeUserError as error:
+            raise PlanError(error, None) from None
     graph = fuse_captures(lower(program))
     models = {m.name: _model_info(m, cache, dry_run) for m in _models(graph)}
     selectable = _validate_rules(graph, models)
@@ -198,7 +222,7 @@ def _models(graph: nx.DiGraph) -> list[P.ModelSpec]:
 
 def _model_info(spec: P.ModelSpec, cache: Cache, dry_run: bool) -> ModelInfo:
     try:
-        directory = model_directory(spec, cache, build=not dry_run)
+        directory = model_directory(spec, cache)
         info = ModelInfo(spec, directory)
         if directory is None:
             return info
@@ -224,9 +248,7 @@ def _size(directory: Path, space: ChannelSpace, allow_pickle: bool) -> tuple[int
     from the channel space for a directory holding only a config or (allowed) pickle files,
     which are not unpickled to plan. Pickle files the spec does not allow are an error."""
     if safetensors_files(directory) or (pickle_files(directory) and not allow_pickle):
-        from actlang.run.checkpoint import Checkpoint
-
-        infos = Checkpoint.open(directory).infos()  # headers only; refuses pickle files
+        infos = Headers.open(directory).infos.values()  # refuses pickle files
         return sum(i.numel for i in infos), sum(i.nbytes for i in infos), True
     parameters = config_parameters(space)
     dtype = space.config.get("dtype") or space.config.get("torch_dtype") or "float32"
@@ -303,11 +325,9 @@ def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
                 f"{other.size if other else 'missing'} vs {entry.size} channels",
                 hint="the two models must have the same shapes")
     if all(info.directory and safetensors_files(info.directory) for info in (target, donor)):
-        from actlang.run.checkpoint import check_compatible
-
-        # headers only; pickle weights (allowed by the spec) have no headers to read without
-        # unpickling: the transfer checks them when it opens them, before any tensor moves
-        check_compatible(target.directory, [donor.directory])
+        # pickle weights (allowed by the spec) have no headers to read without unpickling:
+        # the transfer checks them when it opens them, before any tensor moves
+        check_compatible(Headers.open(target.directory), [Headers.open(donor.directory)])
 
 
 def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
@@ -331,7 +351,7 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
             tokens[(corpus, tokenizer)] = None  # unbuilt zoo, or a config-only directory
             continue
         try:
-            documents = runtime_corpus(corpus, cache, build=not dry_run)
+            documents = runtime_corpus(corpus, cache)
         except RuntimeUserError as error:
             raise PlanError(error, None) from None
         if documents is None:

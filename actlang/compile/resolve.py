@@ -4,9 +4,11 @@
 * ``hub("org/name", revision = ...)`` — the snapshot in the local Hugging Face cache
   (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``); nothing is
   downloaded;
-* ``zoo("base")`` — a model of the zoo, built on first use (``actc zoo build`` builds ahead).
-  ``$ACTLANG_ZOO_PROFILE`` replaces the profile of every zoo reference (``small`` makes test
-  runs quick); the lockfile records what was used.
+* ``zoo("base")`` — a model of the zoo. Planning only looks a zoo up; ``actc run`` builds the
+  zoos a spec names first (:func:`ensure_zoos`, with the builder the CLI hands it — the zoo
+  trains models, which sits above this layer). ``$ACTLANG_ZOO_PROFILE`` replaces the profile
+  of every zoo reference (``small`` makes test runs quick); the lockfile records what was
+  used.
 
 A model's identity — the key of everything cached about it — is a content digest of its
 config and safetensors files (hashed once, memoized by the cache), or the pinned hub commit.
@@ -17,11 +19,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
+from actlang.arch.errors import RuntimeUserError
+from actlang.arch.files import pickle_files, safetensors_files
+from actlang.arch.zoo import ZooManifest, load_zoo, zoo_config, zoo_key
 from actlang.compile.cache import Cache, digest
 from actlang.lang import program as P
-from actlang.run.errors import RuntimeUserError
-from actlang.run.files import pickle_files, safetensors_files
 
 ZOO_PROFILE_ENV = "ACTLANG_ZOO_PROFILE"
 
@@ -38,29 +42,60 @@ def zoo_ref(spec: P.ModelSpec | P.ZooCorpus | P.ZooTruth) -> ZooRef:
     return ZooRef(profile, spec.zoo_seed)
 
 
+#: Builds a zoo: ``builder(root, seed, profile)`` (:func:`actlang.zoo.build.build_zoo`).
+ZooBuilder = Callable[[Path, int, str], ZooManifest]
+
+
 def zoo_directory(ref: ZooRef, cache: Cache) -> Path:
     """The directory the zoo has (or will have) in the cache; building it is separate."""
-    from actlang.zoo.build import zoo_config, zoo_key
-
     key = zoo_key(zoo_config(ref.profile), ref.seed)
     return cache.root / "zoo" / f"{ref.profile}-s{ref.seed}-{key[:16]}"
 
 
-def ensure_zoo(ref: ZooRef, cache: Cache, log=None):
-    """Build the zoo if needed and return its manifest."""
-    from actlang.zoo.build import build_zoo
-
-    return build_zoo(cache.root / "zoo", seed=ref.seed, profile=ref.profile, log=log)
-
-
-def zoo_manifest(ref: ZooRef, cache: Cache, build: bool):
-    """The zoo's manifest, building it if ``build``; None if it is not built and not ``build``."""
-    from actlang.zoo.build import load_zoo
-
+def zoo_manifest(ref: ZooRef, cache: Cache) -> ZooManifest | None:
+    """The zoo's manifest; None if it is not built."""
     directory = zoo_directory(ref, cache)
     if (directory / "zoo.json").is_file():
         return load_zoo(directory)
-    return ensure_zoo(ref, cache) if build else None
+    return None
+
+
+def built_zoo(ref: ZooRef, cache: Cache) -> ZooManifest:
+    """The manifest of a zoo that must be built by now (``actc run`` builds zoos first)."""
+    manifest = zoo_manifest(ref, cache)
+    if manifest is None:
+        raise RuntimeUserError(f"the {ref.profile} zoo (seed {ref.seed}) is not built",
+                               hint=f"build it with `actc zoo build --profile {ref.profile} "
+                               f"--seed {ref.seed}`")
+    return manifest
+
+
+def zoo_refs(program: P.Program) -> list[ZooRef]:
+    """Every zoo a program's models, corpora and ground truths come from."""
+    found: dict[ZooRef, None] = {}
+
+    def visit(value: object) -> None:
+        if isinstance(value, (P.ModelSpec, P.ZooCorpus, P.ZooTruth)):
+            if not isinstance(value, P.ModelSpec) or value.source == "zoo":
+                found.setdefault(zoo_ref(value))
+        if isinstance(value, (tuple, list)):
+            for item in value:
+                visit(item)
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                visit(getattr(value, name))
+
+    visit(program.surgeries)
+    return list(found)
+
+
+def ensure_zoos(refs: Iterable[ZooRef], cache: Cache, builder: ZooBuilder | None) -> None:
+    """Build every zoo of ``refs`` that is not built yet (an error without a builder)."""
+    for ref in refs:
+        if zoo_manifest(ref, cache) is None:
+            if builder is None:
+                built_zoo(ref, cache)  # raises: says how to build it
+            builder(cache.root / "zoo", ref.seed, ref.profile)
 
 
 def hub_snapshot(repo_id: str, revision: str) -> Path:
@@ -81,14 +116,14 @@ def hub_snapshot(repo_id: str, revision: str) -> Path:
     return snapshot
 
 
-def model_directory(spec: P.ModelSpec, cache: Cache, build: bool) -> Path | None:
-    """A model's directory; None for a zoo model that is not built when ``build`` is false."""
+def model_directory(spec: P.ModelSpec, cache: Cache) -> Path | None:
+    """A model's directory; None for a zoo model whose zoo is not built."""
     if spec.source == "local":
         return Path(spec.location)
     if spec.source == "hub":
         assert spec.revision is not None, "the checker requires a pinned revision"
         return hub_snapshot(spec.location, spec.revision)
-    manifest = zoo_manifest(zoo_ref(spec), cache, build)
+    manifest = zoo_manifest(zoo_ref(spec), cache)
     if manifest is None:
         return None
     try:
@@ -123,10 +158,10 @@ def model_identity(spec: P.ModelSpec, directory: Path | None, cache: Cache,
     return digest("weights", parts)
 
 
-def zoo_corpus(corpus: P.ZooCorpus, cache: Cache, build: bool) -> P.JsonlCorpus | None:
-    """A zoo corpus as the jsonl file it is (None if the zoo is not built and ``build`` is
-    false). Probe and eval records are {q, a}; only the answer is scored."""
-    manifest = zoo_manifest(zoo_ref(corpus), cache, build)
+def zoo_corpus(corpus: P.ZooCorpus, cache: Cache) -> P.JsonlCorpus | None:
+    """A zoo corpus as the jsonl file it is (None if the zoo is not built). Probe and eval
+    records are {q, a}; only the answer is scored."""
+    manifest = zoo_manifest(zoo_ref(corpus), cache)
     if manifest is None:
         return None
     if corpus.ability not in manifest.data["corpora"]:

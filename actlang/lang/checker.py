@@ -21,7 +21,12 @@ from typing import Any, Callable
 
 from actlang.lang import ast, schema
 from actlang.lang import program as P
-from actlang.lang.diagnostics import Diagnostic, DiagnosticError, SourceCache, did_you_mean
+from actlang.lang.diagnostics import (
+    Diagnostic,
+    DiagnosticError,
+    SourceCache,
+    did_you_mean,
+)
 from actlang.lang.loader import LoadedFile, LoadResult, load
 from actlang.lang.parser import too_deep
 from actlang.lang.schema import FieldSpec

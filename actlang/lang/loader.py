@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actlang.lang import ast
-from actlang.lang.diagnostics import Diagnostic, DiagnosticError, SourceCache, did_you_mean
+from actlang.lang.diagnostics import (
+    Diagnostic,
+    DiagnosticError,
+    SourceCache,
+    did_you_mean,
+)
 from actlang.lang.parser import parse
 from actlang.resources import stdlib_dir
 

@@ -48,7 +48,7 @@ def _fields(*specs: FieldSpec) -> dict[str, FieldSpec]:
 
 # ---- canonical module kinds ---------------------------------------------------------------------
 
-# Every architecture adapter maps these names to checkpoint tensors (actlang/run/adapters).
+# Every architecture adapter maps these names to checkpoint tensors (actlang/arch/adapters).
 MODULE_KINDS: tuple[str, ...] = (
     "attn.q", "attn.k", "attn.v", "attn.o", "attn.q_norm", "attn.k_norm",
     "mlp.gate", "mlp.up", "mlp.down",

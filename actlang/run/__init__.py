@@ -2,12 +2,13 @@
 
 Modules (each documents its API):
 
-* :mod:`actlang.run.errors` — :class:`RuntimeUserError` (message + hint) for user mistakes.
-* :mod:`actlang.run.adapters` — architecture adapters (JSON data per family) and
+* :mod:`actlang.arch.errors` — :class:`RuntimeUserError` (message + hint) for user mistakes.
+* :mod:`actlang.arch.adapters` — architecture adapters (JSON data per family) and
   :class:`ChannelSpace` (every channel of a model, from ``config.json`` alone).
 * :mod:`actlang.run.checkpoint` — :class:`Checkpoint`: safetensors read tensor by tensor;
   :func:`check_compatible`.
-* :mod:`actlang.run.corpus` — probe corpora, scored spans, tokenization, batches, digests.
+* :mod:`actlang.arch.corpus` — probe corpora, scored spans, tokenization, digests;
+  :mod:`actlang.run.corpus` — padded batches.
 * :mod:`actlang.run.stats` — :func:`collect_stats`, :func:`collect_paired_stats`,
   :class:`ChannelStats` (mergeable, serializable), :data:`COUNTERS`.
 * :mod:`actlang.run.scores` — :func:`compute_scores`, :func:`contrastive`,
@@ -38,17 +39,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "RuntimeUserError": "errors", "GlobalChannelWarning": "errors",
-    "ChannelSpace": "adapters", "Entry": "adapters", "RawSelector": "adapters", "get_adapter": "adapters",
-    "supported_model_types": "adapters",
+    "RuntimeUserError": "arch.errors", "GlobalChannelWarning": "arch.errors",
+    "ChannelSpace": "arch.adapters", "Entry": "arch.adapters", "RawSelector": "arch.adapters",
+    "get_adapter": "arch.adapters", "supported_model_types": "arch.adapters",
     "Checkpoint": "checkpoint", "check_compatible": "checkpoint",
-    "Batch": "corpus", "Corpus": "corpus", "Document": "corpus", "TokenizedCorpus": "corpus",
-    "inline": "corpus", "jsonl": "corpus", "mix": "corpus", "text_file": "corpus",
+    "Batch": "corpus", "batches": "corpus",
+    "Corpus": "arch.corpus", "Document": "arch.corpus", "TokenizedCorpus": "arch.corpus",
+    "inline": "arch.corpus", "jsonl": "arch.corpus", "mix": "arch.corpus", "text_file": "arch.corpus",
     "COUNTERS": "stats", "ChannelStats": "stats", "PairedResult": "stats",
     "collect_paired_stats": "stats", "collect_stats": "stats",
     "Scores": "scores", "compute_scores": "scores", "contrastive": "scores", "random_scores": "scores",
     "weight_delta_scores": "scores",
-    "Budget": "select", "candidate_entries": "select", "select_channels": "select",
+    "Budget": "arch.selection", "candidate_entries": "select", "select_channels": "select",
     "ChannelMask": "mask",
     "Donor": "transfer", "TransferReport": "transfer", "apply_masks_": "transfer",
     "save_state_dict": "output", "write_model_dir": "output",
@@ -59,7 +61,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(f"actlang.run.{_EXPORTS[name]}")
+        where = _EXPORTS[name]
+        module = importlib.import_module(
+            f"actlang.{where}" if where.startswith("arch.") else f"actlang.run.{where}")
         return getattr(module, name)
     raise AttributeError(f"module 'actlang.run' has no attribute {name!r}")
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from actlang import __version__
+from actlang.arch.errors import RuntimeUserError
 from actlang.compile import ops as O
 from actlang.compile.bind import candidate_entries, runtime_budget, runtime_corpus
 from actlang.compile.cache import Cache
@@ -33,7 +34,6 @@ from actlang.compile.plan import Plan
 from actlang.lang import program as P
 from actlang.run import stats as S
 from actlang.run.checkpoint import Checkpoint
-from actlang.run.errors import RuntimeUserError
 
 RESULTS_FORMAT_VERSION = 1
 
@@ -389,7 +389,11 @@ class Executor:
 
     def _op_finetune(self, op: O.Finetune) -> dict[str, Any]:
         from actlang.run.finetune import finetune
-        from actlang.run.output import ACT_DESCRIPTION, checkpoint_state, save_state_dict
+        from actlang.run.output import (
+            ACT_DESCRIPTION,
+            checkpoint_state,
+            save_state_dict,
+        )
 
         source = self.values[op.source]
         model = self._load(source, op.source.target)
@@ -513,9 +517,9 @@ class Executor:
         if truth is None:
             return None
         if isinstance(truth, P.ZooTruth):
-            from actlang.compile.resolve import zoo_manifest, zoo_ref
+            from actlang.compile.resolve import built_zoo, zoo_ref
 
-            return zoo_manifest(zoo_ref(truth), self.cache, build=True).ground_truth()["damage"]
+            return built_zoo(zoo_ref(truth), self.cache).ground_truth()["damage"]
         try:
             return json.loads(Path(truth).read_text())
         except (OSError, ValueError) as error:
@@ -601,7 +605,7 @@ def _as_jsonl(corpus: P.Corpus, cache: Cache) -> P.JsonlCorpus:
     from actlang.compile.resolve import zoo_corpus
 
     if isinstance(corpus, P.ZooCorpus):
-        resolved = zoo_corpus(corpus, cache, build=True)
+        resolved = zoo_corpus(corpus, cache)
         assert resolved is not None
         return resolved
     assert isinstance(corpus, P.JsonlCorpus), "the checker allows exact_match on jsonl only"
@@ -610,7 +614,7 @@ def _as_jsonl(corpus: P.Corpus, cache: Cache) -> P.JsonlCorpus:
 
 def _records(corpus: P.Corpus, cache: Cache) -> list[dict[str, Any]]:
     """The records of a jsonl eval corpus, with its limit and seed applied."""
-    from actlang.run.corpus import jsonl_records
+    from actlang.arch.corpus import jsonl_records
 
     options = corpus.options
     return jsonl_records(_as_jsonl(corpus, cache).path, limit=options.limit, seed=options.seed)

@@ -47,8 +47,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from actlang.run.corpus import TokenizedCorpus
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.corpus import TokenizedCorpus
+from actlang.arch.errors import RuntimeUserError
+from actlang.run.corpus import batches
 from actlang.run.mask import ChannelMask
 
 __all__ = ["FINETUNE_SCOPES", "FinetuneReport", "causal_lm_loss", "finetune", "trainable_masks"]
@@ -114,7 +115,7 @@ def trainable_masks(model: nn.Module, masks: Sequence[ChannelMask]) -> dict[str,
     ``masks`` and over every name the parameter has. Parameters with nothing selected are
     absent. Raises :class:`RuntimeUserError` when a mask names a tensor the model lacks or
     does not fit its shape."""
-    from actlang.run.adapters import checkpoint_naming
+    from actlang.arch.adapters import checkpoint_naming
 
     to_checkpoint = checkpoint_naming(model).to_checkpoint
     params = _unique_parameters(model)
@@ -264,7 +265,7 @@ def finetune(
             torch.manual_seed(int(seed))
             model.train()
             for step, idx in enumerate(order, 1):
-                batch = next(data.subset(idx).batches(len(idx))).to(device)
+                batch = next(batches(data.subset(idx), len(idx))).to(device)
                 opt.zero_grad(set_to_none=True)
                 out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
                 logits = out.logits if hasattr(out, "logits") else out[0]

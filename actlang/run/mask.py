@@ -24,9 +24,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from actlang.run.adapters import ChannelSpace, Entry, parse_entry_key
+from actlang.arch.adapters import ChannelSpace, Entry, parse_entry_key
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint
-from actlang.run.errors import RuntimeUserError
 
 __all__ = ["ChannelMask"]
 

@@ -58,8 +58,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from actlang.run.checkpoint import Checkpoint, as_checkpoint, check_compatible, natural_key
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.errors import RuntimeUserError
+from actlang.run.checkpoint import (
+    Checkpoint,
+    as_checkpoint,
+    check_compatible,
+    natural_key,
+)
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
 
 __all__ = [
@@ -357,7 +362,7 @@ def merge_models(
                          base=str(base_ck.path) if base_ck is not None else None, weights=ws, density=ds,
                          lambda_=float(lambda_), normalize=norm, rescale=resc, seed=int(seed))
     names = sorted(ref.keys(), key=natural_key)
-    layout = [OutTensor(n, ref.info(n).dtype, ref.info(n).shape) for n in names]
+    layout = [OutTensor(n, ref.dtype(n), ref.info(n).shape) for n in names]
 
     def produce(name: str) -> torch.Tensor:
         b = base_ck.get(name) if (spec.task_vectors and base_ck is not None) else None

@@ -31,8 +31,8 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import torch
 
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import DTYPE_TO_ST, FileSlice, natural_key
-from actlang.run.errors import RuntimeUserError
 
 __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
@@ -336,7 +336,7 @@ def write_model_dir(
 def checkpoint_state(model: Any, source_dir: str | Path, channel_tensors: Collection[str]) -> dict[str, torch.Tensor]:
     """An in-memory model's tensors under the names its source checkpoint stores them by.
 
-    State-dict names are translated by the family's :class:`~actlang.run.adapters.Naming`.
+    State-dict names are translated by the family's :class:`~actlang.arch.adapters.Naming`.
     A source tensor the model's state still lacks is read from the source when it lies
     outside ``channel_tensors`` (e.g. Gemma 3's vision tower, whose hub names transformers
     does not reproduce; a text-only fine-tune never changes it); inside, it is an error.
@@ -346,7 +346,7 @@ def checkpoint_state(model: Any, source_dir: str | Path, channel_tensors: Collec
         source_dir: the model directory it was loaded from.
         channel_tensors: checkpoint names of the tensors that channels live in.
     """
-    from actlang.run.adapters import checkpoint_naming
+    from actlang.arch.adapters import checkpoint_naming
     from actlang.run.checkpoint import Checkpoint
 
     naming = checkpoint_naming(model)

@@ -57,7 +57,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from actlang.run.adapters import ChannelSpace, Entry
+from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.run.mask import ChannelMask
 from actlang.run.scores import Scores
 

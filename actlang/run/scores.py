@@ -32,9 +32,9 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
 
-from actlang.run.adapters import ChannelSpace, Entry
+from actlang.arch.adapters import ChannelSpace, Entry
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint, as_checkpoint
-from actlang.run.errors import RuntimeUserError
 from actlang.run.stats import ChannelStats
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Per-channel activation statistics, reduced on the fly in forward hooks.
 
-Forward hooks on every module of a :class:`~actlang.run.adapters.ChannelSpace` reduce the
+Forward hooks on every module of a :class:`~actlang.arch.adapters.ChannelSpace` reduce the
 module's output, on scored positions only (attention mask and the corpus' score spans), to
 per-channel float64 sums — no activation tensor outlives the hook.
 
@@ -36,7 +36,6 @@ prove that work was, or was not, done.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,9 +45,10 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from actlang.run.adapters import ChannelSpace, Entry
-from actlang.run.corpus import Batch, TokenizedCorpus
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.adapters import ChannelSpace, Entry
+from actlang.arch.corpus import TokenizedCorpus
+from actlang.arch.errors import RuntimeUserError
+from actlang.run.corpus import Batch, batches
 from actlang.run.reduce import Reducer, ScoredRows
 
 __all__ = [
@@ -377,7 +377,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def _batches(data: TokenizedCorpus | Iterable[Batch], batch_size: int) -> Iterable[Batch]:
     if isinstance(data, TokenizedCorpus):
-        return data.batches(batch_size)
+        return batches(data, batch_size)
     return data
 
 

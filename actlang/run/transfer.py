@@ -29,13 +29,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from actlang.run.checkpoint import Checkpoint, FileSlice, as_checkpoint, check_compatible, natural_key
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.errors import RuntimeUserError
+from actlang.run.checkpoint import (
+    Checkpoint,
+    FileSlice,
+    as_checkpoint,
+    check_compatible,
+    natural_key,
+)
 from actlang.run.mask import ChannelMask
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
 
@@ -219,7 +225,7 @@ def transfer(
     report = TransferReport(channels_per_donor=[d.mask.n_channels for d in donors])
 
     names = sorted(trg.keys(), key=natural_key)
-    layout = [OutTensor(n, trg.info(n).dtype, trg.info(n).shape) for n in names]
+    layout = [OutTensor(n, trg.dtype(n), trg.info(n).shape) for n in names]
 
     def produce(name: str) -> torch.Tensor | FileSlice:
         shape = trg.info(name).shape
@@ -284,7 +290,7 @@ def apply_masks_(
     the family's naming); tensors tied to another (``lm_head`` tied to the embedding) are
     updated once, through the tensor they share.
     """
-    from actlang.run.adapters import checkpoint_naming
+    from actlang.arch.adapters import checkpoint_naming
 
     _check_args(donors, overlap)
     to_checkpoint = checkpoint_naming(target).to_checkpoint

@@ -10,8 +10,19 @@
   corpora and a ``zoo.json`` manifest, cached under ``$ACTLANG_CACHE_DIR/zoo``.
 
 Evaluation (greedy exact match, perplexity) lives in :mod:`actlang.run.evaluate`.
+
+The zoo's configs, key and manifest (no torch) are :mod:`actlang.arch.zoo`.
 """
 
-from actlang.zoo.build import MODELS, PROFILES, ZooConfig, ZooManifest, build_zoo, cache_root, load_zoo
+from actlang.arch.zoo import (
+           MODELS,
+           PROFILES,
+           ZooConfig,
+           ZooManifest,
+           cache_root,
+           load_zoo,
+)
+from actlang.zoo.build import build_zoo, load_zoo_model
 
-__all__ = ["MODELS", "PROFILES", "ZooConfig", "ZooManifest", "build_zoo", "cache_root", "load_zoo"]
+__all__ = ["MODELS", "PROFILES", "ZooConfig", "ZooManifest", "build_zoo", "cache_root", "load_zoo",
+           "load_zoo_model"]

@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from actlang.arch.zoo import DataConfig
+
 __all__ = [
     "ABILITIES",
     "Ability",
@@ -118,19 +120,6 @@ def number_words(n: int) -> str:
     if n < 20:
         return TEENS[n - 10]
     return "twenty" if n == 20 else f"twenty {UNITS[n - 20]}"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Sizes of the synthetic corpora (all splits are disjoint within an ability)."""
-
-    lang_train: int = 6000       # sentences per language in train
-    lang_probe: int = 256
-    lang_eval: int = 200
-    reciprocal_fraction: float = 0.5   # share of train sentences in the reciprocal form
-    arith_probe: int = 100       # of the 1000 triples; the rest minus eval is train
-    arith_eval: int = 150
-    facts_keys: int = 128        # probe / eval split the keys in halves
 
 
 @dataclass(frozen=True)

@@ -26,30 +26,10 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-__all__ = ["ModelConfig", "TrainConfig", "TrainResult", "make_model", "train",
+from actlang.arch.zoo import ModelConfig, TrainConfig
+
+__all__ = ["TrainResult", "make_model", "train",
            "deterministic", "linear_row_params"]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    hidden_size: int = 64
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    intermediate_size: int = 192
-    max_position_embeddings: int = 64
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    lr: float
-    batch_size: int = 64
-    warmup: int = 50
-    weight_decay: float = 0.01
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
 
 
 @dataclass

@@ -8,8 +8,13 @@ import networkx as nx
 
 from actlang.compile import ops as O
 from actlang.compile.lower import lower
-from actlang.compile.passes import (drop_cached, eliminate_dead_ops, fuse_captures, last_uses,
-                                    schedule)
+from actlang.compile.passes import (
+    drop_cached,
+    eliminate_dead_ops,
+    fuse_captures,
+    last_uses,
+    schedule,
+)
 from actlang.lang.checker import check_source
 
 SPEC = '''

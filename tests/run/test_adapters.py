@@ -7,9 +7,15 @@ import json
 import pytest
 import torch
 
-from actlang.run.adapters import ChannelSpace, RawSelector, checkpoint_naming, get_adapter, supported_model_types
+from actlang.arch.adapters import (
+    ChannelSpace,
+    RawSelector,
+    checkpoint_naming,
+    get_adapter,
+    supported_model_types,
+)
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint
-from actlang.run.errors import RuntimeUserError
 
 from .conftest import FAMILIES, make_model
 
@@ -74,7 +80,7 @@ def test_unsupported_architecture_names_supported_ones():
 
 
 def test_raw_escape_hatch(family_dirs, family_models, tokenizer):
-    from actlang.run.corpus import inline
+    from actlang.arch.corpus import inline
     from actlang.run.stats import collect_stats
 
     target_dir, _ = family_dirs["llama"]
@@ -175,8 +181,9 @@ def test_input_features_are_input_units(family, family_models):
 
 
 def test_adapter_files_are_plain_data():
-    import actlang.run.adapters as adapters_pkg
     from pathlib import Path
+
+    import actlang.arch.adapters as adapters_pkg
 
     files = sorted(Path(adapters_pkg.__file__).parent.glob("*.json"))
     assert {f.stem for f in files} >= {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2"}

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from actlang.run.corpus import TokenizedCorpus, inline, jsonl, mix, text_file
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.corpus import TokenizedCorpus, inline, jsonl, mix, text_file
+from actlang.arch.errors import RuntimeUserError
+from actlang.run.corpus import batches
 
 
 def test_text_file_limit_seed(tmp_path, tokenizer):
@@ -29,7 +30,7 @@ def test_jsonl_score_span_becomes_token_mask(tmp_path, tokenizer):
     scored = "".join(tokenizer.decode([i]) for i, f in zip(ids, flags) if f)
     assert scored == "11"
     assert tc.n_scored == 3
-    batch = next(tc.batches(2))
+    batch = next(batches(tc, 2))
     assert batch.input_ids.shape == batch.score_mask.shape == batch.attention_mask.shape
     assert batch.n_scored == 3 and not bool((batch.score_mask & (batch.attention_mask == 0)).any())
 
@@ -75,14 +76,14 @@ def test_max_tokens_and_digest(tokenizer):
 
 def test_batches_pad_right(tokenizer):
     tc = inline(["abc", "a"]).tokenize(tokenizer)
-    b = next(tc.batches(8))
+    b = next(batches(tc, 8))
     assert b.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b.input_ids[1, 1] == tokenizer.pad_token_id
     assert torch.equal(b.score_mask, b.attention_mask.bool())
 
 
 def test_jsonl_records_take_the_same_items_as_the_corpus(tmp_path):
-    from actlang.run.corpus import jsonl, jsonl_records
+    from actlang.arch.corpus import jsonl, jsonl_records
 
     path = tmp_path / "r.jsonl"
     path.write_text("".join(f'{{"q": "q{i}", "a": "a{i}"}}\n' for i in range(20)))

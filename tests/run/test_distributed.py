@@ -25,7 +25,7 @@ WORLD = 2
 def tiny_models():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from actlang.run.adapters import ChannelSpace
+    from actlang.arch.adapters import ChannelSpace
 
     cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, vocab_size=50)

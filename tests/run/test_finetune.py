@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actlang.run.adapters import ChannelSpace
-from actlang.run.corpus import TokenizedCorpus, inline
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.adapters import ChannelSpace
+from actlang.arch.corpus import TokenizedCorpus, inline
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.finetune import causal_lm_loss, finetune, trainable_masks
 from actlang.run.mask import ChannelMask
 from actlang.run.scores import random_scores

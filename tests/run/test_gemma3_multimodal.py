@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actlang.run.adapters import ChannelSpace, checkpoint_naming
+from actlang.arch.adapters import ChannelSpace, checkpoint_naming
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint
-from actlang.run.errors import RuntimeUserError
+from actlang.run.corpus import batches
 from actlang.run.finetune import trainable_masks
 from actlang.run.mask import ChannelMask
 from actlang.run.output import checkpoint_state
@@ -48,14 +49,14 @@ def test_naming_round_trips():
 
 
 def test_paired_statistics_hook_the_text_model(family_models, tokenizer):
-    from actlang.run.corpus import inline
+    from actlang.arch.corpus import inline
 
     a, b = family_models["gemma3"]
     space = ChannelSpace.from_config(a.config)
     data = inline(SENTENCES[:4]).tokenize(tokenizer, max_length=16)
     result = collect_paired_stats(a, b, space, data, batch_size=2)
     up = result.paired.mean_absdiff("layers.1.mlp.up")
-    assert result.paired.n_scored == sum(batch.n_scored for batch in data.batches(2))
+    assert result.paired.n_scored == sum(batch.n_scored for batch in batches(data, 2))
     assert bool((up > 0).all())
 
 

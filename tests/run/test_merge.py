@@ -8,9 +8,15 @@ import hashlib
 import pytest
 import torch
 
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint
-from actlang.run.errors import RuntimeUserError
-from actlang.run.merge import MERGE_METHODS, merge_generator, merge_models, merge_tensor_mergekit, resolve_defaults
+from actlang.run.merge import (
+    MERGE_METHODS,
+    merge_generator,
+    merge_models,
+    merge_tensor_mergekit,
+    resolve_defaults,
+)
 
 from .conftest import make_model, perturbed, save_model
 

@@ -13,10 +13,17 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from actlang.run.adapters import ChannelSpace
+from actlang.arch.adapters import ChannelSpace
 from actlang.run.mask import ChannelMask
-from actlang.run.report import (Selection, concentration, jaccard, markdown_to_html, precision_recall,
-                                selected_rows, write_report)
+from actlang.run.report import (
+    Selection,
+    concentration,
+    jaccard,
+    markdown_to_html,
+    precision_recall,
+    selected_rows,
+    write_report,
+)
 from actlang.run.scores import Scores, random_scores
 from actlang.run.select import select_channels
 

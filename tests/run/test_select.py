@@ -8,9 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actlang.run.adapters import ChannelSpace
-from actlang.run.errors import GlobalChannelWarning, RuntimeUserError
-from actlang.run.scores import Scores, compute_scores, contrastive, random_scores, weight_delta_scores
+from actlang.arch.adapters import ChannelSpace
+from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
+from actlang.run.scores import (
+    Scores,
+    compute_scores,
+    contrastive,
+    random_scores,
+    weight_delta_scores,
+)
 from actlang.run.select import Budget, candidate_entries, select_channels
 from actlang.run.stats import ChannelStats
 

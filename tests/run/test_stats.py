@@ -5,10 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actlang.run.adapters import ChannelSpace
-from actlang.run.corpus import inline
-from actlang.run.errors import RuntimeUserError
-from actlang.run.stats import COUNTERS, ChannelStats, collect_paired_stats, collect_stats
+from actlang.arch.adapters import ChannelSpace
+from actlang.arch.corpus import inline
+from actlang.arch.errors import RuntimeUserError
+from actlang.run.corpus import batches
+from actlang.run.stats import (
+    COUNTERS,
+    ChannelStats,
+    collect_paired_stats,
+    collect_stats,
+)
 
 from .conftest import SENTENCES, perturbed
 
@@ -26,7 +32,7 @@ def _manual(model, space, tc, keys, batch_size):
             lambda m, i, o, k=k, e=e: acts[k].append(o[..., e.hook.start:e.hook.stop].clone())))
     masks = []
     with torch.no_grad():
-        for b in tc.batches(batch_size):
+        for b in batches(tc, batch_size):
             model(input_ids=b.input_ids, attention_mask=b.attention_mask)
             masks.append(b.score_mask)
     for h in handles:
@@ -66,7 +72,7 @@ def test_paired_matches_manual_and_unpaired(family_models, tokenizer):
 def test_score_span_restricts_positions(family_models, tokenizer, tmp_path):
     import json
 
-    from actlang.run.corpus import jsonl
+    from actlang.arch.corpus import jsonl
 
     p = tmp_path / "d.jsonl"
     p.write_text("\n".join(json.dumps({"q": f"{i}+{i}=", "a": str(2 * i)}) for i in range(12)) + "\n")

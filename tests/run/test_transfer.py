@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actlang.run.adapters import ChannelSpace
+from actlang.arch.adapters import ChannelSpace
+from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint
-from actlang.run.errors import RuntimeUserError
 from actlang.run.mask import ChannelMask
 from actlang.run.scores import random_scores
 from actlang.run.select import select_channels

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actlang.zoo.build import MODELS, build_zoo, cache_root, load_zoo, zoo_config, zoo_key
+from actlang.arch.zoo import MODELS, cache_root, load_zoo, zoo_config, zoo_key
+from actlang.zoo.build import build_zoo
 
 
 def _digests(zoo) -> dict[str, str]:

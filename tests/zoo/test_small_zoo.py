@@ -10,8 +10,9 @@ import hashlib
 
 import pytest
 
+from actlang.arch.zoo import MODELS
 from actlang.run.evaluate import exact_match
-from actlang.zoo.build import MODELS, build_zoo
+from actlang.zoo.build import build_zoo, load_zoo_model
 from actlang.zoo.data import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_planted_damage_is_real_and_localized(small_zoo):
 
 
 def test_manifest_accuracy_reproduces_from_disk(small_zoo):
-    model, tok = small_zoo.load_model("tuned")
+    model, tok = load_zoo_model(small_zoo, "tuned")
     records = read_jsonl(small_zoo.corpus_path("arithmetic", "eval"))
     assert exact_match(model, tok, records, "q", "a") == small_zoo.accuracy["tuned"]["arithmetic"]
 
@@ -74,7 +75,7 @@ def test_small_build_time(small_zoo):
 def test_batched_generation_matches_per_item(small_zoo):
     from actlang.run.evaluate import exact_match_details
 
-    model, tok = small_zoo.load_model("base")
+    model, tok = load_zoo_model(small_zoo, "base")
     records = (read_jsonl(small_zoo.corpus_path("lang_a", "eval"))[:40]
                + read_jsonl(small_zoo.corpus_path("arithmetic", "eval"))[:40])
     batched = exact_match_details(model, tok, records, batch_size=64)

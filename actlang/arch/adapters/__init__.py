@@ -63,7 +63,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from actlang.run.errors import RuntimeUserError
+from actlang.arch.errors import RuntimeUserError
 
 __all__ = [
     "Adapter",
@@ -461,10 +461,9 @@ class ChannelSpace:
         cfg = _config_dict(path)
         shapes = None
         if raw:
-            from actlang.run.checkpoint import Checkpoint
+            from actlang.arch.safetensors import Headers
 
-            ckpt = Checkpoint.open(path)
-            shapes = {name: ckpt.info(name).shape for name in ckpt.keys()}
+            shapes = {name: info.shape for name, info in Headers.open(path).infos.items()}
         return cls.from_config(cfg, raw=raw, shapes=shapes)
 
     # -- access -------------------------------------------------------------------------
