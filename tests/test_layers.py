@@ -1,6 +1,9 @@
 """The package's layers: imports point down only, and the front end and planner need no torch.
 
-    lang, arch  →  compile  →  run  →  zoo  →  cli
+    arch  →  lang  →  compile  →  run  →  zoo  →  cli
+
+``arch`` is the torch-free floor (architecture knowledge, header readers, the registry of the
+method's options); the language's checker reads that registry, so ``lang`` stands on it.
 
 Every ``import`` of every module under ``actlang/`` is read (function-level imports too), so
 a lazy import cannot hide an arrow that points up.
@@ -20,8 +23,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "actlang"
 
 # Rank of each layer; a module may import its own layer and the layers ranked below it.
-# lang and arch share the floor but do not import each other.
-LAYERS = {"lang": 0, "arch": 0, "compile": 1, "run": 2, "zoo": 3, "cli": 4}
+LAYERS = {"arch": 0, "lang": 1, "compile": 2, "run": 3, "zoo": 4, "cli": 5}
 BASE = {"actlang", "actlang.resources"}  # __version__ and data paths: importable by all
 
 

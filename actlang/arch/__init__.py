@@ -10,6 +10,10 @@ What this package knows needs neither torch nor transformers, so ``actc check`` 
 * :mod:`actlang.arch.corpus` — documents, scored spans, tokenization to ids, digests.
 * :mod:`actlang.arch.zoo` — where a zoo lives, what identifies it, its manifest.
 
-Imports point down only: ``lang`` and ``arch`` → ``compile`` → ``run`` → ``zoo`` → ``cli``
+* :mod:`actlang.arch.selection` — budgets and the channels a rule may choose from.
+* :mod:`actlang.arch.registry` — the method's options (scores, granularities, merge methods,
+  ...), each declared once.
+
+Imports point down only: ``arch`` → ``lang`` → ``compile`` → ``run`` → ``zoo`` → ``cli``
 (``tests/test_layers.py`` reads every import and fails on an arrow that points up).
 """

@@ -8,15 +8,14 @@ result. Statistics are attached to the models they need (``load → statistic``)
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
 
 import networkx as nx
 
+from actlang.arch.registry import MODULE_KINDS, SCORES
 from actlang.compile import ops as O
 from actlang.lang import program as P
-
-PAIRED_SCORES = ("paired_absdiff",)
-UNPAIRED_SCORES = ("absmean_diff", "mean_diff", "m2_diff", "freq_diff")
 
 
 def lower(program: P.Program) -> nx.DiGraph:
@@ -35,19 +34,23 @@ def _statistics(score: O.Score, rule: P.TransferRule) -> list[O.Statistic]:
         corpora.append(score.ability.control)
     tokenizer = score.target
     modules = "all" if _may_select_residual(rule) else "default"
-    if score.score.name in PAIRED_SCORES:
+    inputs = SCORES[score.score.name].inputs
+    if inputs == "paired":
         return [O.Statistic(score.target, c, tokenizer, score.donor, modules) for c in corpora]
-    if score.score.name in UNPAIRED_SCORES:
+    if inputs == "unpaired":
         return [O.Statistic(m, c, tokenizer, None, modules) for c in corpora
                 for m in (score.target, score.donor)]
     return []
 
 
 def _may_select_residual(rule: P.TransferRule) -> bool:
-    """Whether the rule can select embed, norm or lm_head channels (not hooked by default)."""
-    named = [t.glob for _, t in rule.channels.terms if isinstance(t, P.KindPattern)]
-    return rule.include_global or any(g.startswith(("embed", "norm", "lm_head")) or
-                                      g.endswith("_norm") for g in named)
+    """Whether the rule can select a kind that statistics do not hook by default (residual
+    ones under include_global, lm_head when named)."""
+    named = [t.glob for sign, t in rule.channels.terms
+             if sign > 0 and isinstance(t, P.KindPattern)]
+    return any(fnmatch.fnmatchcase(kind.name, glob) and
+               ((kind.excluded and "*" not in glob) or (kind.residual and rule.include_global))
+               for kind in MODULE_KINDS for glob in named)
 
 
 def _lower_surgery(graph: nx.DiGraph, surgery: P.SurgerySpec) -> None:

@@ -13,12 +13,14 @@ raise :class:`DiagnosticError`; :func:`check` returns both the program and the d
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from actlang.arch.registry import MERGE_METHODS
 from actlang.lang import ast, schema
 from actlang.lang import program as P
 from actlang.lang.diagnostics import (
@@ -28,7 +30,7 @@ from actlang.lang.diagnostics import (
     did_you_mean,
 )
 from actlang.lang.loader import LoadedFile, LoadResult, load
-from actlang.lang.parser import too_deep
+from actlang.lang.parser import parse, too_deep
 from actlang.lang.schema import FieldSpec
 
 
@@ -104,6 +106,14 @@ class _SweepChooser:
     def choose(self, call: ast.Call, label: str, value_labels: list[str]) -> int:
         self.axes.setdefault(id(call), (label, value_labels))
         return self.assignment.get(id(call), 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_expr(text: str) -> ast.Expr:
+    """A schema default, parsed as a spec would write it (``"1.0"``, ``"all"``, ``"5GB"``)."""
+    (let,) = parse(f"let default = {text}\n", "<schema default>").items
+    assert isinstance(let, ast.Let), "a schema default is an expression"
+    return let.value
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -407,15 +417,15 @@ class _Checker:
             return INVALID
         source = call.func.dotted
         location = args.get("path") or args.get("id") or args.get("name")
+        zoo = {"zoo_profile": args["profile"], "zoo_seed": args["seed"]} if source == "zoo" else {}
         if source == "local":
             location = str((Path(scope.file.key).parent / location).resolve())
         return P.ModelSpec(name=self._qualname(decl.name, scope), source=source,
                            location=location, revision=args.get("revision"),
-                           dtype=args.get("dtype", "auto"),
-                           trust_remote_code=args.get("trust_remote_code", False),
-                           allow_pickle=args.get("allow_pickle", False),
-                           zoo_profile=args.get("profile", "default"),
-                           zoo_seed=args.get("seed", 0), span=decl.span)
+                           dtype=args["dtype"],
+                           trust_remote_code=args["trust_remote_code"],
+                           allow_pickle=args["allow_pickle"],
+                           span=decl.span, **zoo)
 
     def ability_decl(self, decl: ast.AbilityDecl, scope: _Scope) -> Any:
         fields = self.fields(decl.body, schema.ABILITY_FIELDS, scope, decl, "ability")
@@ -469,6 +479,8 @@ class _Checker:
                 self.error("E304", f"`{spec.name}` needs `{param.name}`", call.span,
                            hint=f"{param.name}: {param.doc}", site=scope.recipe_site)
                 ok = False
+            elif param.default is not None:
+                values[param.name] = self.default(param, scope)
         if spec.variadic and spec.variadic != "any":
             values["*"] = [self.typed_value(a, spec.variadic, scope) for a in variadic]
             ok = ok and INVALID not in values["*"]
@@ -588,7 +600,7 @@ class _Checker:
             if isinstance(expr, ast.Call) and expr.func.dotted == "zoo_truth":
                 args = self.call_args(expr, scope)
                 return INVALID if args is INVALID else \
-                    P.ZooTruth(args.get("profile", "default"), args.get("seed", 0))
+                    P.ZooTruth(args["profile"], args["seed"])
         hint = None
         if type_ == "float" and isinstance(expr, ast.Percent):
             hint = f"write it as a fraction: {_num(expr.value / 100)}"
@@ -633,7 +645,7 @@ class _Checker:
     def score(self, expr: ast.Expr, scope: _Scope) -> Any:
         if isinstance(expr, ast.Call) and expr.func.dotted == "random":
             args = self.call_args(expr, scope)
-            return INVALID if args is INVALID else P.ScoreSpec("random", args.get("seed", 0))
+            return INVALID if args is INVALID else P.ScoreSpec("random", args["seed"])
         if isinstance(expr, ast.Path) and len(expr.parts) == 1:
             if expr.parts[0] in schema.SCORES:
                 return P.ScoreSpec(expr.parts[0])
@@ -690,8 +702,8 @@ class _Checker:
         args = self.call_args(call, scope)
         if args is INVALID:
             return INVALID
-        options = P.CorpusOptions(limit=args.get("limit"), seed=args.get("seed", 0),
-                                  max_tokens=args.get("max_tokens", 512))
+        options = P.CorpusOptions(limit=args.get("limit"), seed=args["seed"],
+                                  max_tokens=args["max_tokens"])
         base = Path(scope.file.key).parent
         name = call.func.dotted
         if name == "text":
@@ -707,9 +719,8 @@ class _Checker:
         if name == "lines":
             return P.LinesCorpus(tuple(args["documents"]), options)
         if name == "zoo_data":
-            return P.ZooCorpus(args["ability"], args.get("split", "probe"), options,
-                               zoo_profile=args.get("profile", "default"),
-                               zoo_seed=args.get("zoo_seed", 0))
+            return P.ZooCorpus(args["ability"], args["split"], options,
+                               zoo_profile=args["profile"], zoo_seed=args["zoo_seed"])
         parts = args["*"]
         if not parts:
             return self.error("E304", "mix needs at least one corpus", call.span,
@@ -748,7 +759,7 @@ class _Checker:
         if isinstance(expr, ast.Call) and expr.func.dotted == "module":
             args = self.call_args(expr, scope)
             return INVALID if args is INVALID else \
-                [(sign, P.RawModule(args["pattern"], args.get("axis", 0)))]
+                [(sign, P.RawModule(args["pattern"], args["axis"]))]
         if isinstance(expr, ast.Path):
             if expr.parts[0] in schema.MODULE_NAMESPACES and scope.lookup(expr.parts[0]) is None:
                 return self._kind_pattern(expr, sign, scope)
@@ -803,13 +814,23 @@ class _Checker:
             seen[stmt.name] = stmt
             values[stmt.name] = self.typed(stmt.value, spec, scope)
         for spec in specs.values():
-            if spec.required and spec.name not in seen and \
-                    (allowed is None or spec.name in allowed):
+            if spec.name in seen:
+                continue
+            if spec.required and (allowed is None or spec.name in allowed):
                 self.error("E202", f"{_a(owner_kind)} needs `{spec.name}`",
                            _header_span(owner), hint=f"{spec.name} = ...  # {spec.doc}",
                            site=scope.recipe_site)
                 values[spec.name] = INVALID
+            elif spec.default is not None:
+                values[spec.name] = self.default(spec, scope)
         return values
+
+    def default(self, spec: FieldSpec, scope: _Scope) -> Any:
+        """The value of an absent field: its schema default, evaluated where no user name
+        can shadow a builtin."""
+        value = self.typed(_default_expr(spec.default), spec, _Scope(scope.file, {}))
+        assert value is not INVALID, f"the schema default of {spec.name} is not valid"
+        return value
 
     def sweep_value(self, call: ast.Call, spec: FieldSpec, scope: _Scope) -> Any:
         if not spec.sweep:
@@ -917,8 +938,8 @@ class _Checker:
         return P.SurgerySpec(
             name=item.name, output=output, target=fields["target"], transfers=tuple(transfers),
             merge=merges[0] if merges else None, finetune=finetunes[0] if finetunes else None,
-            evals=tuple(evals), expects=tuple(expects), overlap=fields.get("overlap", "mean"),
-            seed=fields.get("seed", 0), shard_size=fields.get("shard_size", 5 * 10**9),
+            evals=tuple(evals), expects=tuple(expects), overlap=fields["overlap"],
+            seed=fields["seed"], shard_size=fields["shard_size"],
             span=item.span)
 
     def transfer(self, stmt: ast.Transfer, scope: _Scope) -> Any:
@@ -927,31 +948,29 @@ class _Checker:
         f = self.fields(stmt.body, schema.TRANSFER_FIELDS, scope, stmt, "transfer rule")
         if INVALID in (ability, donor, *f.values()):
             return INVALID
-        contrast = f.get("contrast", 0.0)
+        contrast = f["contrast"]
         if contrast > 0 and ability.control is None:
             return self.error("E202", f"a contrastive score needs ability `{ability.name}` "
                               "to have a control corpus", _field_span(stmt, "contrast"),
                               hint="add `control = ...` to the ability, or drop contrast",
                               site=scope.recipe_site)
-        channels = f.get("channels", P.Selector(((1, P.KindPattern("*")),)))
+        channels = f["channels"]
         max_per_module = f.get("max_per_module")
         if max_per_module is not None and max_per_module.kind == "threshold":
             return self.error("E204", "max_per_module must be a count or a percentage",
                               _field_span(stmt, "max_per_module"), site=scope.recipe_site)
-        if f.get("granularity", "channel") != "channel" and f.get("tie", "none") != "none":
+        if f["granularity"] != "channel" and f["tie"] != "none":
             self.error("E205", "tie applies to channel granularity only",
                        _field_span(stmt, "tie"), site=scope.recipe_site,
                        hint="granularity neuron / head already moves whole groups")
             return INVALID
         return P.TransferRule(
             ability=ability, donor=donor, channels=channels, budget=f["budget"],
-            score=f.get("score", P.ScoreSpec("paired_absdiff")),
-            normalize=f.get("normalize", "none"), contrast=contrast,
-            granularity=f.get("granularity", "channel"), tie=f.get("tie", "none"),
-            lambda_=f.get("lambda", 1.0), layers=f.get("layers"),
-            exclude=f.get("exclude", P.Selector(())),
-            min_per_module=f.get("min_per_module", 0), max_per_module=max_per_module,
-            include_global=f.get("include_global", False), truth=f.get("truth"),
+            score=f["score"], normalize=f["normalize"], contrast=contrast,
+            granularity=f["granularity"], tie=f["tie"], lambda_=f["lambda"],
+            layers=f.get("layers"), exclude=f.get("exclude", P.Selector(())),
+            min_per_module=f["min_per_module"], max_per_module=max_per_module,
+            include_global=f["include_global"], truth=f.get("truth"),
             span=stmt.span)
 
     def merge(self, stmt: ast.Merge, scope: _Scope) -> Any:
@@ -960,13 +979,13 @@ class _Checker:
                               hint=did_you_mean(stmt.method, schema.MERGE_METHODS) or
                               "methods: " + ", ".join(schema.MERGE_METHODS),
                               site=scope.recipe_site)
+        method = MERGE_METHODS[stmt.method]
         donors = self.list_value(stmt.donors, "model", scope)
-        allowed = schema.MERGE_METHOD_FIELDS[stmt.method]
         f = self.fields(stmt.body or (), schema.MERGE_FIELDS, scope, stmt,
-                        f"{stmt.method} merge", allowed=allowed)
+                        f"{stmt.method} merge", allowed=method.fields)
         if INVALID in (donors, *f.values()):
             return INVALID
-        if stmt.method != "linear" and "base" not in f:
+        if method.needs_base and "base" not in f:
             return self.error("E202", f"{stmt.method} needs `base` (the common ancestor)",
                               stmt.span, hint="merge ... { base = parent }",
                               site=scope.recipe_site)
@@ -976,18 +995,18 @@ class _Checker:
                               _field_span(stmt, "weights"), site=scope.recipe_site)
         return P.MergeRule(method=stmt.method, donors=tuple(donors), base=f.get("base"),
                            weights=tuple(weights) if weights else None,
-                           density=f.get("density", 1.0), lambda_=f.get("lambda", 1.0),
-                           normalize=f.get("normalize"), rescale=f.get("rescale"),
-                           seed=f.get("seed", 0), span=stmt.span)
+                           density=f["density"], lambda_=f["lambda"],
+                           normalize=f.get("normalize", method.normalize),
+                           rescale=f.get("rescale", method.rescale),
+                           seed=f["seed"], span=stmt.span)
 
     def finetune(self, stmt: ast.Finetune, scope: _Scope) -> Any:
         f = self.fields(stmt.body, schema.FINETUNE_FIELDS, scope, stmt, "finetune block")
         if INVALID in f.values():
             return INVALID
-        return P.FinetuneSpec(data=f["data"], steps=f.get("steps", 100), lr=f.get("lr", 1e-5),
-                              batch_size=f.get("batch_size", 8), seed=f.get("seed", 0),
-                              scope=f.get("scope", "transferred"),
-                              weight_decay=f.get("weight_decay", 0.0), span=stmt.span)
+        return P.FinetuneSpec(data=f["data"], steps=f["steps"], lr=f["lr"],
+                              batch_size=f["batch_size"], seed=f["seed"], scope=f["scope"],
+                              weight_decay=f["weight_decay"], span=stmt.span)
 
     def expect(self, stmt: ast.Expect, scope: _Scope) -> Any:
         condition = stmt.condition
@@ -1021,7 +1040,7 @@ class _Checker:
                 return self.error("E202", f"ability `{args['ability'].name}` has no eval to "
                                   "measure", expr.span, site=scope.recipe_site,
                                   hint="add `eval = exact_match(...)` to the ability")
-            return P.Measure(args["ability"], args.get("on", "output"))
+            return P.Measure(args["ability"], args["on"])
         if isinstance(expr, ast.Path) and not expr.is_glob:
             return self.value_of(expr, scope, "number", lambda e, s: self.quantity(e, s))
         return self._type_error(expr, "number", self._describe(expr, scope),

@@ -1,4 +1,5 @@
-"""Reference tables for LANGUAGE.md, generated from the schema so docs and checker agree.
+"""Reference tables for LANGUAGE.md, generated from the schema and the registry of the
+method's options, so docs, checker and runtime agree.
 
 ``python -m actlang.lang.docs LANGUAGE.md`` rewrites the generated sections (between
 ``<!-- generated:NAME -->`` and ``<!-- end:NAME -->``); a test fails when they are stale.
@@ -10,9 +11,10 @@ import re
 import sys
 from pathlib import Path
 
+from actlang.arch import registry as R
+from actlang.arch.registry import FieldSpec, Option, Registry
 from actlang.lang import schema
 from actlang.lang.diagnostics import CODES
-from actlang.lang.schema import FieldSpec
 
 
 def _type(spec: FieldSpec) -> str:
@@ -34,8 +36,8 @@ def _type(spec: FieldSpec) -> str:
 def fields_table(fields: dict[str, FieldSpec]) -> str:
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for spec in fields.values():
-        default = "**required**" if spec.required else (f"`{spec.default}`" if spec.default
-                                                        else "—")
+        default = "**required**" if spec.required else (
+            f"`{spec.default}`" if spec.default else spec.default_doc or "—")
         rows.append(f"| `{spec.name}` | {_type(spec)} | {default} | {spec.doc} |")
     return "\n".join(rows)
 
@@ -47,6 +49,26 @@ def functions_table() -> str:
         if f.variadic:
             params = f"{f.variadic}..." + (", " + params if params else "")
         rows.append(f"| `{f.name}` | {f.result} | {params} | {f.doc} |")
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    """Table-cell text: a ``|`` (even in a code span) would split the cell."""
+    return text.replace("|", "\\|")
+
+
+def options_table(registry: Registry[Option]) -> str:
+    """One row per option of a concept (a score, a granularity, ...)."""
+    rows = [f"| {registry.concept} | meaning |", "|---|---|"]
+    rows += [f"| `{o.name}` | {_cell(o.doc)} |" for o in registry]
+    return "\n".join(rows)
+
+
+def scores_table() -> str:
+    reads = {"paired": "paired statistics", "unpaired": "each model's statistics",
+             "weights": "the weights", "none": "nothing"}
+    rows = ["| score | reads | meaning |", "|---|---|---|"]
+    rows += [f"| `{m.name}` | {reads[m.inputs]} | {_cell(m.doc)} |" for m in R.SCORES]
     return "\n".join(rows)
 
 
@@ -62,8 +84,14 @@ SECTIONS = {
     "transfer-fields": lambda: fields_table(schema.TRANSFER_FIELDS),
     "finetune-fields": lambda: fields_table(schema.FINETUNE_FIELDS),
     "merge-fields": lambda: fields_table(schema.MERGE_FIELDS) + "\n\n" + "\n".join(
-        f"- `{m}` reads " + ", ".join(f"`{f}`" for f in fs)
-        for m, fs in schema.MERGE_METHOD_FIELDS.items()),
+        f"- `{m.name}`: {m.doc}; reads " + ", ".join(f"`{f}`" for f in m.fields)
+        for m in R.MERGE_METHODS),
+    "scores": scores_table,
+    "normalizations": lambda: options_table(R.NORMALIZATIONS),
+    "granularities": lambda: options_table(R.GRANULARITIES),
+    "ties": lambda: options_table(R.TIES),
+    "overlap-policies": lambda: options_table(R.OVERLAP_POLICIES),
+    "finetune-scopes": lambda: options_table(R.FINETUNE_SCOPES),
     "functions": functions_table,
     "module-kinds": lambda: ", ".join(f"`{k}`" for k in schema.MODULE_KINDS),
     "codes": codes_table,

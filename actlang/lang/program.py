@@ -174,52 +174,55 @@ class ZooTruth:
     zoo_seed: int = 0
 
 
-@dataclass(frozen=True)
+# Blocks are keyword-only and their fields have no defaults here: the checker fills every
+# absent field from actlang.lang.schema (the one place a default is written).
+@dataclass(frozen=True, kw_only=True)
 class TransferRule:
     ability: AbilitySpec
     donor: ModelSpec
     channels: Selector
     budget: Budget
-    score: ScoreSpec = ScoreSpec("paired_absdiff")
-    normalize: str = "none"
-    contrast: float = 0.0  # beta: score(probe) - beta * score(control)
-    granularity: str = "channel"
-    tie: str = "none"
-    lambda_: float = 1.0
+    score: ScoreSpec
+    normalize: str
+    contrast: float  # beta: score(probe) - beta * score(control)
+    granularity: str
+    tie: str
+    lambda_: float
     layers: tuple[int, int] | None = None  # half-open [start, stop)
     exclude: Selector = Selector(())
-    min_per_module: int = 0
+    min_per_module: int
     max_per_module: Budget | None = None
-    include_global: bool = False
+    include_global: bool
     truth: str | ZooTruth | None = None  # a JSON file {tensor: [rows]} (resolved path)
     span: Span | None = _span()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MergeRule:
-    """A whole-model baseline, defined as mergekit defines it."""
+    """A whole-model baseline, defined as mergekit defines it (the method's defaults for
+    ``normalize`` and ``rescale`` come from actlang.arch.registry.MERGE_METHODS)."""
 
-    method: str  # linear | task_arithmetic | ties | dare_linear | dare_ties
+    method: str
     donors: tuple[ModelSpec, ...]
     base: ModelSpec | None = None
-    weights: tuple[float, ...] | None = None
-    density: float = 1.0
-    lambda_: float = 1.0
-    normalize: bool | None = None  # None: mergekit's default for the method
-    rescale: bool | None = None
-    seed: int = 0
+    weights: tuple[float, ...] | None = None  # None: equal
+    density: float
+    lambda_: float
+    normalize: bool
+    rescale: bool | None  # None: the method does not rescale
+    seed: int
     span: Span | None = _span()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FinetuneSpec:
     data: Corpus
-    steps: int = 100
-    lr: float = 1e-5
-    batch_size: int = 8
-    seed: int = 0
-    scope: str = "transferred"  # transferred | full | none
-    weight_decay: float = 0.0
+    steps: int
+    lr: float
+    batch_size: int
+    seed: int
+    scope: str
+    weight_decay: float
     span: Span | None = _span()
 
 
@@ -264,7 +267,7 @@ class Expectation:
 # ---- surgeries --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SurgerySpec:
     name: str
     output: str  # resolved against the spec's directory; sweeps add "/param=value"
@@ -274,9 +277,9 @@ class SurgerySpec:
     finetune: FinetuneSpec | None = None
     evals: tuple[AbilitySpec, ...] = ()
     expects: tuple[Expectation, ...] = ()
-    overlap: str = "mean"
-    seed: int = 0
-    shard_size: int = 5 * 10**9
+    overlap: str
+    seed: int
+    shard_size: int
     sweep_group: str | None = None  # the surgery's name when it came from a sweep
     sweep_point: tuple[tuple[str, str], ...] = ()  # (parameter, value as written)
     span: Span | None = _span()

@@ -1,8 +1,11 @@
 """What the language's blocks, fields and builtin functions accept — kept as data.
 
 The grammar only knows ``name = value``; this module says which names each block takes, of
-which type and unit, with which default. The checker reads these tables, LANGUAGE.md documents
-them (a test keeps the two in sync), and a new field is one line here.
+which type and unit, with which default. The checker reads these tables (and fills every
+absent field from its default, written as a spec would write it), LANGUAGE.md documents them
+(a test keeps the two in sync), and a new field is one line here. The options of the method
+itself — scores, granularities, merge methods, ... — are declared in
+:mod:`actlang.arch.registry`; the enumerations below are read from there.
 
 Types are short strings: ``model corpus ability eval selector score budget string int float
 bool range size enum list[T] model|enum``. Numeric fields carry bounds.
@@ -12,71 +15,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One ``name = value`` field of a block (or one parameter of a builtin function).
-
-    Args:
-        name: the field's name.
-        type: the value's type (see the module docstring).
-        doc: one line for LANGUAGE.md and hover text.
-        required: the block is an error without it.
-        default: the default, as it would be written in a spec (documentation only).
-        choices: the allowed names of an ``enum`` type.
-        low, high: inclusive numeric bounds (``low_open``: exclusive lower bound).
-        scopes: scopes the value may carry (``2% per module``); empty means none.
-        sweep: whether ``sweep(...)`` may range over it.
-    """
-
-    name: str
-    type: str
-    doc: str
-    required: bool = False
-    default: str | None = None
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    scopes: tuple[str, ...] = ()
-    sweep: bool = True
+from actlang.arch import registry as R
+from actlang.arch.registry import FieldSpec
 
 
 def _fields(*specs: FieldSpec) -> dict[str, FieldSpec]:
     return {spec.name: spec for spec in specs}
 
 
+def _methods_where(test) -> str:
+    """``"true for linear, ties; false otherwise"`` from the merge registry."""
+    names = [m.name for m in R.MERGE_METHODS if test(m)]
+    return f"true for {', '.join(names)}; false otherwise"
+
+
 # ---- canonical module kinds ---------------------------------------------------------------------
 
 # Every architecture adapter maps these names to checkpoint tensors (actlang/arch/adapters).
-MODULE_KINDS: tuple[str, ...] = (
-    "attn.q", "attn.k", "attn.v", "attn.o", "attn.q_norm", "attn.k_norm",
-    "mlp.gate", "mlp.up", "mlp.down",
-    "norm.input", "norm.post_attn", "norm.pre_ffn", "norm.post_ffn", "norm.final",
-    "embed", "embed.pos", "lm_head",
-)
-# Kinds whose channels are residual-stream dimensions shared by the whole model (or, for
-# q_norm / k_norm, by every head): they move only when a rule sets include_global = true.
-GLOBAL_KINDS: tuple[str, ...] = (
-    "embed", "embed.pos", "attn.q_norm", "attn.k_norm",
-    "norm.input", "norm.post_attn", "norm.pre_ffn", "norm.post_ffn", "norm.final",
-)
+MODULE_KINDS: tuple[str, ...] = R.MODULE_KINDS.names
 MODULE_NAMESPACES: tuple[str, ...] = ("attn", "mlp", "norm", "embed", "lm_head", "all")
 
 # ---- enumerations ---------------------------------------------------------------------------------
 
-SCORES = ("paired_absdiff", "absmean_diff", "mean_diff", "m2_diff", "freq_diff",
-          "weight_delta", "random")
-NORMALIZATIONS = ("none", "relative", "zscore")
-GRANULARITIES = ("channel", "neuron", "head", "module", "layer")
-TIES = ("none", "neuron", "head", "kv_group")
-OVERLAP_POLICIES = ("mean", "max_score", "priority", "error")
-FINETUNE_SCOPES = ("transferred", "full", "none")
+SCORES = R.SCORES.names
+NORMALIZATIONS = R.NORMALIZATIONS.names
+GRANULARITIES = R.GRANULARITIES.names
+TIES = R.TIES.names
+OVERLAP_POLICIES = R.OVERLAP_POLICIES.names
+FINETUNE_SCOPES = R.FINETUNE_SCOPES.names
+MERGE_METHODS = R.MERGE_METHODS.names
+BUDGET_SCOPES = R.BUDGET_SCOPES.names
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 STAGES = ("output", "transferred", "target")
 ZOO_PROFILES = ("default", "small", "tiny")
-BUDGET_SCOPES = ("global", "module", "layer")
 
 # ---- blocks -----------------------------------------------------------------------------------------
 
@@ -134,30 +105,23 @@ FINETUNE_FIELDS = _fields(
 MERGE_FIELDS = _fields(
     FieldSpec("base", "model", "the common ancestor (task vectors are donor - base); "
               "required by every method but linear"),
-    FieldSpec("weights", "list[float]", "one weight per donor", default="equal"),
+    FieldSpec("weights", "list[float]", "one weight per donor", default_doc="equal"),
     FieldSpec("density", "float", "fraction of each task vector kept (ties, dare_*)",
               default="1.0", low=0.0, high=1.0, low_open=True),
     FieldSpec("lambda", "float", "scale of the merged task vector", default="1.0", low=0.0),
     FieldSpec("normalize", "bool", "divide by the sum of weights",
-              default="mergekit's: true for linear and ties, false otherwise"),
-    FieldSpec("rescale", "bool", "dare: rescale kept entries by 1/density",
-              default="true for dare_*"),
+              default_doc="mergekit's: " + _methods_where(lambda m: m.normalize)),
+    FieldSpec("rescale", "bool", "dare: rescale the kept entries",
+              default_doc="mergekit's: " + _methods_where(lambda m: bool(m.rescale))),
     FieldSpec("seed", "int", "dare: drop mask seed", default="0", low=0),
 )
-# Which merge fields each method reads (others are an error).
-MERGE_METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "linear": ("weights", "normalize"),
-    "task_arithmetic": ("base", "weights", "lambda", "normalize"),
-    "ties": ("base", "weights", "density", "lambda", "normalize"),
-    "dare_linear": ("base", "weights", "density", "lambda", "rescale", "seed", "normalize"),
-    "dare_ties": ("base", "weights", "density", "lambda", "rescale", "seed", "normalize"),
-}
+# Which of these each method reads: actlang.arch.registry.MERGE_METHODS.
 
 SURGERY_FIELDS = _fields(
     FieldSpec("target", "model", "the model that receives channels", required=True,
               sweep=False),
     FieldSpec("eval", "list[ability]", "abilities measured before and after",
-              default="the transferred abilities", sweep=False),
+              default_doc="the transferred abilities", sweep=False),
     FieldSpec("overlap", "enum", "when donors select the same channel: average them, take "
               "the highest-scoring donor, the first rule's donor, or fail",
               default="mean", choices=OVERLAP_POLICIES),
@@ -233,12 +197,12 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
                   default="default", choices=ZOO_PROFILES),
         *_CORPUS_OPTIONS)),
     FunctionSpec("mix", "corpus", "documents drawn from several corpora", (
-        FieldSpec("weights", "list[float]", "one weight per corpus", default="equal"),
+        FieldSpec("weights", "list[float]", "one weight per corpus", default_doc="equal"),
         *_CORPUS_OPTIONS), variadic="corpus"),
     FunctionSpec("exact_match", "eval", "share of prompts answered exactly (greedy)", (
         FieldSpec("data", "corpus", "a jsonl corpus with prompt and answer fields",
                   required=True),
-        FieldSpec("max_new_tokens", "int", "generation length", default="answer length",
+        FieldSpec("max_new_tokens", "int", "generation length", default_doc="answer length",
                   low=1))),
     FunctionSpec("perplexity", "eval", "perplexity on a corpus (lower is better)", (
         FieldSpec("data", "corpus", "the corpus", required=True),)),
@@ -246,8 +210,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         FieldSpec("seed", "int", "zoo seed", default="0", low=0),
         FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
                   default="default", choices=ZOO_PROFILES))),
-    FunctionSpec("random", "score", "control: channels chosen uniformly at random", (
-        FieldSpec("seed", "int", "random seed", default="0", low=0),)),
+    *(FunctionSpec(m.name, "score", m.doc, m.params) for m in R.SCORES if m.params),
     FunctionSpec("threshold", "budget", "every channel whose score is at least this", (
         FieldSpec("score", "float", "minimum score", required=True),)),
     FunctionSpec("module", "selector", "raw escape hatch: checkpoint tensors by glob", (

@@ -10,7 +10,8 @@ from rich.progress import Progress as RichBars
 from rich.table import Table
 
 from actlang.compile import ops as O
-from actlang.run.executor import Progress, RunResult, SurgeryResult
+from actlang.run.context import Progress
+from actlang.run.results import RunResult, SurgeryResult
 
 
 class BarsProgress(Progress):

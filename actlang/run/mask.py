@@ -18,7 +18,6 @@ and the loaded mask re-applies without the statistics that produced it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -233,7 +232,7 @@ class ChannelMask:
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (``.safetensors``) and the JSON summary next to it (``.json``)."""
-        from safetensors.torch import save_file
+        from actlang.run.output import save_tensors
 
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -256,9 +255,7 @@ class ChannelMask:
             "sizes": json.dumps(self.sizes),
             "config": json.dumps(self.space.config if self.space else {}, sort_keys=True, default=str),
         }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        save_tensors(path, tensors, meta)
         summary = path.with_suffix(".json")
         summary.write_text(json.dumps(self.summary(), indent=2, default=str) + "\n")
         return path

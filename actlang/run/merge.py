@@ -59,6 +59,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from actlang.arch.errors import RuntimeUserError
+from actlang.arch.registry import MERGE_METHODS, MergeMethod
 from actlang.run.checkpoint import (
     Checkpoint,
     as_checkpoint,
@@ -68,9 +69,7 @@ from actlang.run.checkpoint import (
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
 
 __all__ = [
-    "MERGE_METHODS",
     "MergeReport",
-    "MethodSpec",
     "merge_generator",
     "merge_models",
     "merge_tensor_mergekit",
@@ -78,43 +77,18 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """One mergekit method: how task vectors are sparsified and mixed, and its defaults."""
-
-    name: str
-    task_vectors: bool  # False: linear (weighted mean of the models themselves)
-    sparsification: str | None  # None | "magnitude" | "random"
-    consensus: str | None  # None | "sum"
-    default_normalize: bool
-    default_rescale: bool
-
-
-MERGE_METHODS: dict[str, MethodSpec] = {
-    m.name: m
-    for m in (
-        MethodSpec("linear", False, None, None, True, False),
-        MethodSpec("task_arithmetic", True, None, None, False, False),
-        MethodSpec("ties", True, "magnitude", "sum", True, False),
-        MethodSpec("dare_linear", True, "random", None, False, True),
-        MethodSpec("dare_ties", True, "random", "sum", False, True),
-    )
-}
-
-
-def _method(method: str) -> MethodSpec:
-    try:
-        return MERGE_METHODS[method]
-    except KeyError:
+def _method(method: str) -> MergeMethod:
+    if method not in MERGE_METHODS:
         raise RuntimeUserError(f"unknown merge method {method!r}",
-                               hint=f"methods: {', '.join(MERGE_METHODS)}") from None
+                               hint=f"methods: {', '.join(MERGE_METHODS.names)}")
+    return MERGE_METHODS[method]
 
 
 def resolve_defaults(method: str, normalize: bool | None, rescale: bool | None) -> tuple[bool, bool]:
     """``(normalize, rescale)`` with ``None`` replaced by mergekit's default for ``method``."""
     spec = _method(method)
-    return (spec.default_normalize if normalize is None else bool(normalize),
-            spec.default_rescale if rescale is None else bool(rescale))
+    return (spec.normalize if normalize is None else bool(normalize),
+            bool(spec.rescale) if rescale is None else bool(rescale))
 
 
 def merge_generator(seed: int, name: str) -> torch.Generator:
@@ -149,18 +123,18 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
 
 
 def _check_args(method: str, n_donors: int, has_base: bool, weights: Sequence[float] | None,
-                density: float | Sequence[float], lambda_: float) -> tuple[MethodSpec, list[float], list[float]]:
+                density: float | Sequence[float], lambda_: float) -> tuple[MergeMethod, list[float], list[float]]:
     spec = _method(method)
     if n_donors < 1:
         raise RuntimeUserError(f"a {method} merge needs at least one donor")
-    if spec.task_vectors and not has_base:
+    if spec.needs_base and not has_base:
         raise RuntimeUserError(f"{method} needs a base model (task vectors are donor − base)",
                                hint="give the common ancestor of the donors as base")
     ws = _weights(weights, n_donors)
     ds = _densities(density, n_donors)
     if not math.isfinite(float(lambda_)):
         raise RuntimeUserError(f"lambda must be finite, got {lambda_}")
-    if not spec.task_vectors:
+    if not spec.needs_base:
         if float(lambda_) != 1.0:
             raise RuntimeUserError("linear merges have no lambda (it scales a task vector)",
                                    hint="use task_arithmetic with a base for a scaled merge")
@@ -219,7 +193,7 @@ def merge_tensor_mergekit(
     """
     spec, ws, ds = _check_args(method, len(tensors), base is not None, weights, density, lambda_)
     norm, resc = resolve_defaults(method, normalize, rescale)
-    ref = base if spec.task_vectors else tensors[0]
+    ref = base if spec.needs_base else tensors[0]
     assert ref is not None
     for i, t in enumerate(tensors):
         if tuple(t.shape) != tuple(ref.shape):
@@ -228,7 +202,7 @@ def merge_tensor_mergekit(
         return ref.clone()
     work = _work_dtype(ref)
 
-    if not spec.task_vectors:  # linear
+    if not spec.needs_base:  # linear
         stacked = torch.stack([t.to(work) for t in tensors])
         w = torch.tensor(ws, dtype=work).view(-1, *([1] * ref.dim()))
         res = (w * stacked).sum(0)
@@ -244,15 +218,15 @@ def merge_tensor_mergekit(
     deltas = []
     for t, d in zip(tensors, ds):
         delta = t.to(work) - b
-        if spec.sparsification == "magnitude":
+        if spec.sparsify == "magnitude":
             delta = _magnitude(delta, d)
-        elif spec.sparsification == "random":
+        elif spec.sparsify == "random":
             delta = _bernoulli(delta, d, resc, generator)
         deltas.append(delta)
     stacked = torch.stack(deltas)
     w = torch.tensor(ws, dtype=work).view(-1, *([1] * ref.dim()))
     weighted = stacked * w
-    if spec.consensus == "sum":
+    if spec.sign_consensus:
         majority = (weighted.sum(0) >= 0).to(work) * 2 - 1
         mask = (weighted.sign() == majority).to(work)
         mixed = (weighted * mask).sum(0)
@@ -350,7 +324,7 @@ def merge_models(
     norm, resc = resolve_defaults(method, normalize, rescale)
     srcs = [as_checkpoint(d) for d in donors]
     base_ck = as_checkpoint(base) if base is not None else None
-    ref = base_ck if (spec.task_vectors and base_ck is not None) else srcs[0]
+    ref = base_ck if (spec.needs_base and base_ck is not None) else srcs[0]
     others = [c for c in [base_ck, *srcs] if c is not None and c is not ref]
     check_compatible(ref, others)
     trg_ck = as_checkpoint(target) if target is not None else None
@@ -365,9 +339,9 @@ def merge_models(
     layout = [OutTensor(n, ref.dtype(n), ref.info(n).shape) for n in names]
 
     def produce(name: str) -> torch.Tensor:
-        b = base_ck.get(name) if (spec.task_vectors and base_ck is not None) else None
+        b = base_ck.get(name) if (spec.needs_base and base_ck is not None) else None
         ts = [s.get(name) for s in srcs]
-        gen = merge_generator(seed, name) if spec.sparsification == "random" else None
+        gen = merge_generator(seed, name) if spec.sparsify == "random" else None
         out = merge_tensor_mergekit(method, b, ts, ws, ds, lambda_, norm, resc, gen)
         r = b if b is not None else ts[0]
         changed = _n_bits_differ(out, r.to(out.dtype))
@@ -384,7 +358,7 @@ def merge_models(
         tags=["merge", "mergekit-method", method, *tags], spec_text=spec_text,
         description=(f"A `{method}` merge (defined as mergekit defines it) of "
                      f"{', '.join(f'`{d}`' for d in report.donors)}"
-                     + (f" onto the base `{report.base}`" if report.base and spec.task_vectors else "")
+                     + (f" onto the base `{report.base}`" if report.base and spec.needs_base else "")
                      + f"; weights {ws}, density {ds}, lambda {float(lambda_):g}, normalize {norm}, "
                      f"rescale {resc}, seed {int(seed)}. A whole-model baseline: no channel localization."),
         max_shard_size=max_shard_size, overwrite=overwrite, input_dirs=inputs, progress=progress,

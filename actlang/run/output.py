@@ -154,6 +154,18 @@ def write_safetensors(path: Path, layout: Sequence[OutTensor],
     return offset
 
 
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor],
+                 metadata: Mapping[str, str]) -> Path:
+    """Write a small safetensors file atomically (temp file, then rename), byte for byte the
+    same for the same tensors and metadata — ``safetensors.save_file`` writes metadata keys
+    in hash order, which differs between processes."""
+    layout = [OutTensor(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_safetensors(tmp, layout, tensors.__getitem__, dict(sorted(metadata.items())))
+    os.replace(tmp, path)
+    return path
+
+
 def _shards(layout: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
     shards: list[list[OutTensor]] = [[]]
     size = 0
@@ -174,6 +186,20 @@ ACT_DESCRIPTION = (
     "Made with actlang — ACT, activation-guided channel-wise ability transfer (arXiv 2601.09398): "
     "channels localized by activation difference were moved from the donor model(s) into the "
     "target; every other parameter is bit-identical to the target.")
+
+
+def finetune_description(steps: int, scope: str) -> str:
+    """The model card's account of a transfer followed by a compatibility fine-tune."""
+    kept = "every other parameter is bit-identical to the target" \
+        if scope == "transferred" else "all parameters were trained"
+    return (f"{ACT_DESCRIPTION.split(';')[0]}; then a {steps}-step compatibility fine-tune "
+            f"(scope {scope}): {kept}.")
+
+
+def model_card_name(model: Any) -> str:
+    """How a model card's ``base_model`` names an input model (a ``ModelSpec``): the hub id,
+    or the local path."""
+    return model.location if model.source != "zoo" else f"actlang-zoo/{model.location}"
 
 
 def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (), spec_text: str | None = None,

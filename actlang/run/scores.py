@@ -3,21 +3,18 @@
 A :class:`Scores` maps entry keys (``"layers.3.mlp.up"``) to float64 score vectors, one value
 per channel. Higher means "more different / more relevant".
 
-Methods (:data:`METHODS`; ``a`` is the target, ``b`` the donor, means over scored tokens):
+The scores are declared in :data:`actlang.arch.registry.SCORES` (their documentation, and
+what each reads); this module computes them. Statistical scores (``a`` is the target, ``b``
+the donor, means over scored tokens): ``paired_absdiff`` is ``mean_t |a_b,t - a_a,t|`` from
+paired statistics (the paper's default); an unpaired score compares one per-channel mean of
+each model, ``|mean_b - mean_a|``, where the registry names the mean (``absmean_diff``:
+``E|a|``, ``mean_diff``: ``E a``, ``m2_diff``: ``E a²``, ``freq_diff``: ``P(a > 0)``).
 
-==================  =================================================  ================
-``paired_absdiff``  ``mean_t |a_b,t - a_a,t|`` (paper default)          paired stats
-``absmean_diff``    ``| E|a|_b - E|a|_a |``                             unpaired stats
-``mean_diff``       ``| E a_b - E a_a |``                               unpaired stats
-``m2_diff``         ``| E a²_b - E a²_a |``                             unpaired stats
-``freq_diff``       ``| P_b(a>0) - P_a(a>0) |``                         unpaired stats
-==================  =================================================  ================
-
-Normalizations (``normalize=``): ``"relative"`` divides by the channels' typical magnitude
-``(E|a|_a + E|a|_b) / 2 + eps`` (for ``m2_diff`` by the mean second moment, for
-``freq_diff`` by nothing, as it is already a probability); ``"zscore"`` standardizes within
-each module (``(s - mean_module) / std_module``), which makes modules of different scales
-comparable before a global ranking.
+Normalizations (``normalize=``): ``"relative"`` divides by the channels' typical magnitude,
+the mean over both models of the statistic the registry names (``E|a|``, or ``E a²`` for
+``m2_diff``; nothing for ``freq_diff``, already a probability), plus eps; ``"zscore"``
+standardizes within each module (``(s - mean_module) / std_module``), which makes modules
+of different scales comparable before a global ranking.
 
 :func:`contrastive` is ``s(probe) - beta * s(control)``: channels that differ on the
 ability's probe *but not* on a control corpus (e.g. the specialist's own domain).
@@ -28,18 +25,17 @@ Controls at equal budget: :func:`random_scores` (seeded) and :func:`weight_delta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
 from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.errors import RuntimeUserError
+from actlang.arch.registry import NORMALIZATIONS, SCORES
 from actlang.run.checkpoint import Checkpoint, as_checkpoint
 from actlang.run.stats import ChannelStats
 
 __all__ = [
-    "METHODS",
-    "NORMALIZATIONS",
     "Scores",
     "compute_scores",
     "contrastive",
@@ -47,9 +43,6 @@ __all__ = [
     "weight_delta_scores",
 ]
 
-METHODS = ("paired_absdiff", "absmean_diff", "mean_diff", "m2_diff", "freq_diff")
-NORMALIZATIONS = (None, "relative", "zscore")
-Method = Literal["paired_absdiff", "absmean_diff", "mean_diff", "m2_diff", "freq_diff"]
 EPS = 1e-8
 
 
@@ -88,14 +81,30 @@ class Scores:
         return torch.cat(list(self.values.values())) if self.values else torch.zeros(0, dtype=torch.float64)
 
     def concentration(self, fractions: Sequence[float] = (0.01, 0.05)) -> dict[float, float]:
-        """Share of the total (non-negative) score mass held by the top fraction of channels."""
-        s = self.flat().clamp_min(0).sort(descending=True).values
-        total = float(s.sum())
-        out = {}
-        for f in fractions:
-            k = max(1, round(f * s.numel()))
-            out[f] = float(s[:k].sum()) / total if total > 0 else 0.0
-        return out
+        """:func:`concentration` of all the scores."""
+        return concentration(self.flat(), fractions)
+
+
+def concentration(values: torch.Tensor, fractions: Sequence[float]) -> dict[float, float]:
+    """Share of the total non-negative score mass held by the top fraction ``p`` of channels.
+
+    Args:
+        values: channel scores, any shape (flattened); non-finite ones are dropped and negative
+            ones (e.g. contrastive scores) count as 0.
+        fractions: the fractions ``p``; the top ``p`` of ``n`` channels are the
+            ``k = max(1, round(p * n))`` best, rounded half up as selection budgets round (the
+            top 5 % are the channels a global ``5%`` channel budget takes).
+
+    Returns:
+        ``{p: share}``: ``p`` itself for uniform scores, 1.0 when the top ``k`` hold all the
+        mass; NaN when there is no mass (no positive score).
+    """
+    s = values.detach().reshape(-1).to(torch.float64).cpu()
+    s = s[torch.isfinite(s)].clamp_min(0).sort(descending=True).values
+    total = float(s.sum())
+    if total <= 0:
+        return {p: float("nan") for p in fractions}
+    return {p: float(s[: max(1, int(p * s.numel() + 0.5))].sum()) / total for p in fractions}
 
 
 def _zscore(v: torch.Tensor) -> torch.Tensor:
@@ -121,13 +130,17 @@ def compute_scores(
     ``paired_absdiff`` needs ``paired`` (and, for ``relative``, the paired statistics' own
     ``sum_abs_a`` / ``sum_abs_b``); the others need unpaired ``a`` and ``b``.
     """
-    if method not in METHODS:
-        raise RuntimeUserError(f"unknown score {method!r}", hint=f"scores: {', '.join(METHODS)}")
-    if normalize not in NORMALIZATIONS:
+    spec = SCORES[method] if method in SCORES else None
+    if spec is None or spec.inputs not in ("paired", "unpaired"):
+        statistical = [m.name for m in SCORES if m.inputs in ("paired", "unpaired")]
+        raise RuntimeUserError(f"unknown score {method!r} (a statistical score is needed)",
+                               hint=f"scores: {', '.join(statistical)}")
+    if normalize not in (None, *NORMALIZATIONS.names):
         raise RuntimeUserError(f"unknown normalization {normalize!r}", hint="use relative or zscore")
-    if method == "paired_absdiff":
+    normalize = None if normalize == "none" else normalize
+    if spec.inputs == "paired":
         if paired is None or paired.kind != "paired":
-            raise RuntimeUserError("paired_absdiff needs paired statistics (both models on the same batches)")
+            raise RuntimeUserError(f"{method} needs paired statistics (both models on the same batches)")
         src = paired
     else:
         if a is None or b is None or a.kind != "unpaired" or b.kind != "unpaired":
@@ -137,25 +150,16 @@ def compute_scores(
         src = a
     out: dict[str, torch.Tensor] = {}
     for k in keys or src.keys():
-        if method == "paired_absdiff":
+        if spec.inputs == "paired":
             assert paired is not None
             s = paired.mean_absdiff(k)
             scale = 0.5 * (paired.mean(k, "sum_abs_a") + paired.mean(k, "sum_abs_b"))
         else:
-            assert a is not None and b is not None
-            if method == "absmean_diff":
-                xa, xb = a.mean_abs(k), b.mean_abs(k)
-                scale = 0.5 * (xa + xb)
-            elif method == "mean_diff":
-                xa, xb = a.mean_act(k), b.mean_act(k)
-                scale = 0.5 * (a.mean_abs(k) + b.mean_abs(k))
-            elif method == "m2_diff":
-                xa, xb = a.mean_sq(k), b.mean_sq(k)
-                scale = 0.5 * (xa + xb)
-            else:  # freq_diff
-                xa, xb = a.frac_pos(k), b.frac_pos(k)
-                scale = torch.ones_like(xa) - EPS
+            assert a is not None and b is not None and spec.statistic is not None
+            xa, xb = a.mean(k, spec.statistic), b.mean(k, spec.statistic)
             s = (xb - xa).abs()
+            scale = 0.5 * (a.mean(k, spec.relative_to) + b.mean(k, spec.relative_to)) \
+                if spec.relative_to else torch.ones_like(xa) - EPS
         if normalize == "relative":
             s = s / (scale + EPS)
         elif normalize == "zscore":

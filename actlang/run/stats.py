@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -80,6 +79,11 @@ class Counters:
     def reset(self) -> None:
         self.forward_passes = self.forward_batches = self.tokens_scored = 0
         self.passes_by_label.clear()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"forward_passes": self.forward_passes, "forward_batches": self.forward_batches,
+                "tokens_scored": self.tokens_scored,
+                "passes_by_model_and_corpus": dict(sorted(self.passes_by_label.items()))}
 
     def _pass(self, label: str | None) -> None:
         self.forward_passes += 1
@@ -207,17 +211,14 @@ class ChannelStats:
 
     def save(self, path: str | Path) -> Path:
         """Write a safetensors file (atomically: temp file, then rename)."""
-        from safetensors.torch import save_file
+        from actlang.run.output import save_tensors
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"actlang": "channel-stats/1", "kind": self.kind, "keys": json.dumps(list(self.data)),
                 "fields": json.dumps(list(self.fields)),
                 **{f"meta.{k}": str(v) for k, v in self.meta.items()}}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(self.to_tensors(), str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        return save_tensors(path, self.to_tensors(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ChannelStats":

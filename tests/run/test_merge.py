@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from actlang.arch.errors import RuntimeUserError
+from actlang.arch.registry import MERGE_METHODS
 from actlang.run.checkpoint import Checkpoint
 from actlang.run.merge import (
-    MERGE_METHODS,
     merge_generator,
     merge_models,
     merge_tensor_mergekit,
@@ -33,7 +33,7 @@ def test_mergekit_defaults():
     assert resolve_defaults("dare_linear", None, None) == (False, True)
     assert resolve_defaults("dare_ties", None, None) == (False, True)
     assert resolve_defaults("ties", False, True) == (False, True)
-    assert set(MERGE_METHODS) == {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"}
+    assert set(MERGE_METHODS.names) == {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"}
 
 
 def test_linear_weighted_mean():
@@ -249,7 +249,7 @@ def test_sparse_merges_deterministic_by_seed(method, merge_dirs, tmp_path):
     assert same == (method == "ties")  # magnitude pruning has no randomness
 
 
-@pytest.mark.parametrize("method", sorted(MERGE_METHODS))
+@pytest.mark.parametrize("method", sorted(MERGE_METHODS.names))
 def test_merged_dir_loads(method, merge_dirs, tmp_path):
     from transformers import AutoModelForCausalLM
 

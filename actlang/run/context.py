@@ -1,0 +1,140 @@
+"""What the op handlers of one run share: the plan, the cache, models in memory, tokenized
+corpora, the work directory and the progress sink.
+
+Handlers (:mod:`actlang.run.handlers`) get their inputs from their graph predecessors; this
+context holds only what is not an op result — resources that are opened once per run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actlang.arch.adapters import ChannelSpace
+from actlang.arch.corpus import TokenizedCorpus
+from actlang.arch.errors import RuntimeUserError
+from actlang.compile import ops as O
+from actlang.compile.bind import runtime_corpus
+from actlang.compile.cache import Cache
+from actlang.compile.plan import Plan
+from actlang.lang import program as P
+from actlang.run.checkpoint import Checkpoint
+from actlang.run.results import OpRecord
+
+
+class Progress:
+    """What the executor reports; the default reports nothing.
+
+    ``op_started`` / ``op_finished`` bracket each op; ``advance(done, total)`` reports work
+    inside the current op (batches, tensors, steps)."""
+
+    def op_started(self, index: int, count: int, op: O.Op) -> None: ...
+
+    def advance(self, done: int, total: int | None) -> None: ...
+
+    def op_finished(self, op: O.Op, status: str, seconds: float) -> None: ...
+
+
+@dataclass
+class RunContext:
+    """Shared state of one run.
+
+    Args:
+        plan: the plan being run (resolved models, cache keys, order).
+        cache: statistics and evaluations are read and written here.
+        work: a hidden directory beside the outputs for stages in progress.
+        spec_text: the spec, embedded in every output's model card.
+        force: replace existing outputs.
+        progress: receives progress events.
+    """
+
+    plan: Plan
+    cache: Cache
+    work: Path
+    spec_text: str = ""
+    force: bool = False
+    progress: Progress = field(default_factory=Progress)
+    device: torch.device = field(default_factory=lambda: torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"))
+    loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
+    records: dict[O.Op, OpRecord] = field(default_factory=dict)
+    _tokenized: dict[tuple[P.Corpus, P.ModelSpec], TokenizedCorpus] = field(default_factory=dict)
+    _stage_model: tuple[Path, torch.nn.Module] | None = None
+
+    # -- models
+
+    def directory(self, model: P.ModelSpec) -> Path:
+        directory = self.plan.models[model.name].directory
+        assert directory is not None, "run plans resolve every model"
+        return directory
+
+    def space(self, model: P.ModelSpec) -> ChannelSpace:
+        space = self.plan.models[model.name].space
+        assert space is not None, "run plans know every model's channel space"
+        return space
+
+    def checkpoint(self, model: P.ModelSpec) -> Checkpoint:
+        """The model's weights, opened with the permission its spec gives (pickle or not)."""
+        return Checkpoint.open(self.directory(model), allow_pickle=model.allow_pickle)
+
+    def load(self, directory: Path, spec: P.ModelSpec | None) -> torch.nn.Module:
+        """A model in memory, on the run's device, in eval mode."""
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.float32
+        if spec is not None and spec.dtype != "auto" and self.device.type != "cpu":
+            dtype = getattr(torch, spec.dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=dtype,
+                trust_remote_code=bool(spec and spec.trust_remote_code),
+                use_safetensors=not (spec and spec.allow_pickle))
+        except (OSError, ValueError) as error:
+            raise RuntimeUserError(f"cannot load the model in {directory}: {error}") from None
+        return model.to(self.device).eval()
+
+    def model_of(self, state: O.ModelState, directory: Path) -> torch.nn.Module:
+        """A model in memory for a state: a loaded input model, or a stage loaded from its
+        work ``directory`` (the last one is kept: evaluations of a stage are adjacent)."""
+        if isinstance(state, P.ModelSpec):
+            return self.loaded[state.name]
+        if self._stage_model is None or self._stage_model[0] != directory:
+            self._stage_model = (directory, self.load(directory, None))
+        return self._stage_model[1]
+
+    # -- tokenizers and data
+
+    def tokenizer(self, directory: Path) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(directory)
+        except (OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise RuntimeUserError(f"cannot load the tokenizer of {directory}: {reason}",
+                                   hint="a model directory needs its tokenizer files "
+                                   "(tokenizer.json, tokenizer_config.json) to run") from None
+
+    def data(self, corpus: P.Corpus, tokenizer_model: P.ModelSpec) -> TokenizedCorpus:
+        """A corpus tokenized by a model's tokenizer (once per run)."""
+        key = (corpus, tokenizer_model)
+        if key not in self._tokenized:
+            documents = runtime_corpus(corpus, self.cache)
+            assert documents is not None, "run plans build every zoo they read"
+            tokenizer = self.tokenizer(self.directory(tokenizer_model))
+            self._tokenized[key] = documents.tokenize(tokenizer,
+                                                      max_length=corpus.options.max_tokens)
+        return self._tokenized[key]
+
+
+def quiet_libraries() -> None:
+    """Our progress bars replace the libraries' own (which would interleave on stderr)."""
+    import transformers
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

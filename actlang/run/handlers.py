@@ -1,0 +1,424 @@
+"""One handler per op kind: ``handler(ctx, op, inputs, cached) -> Outcome``.
+
+``inputs`` maps each of the op's graph predecessors to its result, so a handler reads what
+it needs from the edges of the plan, never by searching other ops' results. ``cached`` is
+true when the plan found the op's result in the cache (statistics, evaluations) or on disk
+(an output that is up to date); such an op has no inputs.
+
+Results flow downstream as values: a capture gives its statistics, a select its mask and
+the scores it ranked, a transfer / merge / fine-tune a :class:`Stage` (its work directory
+and what the report needs), an evaluation its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from actlang.arch.corpus import jsonl_records
+from actlang.arch.errors import RuntimeUserError
+from actlang.arch.registry import SCORES
+from actlang.compile import ops as O
+from actlang.compile.bind import candidate_entries, runtime_budget, runtime_corpus
+from actlang.compile.resolve import built_zoo, zoo_corpus, zoo_ref
+from actlang.lang import program as P
+from actlang.run import stats as S
+from actlang.run.context import RunContext
+from actlang.run.mask import ChannelMask
+from actlang.run.results import GateResult, SurgeryResult
+from actlang.run.scores import Scores
+
+Inputs = dict[O.Op, Any]
+
+
+@dataclass
+class Outcome:
+    """An op's result (what its successors receive) and what its record reports."""
+
+    value: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A selection's mask and the scores it ranked (None for random scores)."""
+
+    mask: ChannelMask
+    scores: Scores | None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A model state written to the work directory: after transfer, merge or fine-tune.
+
+    Attributes:
+        directory: the HF model directory.
+        selections: each transfer rule's selection (empty for a merge).
+        summary: what the transfer or merge reported (a fine-tune passes its source's on).
+    """
+
+    directory: Path
+    selections: tuple[tuple[O.Select, Selected], ...] = ()
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[RunContext, Any, Inputs, bool], Outcome]
+
+
+# ---- models and statistics --------------------------------------------------------------------
+
+
+def load(ctx: RunContext, op: O.LoadModel, inputs: Inputs, cached: bool) -> Outcome:
+    model = ctx.load(ctx.directory(op.model), op.model)
+    ctx.loaded[op.model.name] = model
+    return Outcome(model)
+
+
+def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Outcome:
+    """One forward pass per model over the corpus; every statistic of the op from it."""
+    data = ctx.data(op.corpus, op.tokenizer)
+    space = ctx.space(op.models[0])
+    entries = None if op.modules == "default" else [e for e in space if e.hook is not None]
+    batches = data.n_batches()
+    produced: dict[tuple[P.ModelSpec, P.ModelSpec | None], S.ChannelStats] = {}
+    for models in op.passes():
+        done = 0
+
+        def advance(_: int) -> None:
+            nonlocal done
+            done += 1
+            ctx.progress.advance(done, batches)
+
+        labels = [f"{m.name} on {O.corpus_label(op.corpus)}" for m in models]
+        if len(models) > 1:
+            anchor, *partners = models
+            results = S.collect_lockstep_stats(
+                ctx.loaded[anchor.name], [ctx.loaded[p.name] for p in partners], space,
+                data, entries=entries, labels=labels, progress=advance)
+            produced[(anchor, None)] = results[0].a
+            for partner, result in zip(partners, results):
+                produced[(partner, None)] = result.b
+                # Paired statistics are symmetric in |a - b|; the op names the pair as
+                # (model, partner) in either order.
+                produced[(anchor, partner)] = produced[(partner, anchor)] = result.paired
+        else:
+            (model,) = models
+            produced[(model, None)] = S.collect_stats(ctx.loaded[model.name], space, data,
+                                                      entries=entries, label=labels[0],
+                                                      progress=advance)
+    values = {s: produced[(s.model, s.partner)] for s in op.statistics}
+    for statistic, value in values.items():  # cached at once: an interrupted run resumes
+        key = ctx.plan.keys.get(statistic)
+        if key is not None:
+            ctx.cache.store("stats", key, value.save)
+    return Outcome(values, {"forward_passes": op.pass_count(), "tokens": data.n_tokens})
+
+
+def statistic(ctx: RunContext, op: O.Statistic, inputs: Inputs, cached: bool) -> Outcome:
+    if not cached:
+        (by_statistic,) = inputs.values()  # the capture that computed it
+        return Outcome(by_statistic[op])
+    value = ctx.cache.load("stats", ctx.plan.keys[op], S.ChannelStats.load)
+    if value is None:
+        raise RuntimeUserError("a cached statistic disappeared during the run",
+                               hint="run again; it will be recomputed")
+    return Outcome(value)
+
+
+# ---- scores, selection, transfer --------------------------------------------------------------
+
+
+def score(ctx: RunContext, op: O.Score, inputs: Inputs, cached: bool) -> Outcome:
+    """A rule's channel scores, computed as the registry declares the score."""
+    from actlang.run import scores as R
+
+    method = SCORES[op.score.name]
+    space = ctx.space(op.target)
+    if method.inputs == "none":
+        return Outcome(R.random_scores(space, op.score.seed))
+    if method.inputs == "weights":
+        scores = R.weight_delta_scores(space, ctx.checkpoint(op.donor), ctx.checkpoint(op.target))
+        return Outcome(scores.normalized("zscore" if op.normalize == "zscore" else None))
+
+    def on(corpus: P.Corpus) -> Scores:
+        found = {(s.model, s.partner): v for s, v in inputs.items() if s.corpus == corpus}
+        if method.inputs == "paired":
+            return R.compute_scores(method.name, paired=found[(op.target, op.donor)],
+                                    normalize=op.normalize)
+        return R.compute_scores(method.name, a=found[(op.target, None)],
+                                b=found[(op.donor, None)], normalize=op.normalize)
+
+    scores = on(op.ability.probe)
+    if op.contrast > 0:
+        assert op.ability.control is not None, "the checker requires a control corpus"
+        scores = R.contrastive(scores, on(op.ability.control), op.contrast)
+    return Outcome(scores)
+
+
+def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outcome:
+    from actlang.run.select import select_channels
+
+    rule = op.rule
+    space = ctx.space(op.scores.target)
+    scores = inputs[op.scores]
+    maximum = rule.max_per_module
+    mask = select_channels(
+        scores, space, runtime_budget(rule.budget),
+        entries=candidate_entries(space, rule), granularity=rule.granularity,
+        tie=None if rule.tie == "none" else rule.tie, min_per_module=rule.min_per_module,
+        max_per_module=None if maximum is None else
+        (maximum.value if maximum.kind == "fraction" else int(maximum.value)))
+    ranked = None if SCORES[rule.score.name].inputs == "none" else scores
+    return Outcome(Selected(mask, ranked), {"channels_selected": mask.n_channels})
+
+
+def transfer(ctx: RunContext, op: O.Transfer, inputs: Inputs, cached: bool) -> Outcome:
+    from actlang.run.output import model_card_name
+    from actlang.run.transfer import Donor
+    from actlang.run.transfer import transfer as transfer_files
+
+    out = ctx.work / O.op_id(op)
+    selections = tuple((select_op, inputs[select_op]) for select_op, _ in op.selections)
+    donors = [Donor(ctx.checkpoint(s.rule.donor), selected.mask, lam, name=s.rule.donor.name)
+              for (s, selected), (_, lam) in zip(selections, op.selections)]
+    target = ctx.checkpoint(op.target)
+    total = len(target.keys())
+    count = 0
+
+    def advance(_: str) -> None:
+        nonlocal count
+        count += 1
+        ctx.progress.advance(count, total)
+
+    models = [op.target, *(s.rule.donor for s, _ in op.selections)]
+    report = transfer_files(target, donors, out, overlap=op.overlap, overwrite=True,
+                            spec_text=ctx.spec_text,
+                            base_models=[model_card_name(m) for m in dict.fromkeys(models)],
+                            tags=["actlang", "act", "ability-transfer"], progress=advance)
+    summary = {"channels_selected": [selected.mask.n_channels for _, selected in selections],
+               "parameters_changed": report.elements_moved,
+               "tensors_changed": len(report.tensors_changed)}
+    return Outcome(Stage(out, selections, summary), summary)
+
+
+def merge(ctx: RunContext, op: O.MergeModels, inputs: Inputs, cached: bool) -> Outcome:
+    from actlang.run.merge import merge_models
+
+    rule = op.merge
+    out = ctx.work / O.op_id(op)
+    report = merge_models(
+        rule.method, [ctx.checkpoint(d) for d in rule.donors], out,
+        base=ctx.checkpoint(rule.base) if rule.base else None,
+        weights=list(rule.weights) if rule.weights else None, density=rule.density,
+        lambda_=rule.lambda_, normalize=rule.normalize, rescale=rule.rescale,
+        seed=rule.seed, target=ctx.checkpoint(op.target), overwrite=True,
+        spec_text=ctx.spec_text)
+    summary = {"merge": rule.method, "report": report.to_json()}
+    return Outcome(Stage(out, (), summary), summary)
+
+
+def finetune(ctx: RunContext, op: O.Finetune, inputs: Inputs, cached: bool) -> Outcome:
+    from actlang.run.finetune import finetune as train
+    from actlang.run.output import (
+        checkpoint_state,
+        finetune_description,
+        save_state_dict,
+    )
+
+    source: Stage = inputs[op.source]
+    model = ctx.load(source.directory, op.source.target)
+    spec = op.spec
+    report = train(model, ctx.tokenizer(source.directory), ctx.data(spec.data, op.source.target),
+                   steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed,
+                   scope=spec.scope, masks=[selected.mask for _, selected in source.selections],
+                   weight_decay=spec.weight_decay,
+                   progress=lambda step, loss: ctx.progress.advance(step, spec.steps))
+    out = ctx.work / O.op_id(op)
+    masks = source.directory / "masks"
+    extras = {str(p.relative_to(source.directory)): p for p in masks.glob("*")} \
+        if masks.is_dir() else {}
+    state = checkpoint_state(model, source.directory,
+                             set(ctx.space(op.source.target).tensors()))
+    save_state_dict(out, state, source_dir=source.directory, overwrite=True,
+                    spec_text=ctx.spec_text, extra_files=extras,
+                    tags=["actlang", "act", "ability-transfer"],
+                    description=finetune_description(spec.steps, spec.scope))
+    losses = list(getattr(report, "losses", []))
+    details = {"steps": spec.steps, "scope": spec.scope,
+               "loss_first": losses[0] if losses else None,
+               "loss_last": losses[-1] if losses else None}
+    return Outcome(Stage(out, source.selections, source.summary), details)
+
+
+# ---- evaluation and outputs -------------------------------------------------------------------
+
+
+def evaluate(ctx: RunContext, op: O.Evaluate, inputs: Inputs, cached: bool) -> Outcome:
+    from actlang.run.evaluate import exact_match, perplexity
+
+    key = ctx.plan.keys.get(op)
+    if cached:
+        value = ctx.cache.load_json(key) if key else None
+        if value is None:
+            raise RuntimeUserError("a cached evaluation disappeared during the run",
+                                   hint="run again; it will be recomputed")
+        return Outcome(value, value)
+    (state_result,) = inputs.values()  # the loaded input model, or a stage
+    directory = state_result.directory if isinstance(state_result, Stage) else \
+        ctx.directory(op.state)
+    model = ctx.model_of(op.state, directory)
+    tokenizer = ctx.tokenizer(directory)
+    metrics: dict[str, float] = {}
+    for spec in op.ability.evals:
+        if isinstance(spec, P.ExactMatchEval):
+            jsonl = _as_jsonl(spec.corpus, ctx)
+            records = jsonl_records(jsonl.path, limit=spec.corpus.options.limit,
+                                    seed=spec.corpus.options.seed)
+            metrics.setdefault("exact_match", exact_match(
+                model, tokenizer, records, jsonl.prompt, jsonl.answer, spec.max_new_tokens))
+        else:
+            documents = runtime_corpus(spec.corpus, ctx.cache)
+            assert documents is not None, "run plans build every zoo they read"
+            metrics.setdefault("perplexity", perplexity(model, tokenizer,
+                                                        [d.text for d in documents]))
+    if key is not None:
+        ctx.cache.store_json(key, metrics)
+    return Outcome(metrics, metrics)
+
+
+def _as_jsonl(corpus: P.Corpus, ctx: RunContext) -> P.JsonlCorpus:
+    if isinstance(corpus, P.ZooCorpus):
+        resolved = zoo_corpus(corpus, ctx.cache)
+        assert resolved is not None, "run plans build every zoo they read"
+        return resolved
+    assert isinstance(corpus, P.JsonlCorpus), "the checker allows exact_match on jsonl only"
+    return corpus
+
+
+def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
+    """Move a finished stage into place with run_results.json and the report, atomically."""
+    from actlang.run.output import atomic_output_dir
+
+    surgery = op.surgery
+    if cached:  # up to date: made from the same inputs by an earlier run
+        previous = json.loads((Path(surgery.output) / "run_results.json").read_text())
+        return Outcome(SurgeryResult.from_json(surgery, previous),
+                       {"output": surgery.output, "up_to_date": True})
+    stage: Stage = inputs[op.state]
+    measured = {(e.ability, e.state): metrics for e, metrics in inputs.items()
+                if isinstance(e, O.Evaluate)}
+    stages = _stages(op)
+    evals = _eval_table(surgery, stages, measured)
+    gates = [_gate(e, stages, measured) for e in surgery.expects]
+    result = SurgeryResult(surgery, Path(surgery.output), evals, gates, stage.summary)
+    ancestors = _ancestors(ctx, op)
+    payload = result.to_json(
+        key=ctx.plan.keys.get(op), counters=S.COUNTERS.to_json(),
+        ops=[ctx.records[o] for o in ctx.plan.order if o in ancestors and o in ctx.records])
+    with atomic_output_dir(surgery.output, overwrite=ctx.force) as tmp:
+        for item in stage.directory.iterdir():
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        (tmp / "run_results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        _report(ctx, tmp, surgery, stage, evals, gates)
+    return Outcome(result, {"output": surgery.output})
+
+
+def _ancestors(ctx: RunContext, op: O.Op) -> set[O.Op]:
+    import networkx as nx
+
+    return nx.ancestors(ctx.plan.graph, op) | {op}
+
+
+def _report(ctx: RunContext, directory: Path, surgery: P.SurgerySpec, stage: Stage,
+            evals: dict, gates: list[GateResult]) -> None:
+    """report.md / report.html / plots: tables, channel maps, score CCDFs, overlaps."""
+    from actlang.run.report import Selection, write_report
+
+    selections = [Selection(f"{s.rule.ability.name} from {s.rule.donor.name}",
+                            s.rule.ability.name, selected.mask, selected.scores,
+                            truth=_truth(ctx, s.rule.truth))
+                  for s, selected in stage.selections]
+    donors = {s.rule.ability.name: f"donor ({s.rule.donor.name})" for s, _ in stage.selections}
+    write_report(directory, title=surgery.name + "".join(
+                     f" {k}={v}" for k, v in surgery.sweep_point),
+                 spec_name=ctx.plan.program.file, evals=evals, selections=selections,
+                 space=ctx.space(surgery.target), gates=[g.to_json() for g in gates],
+                 specialists=donors if len(set(donors.values())) > 1 else None)
+
+
+def _truth(ctx: RunContext, truth: str | P.ZooTruth | None) -> dict[str, list[int]] | None:
+    if truth is None:
+        return None
+    if isinstance(truth, P.ZooTruth):
+        return built_zoo(zoo_ref(truth), ctx.cache).ground_truth()["damage"]
+    try:
+        return json.loads(Path(truth).read_text())
+    except (OSError, ValueError) as error:
+        raise RuntimeUserError(f"cannot read the ground truth {truth}: {error}") from None
+
+
+# ---- the before/after table and gates ---------------------------------------------------------
+
+Measured = dict[tuple[P.AbilitySpec, O.ModelState], dict[str, float]]
+
+
+def _stages(save_op: O.Save) -> dict[str, O.ModelState]:
+    output = save_op.state
+    transferred = output.source if isinstance(output, O.Finetune) else output
+    return {"target": save_op.surgery.target, "transferred": transferred, "output": output}
+
+
+def _measure(measured: Measured, ability: P.AbilitySpec, state: O.ModelState) -> float | None:
+    """An ability's primary metric (its first eval) on a state, if it was evaluated."""
+    metrics = measured.get((ability, state))
+    return next(iter(metrics.values())) if metrics else None
+
+
+def _eval_table(surgery: P.SurgerySpec, stages: dict[str, O.ModelState],
+                measured: Measured) -> dict[str, dict[str, float]]:
+    donors = [t.donor for t in surgery.transfers] or \
+        (list(surgery.merge.donors) if surgery.merge else [])
+    columns: dict[str, O.ModelState] = {f"target ({surgery.target.name})": surgery.target}
+    for donor in donors:
+        columns[f"donor ({donor.name})"] = donor
+    columns["after transfer"] = stages["transferred"]
+    if stages["output"] is not stages["transferred"]:
+        columns["after finetune"] = stages["output"]
+    table: dict[str, dict[str, float]] = {}
+    for ability in surgery.evals:
+        row = {name: _measure(measured, ability, state) for name, state in columns.items()}
+        table[ability.name] = {k: v for k, v in row.items() if v is not None}
+    return table
+
+
+def _gate(expectation: P.Expectation, stages: dict[str, O.ModelState],
+          measured: Measured) -> GateResult:
+    def value(q: P.Quantity) -> float:
+        if isinstance(q, P.Number):
+            return q.value
+        if isinstance(q, P.Measure):
+            state = stages[q.on] if isinstance(q.on, str) else q.on
+            found = _measure(measured, q.ability, state)
+            assert found is not None, "the plan evaluates every measured ability"
+            return found
+        left, right = value(q.left), value(q.right)
+        return {"+": left + right, "-": left - right, "*": left * right,
+                "/": left / right if right else float("inf")}[q.op]
+
+    left, right = value(expectation.left), value(expectation.right)
+    passed = {">=": left >= right, "<=": left <= right, ">": left > right,
+              "<": left < right, "==": left == right, "!=": left != right}[expectation.op]
+    return GateResult(expectation.source, left, right, passed)
+
+
+HANDLERS: dict[type, Handler] = {
+    O.LoadModel: load, O.Capture: capture, O.Statistic: statistic, O.Score: score,
+    O.Select: select, O.Transfer: transfer, O.MergeModels: merge, O.Finetune: finetune,
+    O.Evaluate: evaluate, O.Save: save,
+}
