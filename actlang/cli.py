@@ -145,11 +145,22 @@ def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[P
 
     program, sources = _checked_program(spec, json_output)
     try:
-        return make_plan(program, Cache(cache_dir), dry_run=dry_run)
+        plan = make_plan(program, Cache(cache_dir), dry_run=dry_run)
     except PlanError as error:
         diagnostic = Diagnostic("E501", error.error.message, error.span, hint=error.error.hint)
         _print_diagnostics([diagnostic], sources, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None
+    if not json_output:
+        _print_plan_warnings(plan, sources)
+    return plan
+
+
+def _print_plan_warnings(plan, sources) -> None:
+    """The plan's warnings as located diagnostics on stderr (the JSON plan lists them)."""
+    from actlang.lang.diagnostics import Diagnostic
+
+    _print_diagnostics([Diagnostic("W501", w.message, w.span, severity="warning")
+                        for w in plan.warnings], sources, False)
 
 
 _CACHE_OPTION = typer.Option(None, "--cache-dir", envvar="ACTLANG_CACHE_DIR",
@@ -232,6 +243,8 @@ def run_command(
         with console.status("planning (first use of the zoo builds it: a few minutes)"):
             plan = make_plan(program, cache, dry_run=False, rebuild=force,
                              zoo_builder=build_zoo)
+        if not json_output:
+            _print_plan_warnings(plan, sources)
         with BarsProgress(console) as progress:
             result = Executor(plan, cache, spec_text=spec.read_text(), force=force,
                               progress=progress).run()

@@ -9,23 +9,17 @@ channels named without ``include_global``, a count budget larger than the candid
 
 from __future__ import annotations
 
-import fnmatch
-from typing import TYPE_CHECKING
-
+from actlang.arch import corpus as C
+from actlang.arch import selection as S
 from actlang.arch.adapters import ChannelSpace, Entry, RawSelector
-from actlang.arch.errors import RuntimeUserError
+from actlang.arch.selection import Budget, Term
 from actlang.compile.cache import Cache
 from actlang.compile.resolve import zoo_corpus
 from actlang.lang import program as P
 
-if TYPE_CHECKING:  # the runtime imports torch: planning a config-only model does not need it
-    from actlang.arch.corpus import Corpus
-    from actlang.arch.selection import Budget
 
-
-def runtime_corpus(spec: P.Corpus, cache: Cache) -> Corpus | None:
+def runtime_corpus(spec: P.Corpus, cache: Cache) -> C.Corpus | None:
     """The documents of a corpus (None: a zoo corpus whose zoo is not built)."""
-    from actlang.arch import corpus as C
 
     options = spec.options
     if isinstance(spec, P.ZooCorpus):
@@ -52,82 +46,33 @@ def raw_selectors(rule: P.TransferRule) -> list[RawSelector]:
     return [RawSelector(t.glob, t.axis) for _, t in terms if isinstance(t, P.RawModule)]
 
 
-def _matches(entry: Entry, pattern: P.KindPattern | P.RawModule) -> bool:
+def _term(pattern: P.KindPattern | P.RawModule) -> Term:
     if isinstance(pattern, P.RawModule):
-        return entry.kind == "raw" and fnmatch.fnmatchcase(entry.key[len("raw."):],
-                                                           pattern.glob.removesuffix(".weight"))
-    return entry.kind != "raw" and fnmatch.fnmatchcase(entry.kind, pattern.glob)
+        return Term(pattern.glob, pattern.axis)
+    return Term(pattern.glob)
 
 
-def _explicit(pattern: P.KindPattern | P.RawModule) -> bool:
-    return isinstance(pattern, P.RawModule) or "*" not in pattern.glob
+def candidate_entries(space: ChannelSpace, rule: P.TransferRule, *,
+                      warn: bool = True) -> list[Entry]:
+    """The entries a rule may select from (:func:`actlang.arch.selection.candidate_entries`,
+    which plan and run both call through here)."""
+    layers = None if rule.layers is None else range(*rule.layers)
+    return S.candidate_entries(space, [(sign, _term(t)) for sign, t in rule.channels.terms],
+                               exclude=[_term(t) for _, t in rule.exclude.terms],
+                               layers=layers, include_global=rule.include_global, warn=warn)
 
 
-def candidate_entries(space: ChannelSpace, rule: P.TransferRule) -> list[Entry]:
-    """The entries a rule may select from, in the space's order.
-
-    Terms apply left to right. Residual (global) channels need ``include_global``; kinds
-    excluded by default (``lm_head``) come in only when named without a wildcard.
-    """
-    chosen: dict[str, Entry] = {}
-    for sign, pattern in rule.channels.terms:
-        hits = [e for e in space if _matches(e, pattern)]
-        if sign > 0:
-            if not hits:
-                raise RuntimeUserError(
-                    f"the selector `{_show(pattern)}` matches no module of this "
-                    f"{space.model_type} model", hint="kinds here: " + ", ".join(space.kinds))
-            for e in hits:
-                if e.is_global and not rule.include_global:
-                    if _explicit(pattern):
-                        raise RuntimeUserError(
-                            f"`{_show(pattern)}` channels are residual dimensions shared by the "
-                            "whole model", hint="set include_global = true to move them anyway")
-                    continue
-                if e.default_excluded and not e.is_global and not _explicit(pattern):
-                    continue  # lm_head: its rows are vocabulary entries, moved only by name
-                chosen[e.key] = e
-        else:
-            for e in hits:
-                chosen.pop(e.key, None)
-    for _, pattern in rule.exclude.terms:
-        for e in [e for e in chosen.values() if _matches(e, pattern)]:
-            del chosen[e.key]
-    if rule.layers is not None:
-        start, stop = rule.layers
-        if stop > space.n_layers:
-            raise RuntimeUserError(f"layers {start}..{stop} reach past the model's "
-                                   f"{space.n_layers} layers",
-                                   hint=f"the last layer range is 0..{space.n_layers}")
-        chosen = {k: e for k, e in chosen.items() if e.layer is not None and start <= e.layer < stop}
-    entries = [e for e in space if e.key in chosen]
-    if not entries:
-        raise RuntimeUserError("the rule's channels, layers and exclusions leave nothing to select")
-    return entries
+def unit_groups(space: ChannelSpace, rule: P.TransferRule) -> list[S.UnitGroup]:
+    """The units the rule's selection ranks; raises if a count budget asks for more."""
+    groups = S.unit_groups(space, candidate_entries(space, rule, warn=False), rule.granularity)
+    S.check_budget(runtime_budget(rule.budget), groups)
+    return groups
 
 
 def runtime_budget(budget: P.Budget) -> Budget:
-    from actlang.arch.selection import Budget
-
     if budget.kind == "threshold":
         return Budget("threshold", budget.value)
     if budget.kind == "count":
         return Budget("count", int(budget.value))
     mode = "global" if budget.scope == "global" else f"per_{budget.scope}"
     return Budget(mode, budget.value)  # type: ignore[arg-type]
-
-
-def check_budget(rule: P.TransferRule, entries: list[Entry]) -> int:
-    """Channels the rule can choose from; raises if a count budget asks for more."""
-    available = sum(e.size for e in entries)
-    if rule.budget.kind == "count" and rule.budget.value > available:
-        raise RuntimeUserError(
-            f"the budget asks for {int(rule.budget.value)} channels but the selector matches "
-            f"{available}", hint="lower the budget or widen `channels`")
-    return available
-
-
-def _show(pattern: P.KindPattern | P.RawModule) -> str:
-    if isinstance(pattern, P.RawModule):
-        return f'module("{pattern.glob}", axis = {pattern.axis})'
-    return "all" if pattern.glob == "*" else pattern.glob

@@ -86,9 +86,6 @@ class Cache:
     def has(self, kind: str, key: str) -> bool:
         return self._path(kind, key).is_file()
 
-    def stats_path(self, key: str) -> Path:
-        return self._path("stats", key)
-
     def load(self, kind: str, key: str, read: Callable[[Path], Any]) -> Any | None:
         """``read(path)`` of the entry, or None on a miss or an unreadable entry (removed)."""
         path = self._path(kind, key)

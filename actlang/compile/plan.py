@@ -14,6 +14,7 @@ together is an error before any forward pass.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,15 @@ import networkx as nx
 
 from actlang import __version__
 from actlang.arch.adapters import ChannelSpace
-from actlang.arch.errors import RuntimeUserError
+from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
 from actlang.arch.files import pickle_files, safetensors_files
 from actlang.arch.safetensors import Headers, check_compatible
 from actlang.compile import ops as O
 from actlang.compile.bind import (
     candidate_entries,
-    check_budget,
     raw_selectors,
     runtime_corpus,
+    unit_groups,
 )
 from actlang.compile.cache import CACHE_FORMAT, Cache, digest
 from actlang.compile.lower import lower
@@ -95,6 +96,22 @@ class Estimates:
     exact: bool = True  # False when some sizes were unknown (e.g. an unbuilt zoo)
 
 
+@dataclass(frozen=True)
+class Selectable:
+    """What a selection chooses from: units of its granularity, and the channels they hold."""
+
+    units: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class PlanWarning:
+    """Something the user may not mean, located at a rule of the spec."""
+
+    message: str
+    span: Span | None
+
+
 @dataclass
 class Plan:
     program: P.Program
@@ -105,12 +122,10 @@ class Plan:
     keys: dict[O.Op, str]
     corpus_tokens: dict[tuple, int | None]
     corpus_digests: dict[tuple, str]
-    selectable: dict[O.Select, int]  # channels each selection chooses from
+    selectable: dict[O.Select, Selectable]  # what each selection chooses from
     estimates: Estimates = field(default_factory=Estimates)
     notes: list[str] = field(default_factory=list)
-
-    def status(self, op: O.Op) -> str:
-        return "cached" if op in self.cached else "new"
+    warnings: list[PlanWarning] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         ids = {op: O.op_id(op) for op in self.order}
@@ -128,6 +143,7 @@ class Plan:
                           "bytes_written": self.estimates.bytes_written,
                           "exact": self.estimates.exact},
             "notes": self.notes,
+            "warnings": [w.message for w in self.warnings],
         }
 
     def dumps(self) -> str:
@@ -178,7 +194,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
             raise PlanError(error, None) from None
     graph = fuse_captures(lower(program))
     models = {m.name: _model_info(m, cache, dry_run) for m in _models(graph)}
-    selectable = _validate_rules(graph, models)
+    selectable, rule_warnings = _validate_rules(graph, models)
     corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
     keys = _cache_keys(graph, models, corpus_digests)
     graph, cached = drop_cached(graph, lambda op: op in keys and not (
@@ -186,7 +202,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
     graph = eliminate_dead_ops(graph)
     order = schedule(graph)
     plan = Plan(program, graph, order, cached & set(graph.nodes), models, keys, corpus_tokens,
-                corpus_digests, selectable)
+                corpus_digests, selectable, warnings=rule_warnings)
     plan.estimates = _estimate(plan)
     for name, info in models.items():
         if info.directory is None:
@@ -287,12 +303,14 @@ def config_parameters(space: ChannelSpace) -> int:
     return sum(length[name] * width[name] for name in length)
 
 
-def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]) -> dict[O.Select, int]:
-    """Resolve each rule's selector against the target; check donors fit the target."""
-    selectable: dict[O.Select, int] = {}
-    for op in graph.nodes:
-        if not isinstance(op, O.Select):
-            continue
+def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
+                    ) -> tuple[dict[O.Select, Selectable], list[PlanWarning]]:
+    """Resolve each rule's selector against the target and count its units exactly as the
+    run will (one function for both); check donors fit the target. Warnings (residual
+    channels in a selection) are collected, each located at its rule."""
+    selectable: dict[O.Select, Selectable] = {}
+    found: list[PlanWarning] = []
+    for op in sorted((op for op in graph.nodes if isinstance(op, O.Select)), key=O.op_id):
         rule = op.rule
         target, donor = models[op.scores.target.name], models[rule.donor.name]
         if target.space is None:
@@ -302,11 +320,19 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]) -> dict[O.S
                 raise RuntimeUserError("module(...) selectors are not supported by the "
                                        "planner yet", hint="use canonical module kinds")
             _check_pair(target, donor)
-            entries = candidate_entries(target.space, rule)
-            selectable[op] = check_budget(rule, entries)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", GlobalChannelWarning)
+                candidate_entries(target.space, rule)
+            groups = unit_groups(target.space, rule)
         except RuntimeUserError as error:
             raise PlanError(error, rule.span) from None
-    return selectable
+        selectable[op] = Selectable(units=sum(g.n_units for g in groups),
+                                    channels=sum(g.n_channels for g in groups))
+        for warning in caught:
+            entry = PlanWarning(str(warning.message), rule.span)
+            if entry not in found:
+                found.append(entry)
+    return selectable, found
 
 
 def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:

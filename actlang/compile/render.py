@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from actlang.compile import ops as O
 from actlang.compile.plan import Plan
 
@@ -61,9 +63,14 @@ def _detail(plan: Plan, op: O.Op) -> str:
     if isinstance(op, O.Select) and op in plan.selectable:
         available = plan.selectable[op]
         budget = op.rule.budget
+        unit = "channels" if op.rule.granularity == "channel" else \
+            f"{op.rule.granularity} units ({available.channels:,} channels)"
         if budget.kind == "fraction" and budget.scope == "global":
-            return f"  [{round(budget.value * available):,} of {available:,} channels]"
-        return f"  [from {available:,} channels]"
+            chosen = math.floor(budget.value * available.units + 0.5)  # as selection rounds
+            return f"  [{chosen:,} of {available.units:,} {unit}]"
+        if budget.kind == "count":
+            return f"  [{int(budget.value):,} of {available.units:,} {unit}]"
+        return f"  [from {available.units:,} {unit}]"
     if isinstance(op, O.Statistic) and op in plan.cached:
         return "  [cache hit]"
     return ""

@@ -296,7 +296,6 @@ class Recipe:
 
 
 Item = Union[Use, Let, ModelDecl, CorpusDecl, AbilityDecl, Surgery, Recipe]
-DECLARATIONS = (Let, ModelDecl, CorpusDecl, AbilityDecl, Surgery, Recipe)
 
 
 @dataclass(frozen=True)

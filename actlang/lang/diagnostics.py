@@ -59,6 +59,7 @@ CODES: dict[str, str] = {
     "E501": "model, corpus or selection problem found while planning",
     "E502": "problem found while running",
     "W001": "setting with side effects",
+    "W501": "a selection the spec may not mean, found while planning",
 }
 
 

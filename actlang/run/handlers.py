@@ -167,7 +167,8 @@ def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outco
     maximum = rule.max_per_module
     mask = select_channels(
         scores, space, runtime_budget(rule.budget),
-        entries=candidate_entries(space, rule), granularity=rule.granularity,
+        entries=candidate_entries(space, rule, warn=False),  # the plan warned
+        granularity=rule.granularity,
         tie=None if rule.tie == "none" else rule.tie, min_per_module=rule.min_per_module,
         max_per_module=None if maximum is None else
         (maximum.value if maximum.kind == "fraction" else int(maximum.value)))
@@ -317,6 +318,8 @@ def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
     ancestors = _ancestors(ctx, op)
     payload = result.to_json(
         key=ctx.plan.keys.get(op), counters=S.COUNTERS.to_json(),
+        warnings=[w.message for w in ctx.plan.warnings
+                  if w.span in {t.span for t in surgery.transfers}],
         ops=[ctx.records[o] for o in ctx.plan.order if o in ancestors and o in ctx.records])
     with atomic_output_dir(surgery.output, overwrite=ctx.force) as tmp:
         for item in stage.directory.iterdir():

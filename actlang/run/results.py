@@ -67,16 +67,17 @@ class SurgeryResult:
     gates: list[GateResult]
     transfer: dict[str, Any]
 
-    def to_json(self, *, key: str | None, ops: list[OpRecord],
-                counters: dict[str, Any]) -> dict[str, Any]:
-        """``run_results.json``: this output, the ops it came from and the run's counters."""
+    def to_json(self, *, key: str | None, ops: list[OpRecord], counters: dict[str, Any],
+                warnings: list[str]) -> dict[str, Any]:
+        """``run_results.json``: this output, the ops it came from, the run's counters and
+        the plan's warnings about this surgery's rules."""
         return {
             "format_version": RESULTS_FORMAT_VERSION, "actlang_version": __version__,
             "key": key, "surgery": self.surgery.name, "output": self.surgery.output,
             "sweep": dict(self.surgery.sweep_point),
             "ops": [record.to_json() for record in ops],
             "counters": counters, "transfer": self.transfer, "evals": self.evals,
-            "gates": [g.to_json() for g in self.gates],
+            "gates": [g.to_json() for g in self.gates], "warnings": warnings,
         }
 
     @classmethod

@@ -4,7 +4,8 @@
     mask = select_channels(scores, space, Budget("per_layer", 0.05), kinds=["mlp.*"],
                            granularity="neuron", min_per_module=1)
 
-**Candidates** (:func:`candidate_entries`): by default every entry except those excluded by
+**Candidates** (:func:`~actlang.arch.selection.candidate_entries`, which the planner uses
+too; :func:`kind_candidates` takes lists of kind globs): by default every entry except those excluded by
 default — ``embed``, ``embed.pos``, ``lm_head`` and all norms (``norm.*``,
 ``attn.q_norm``, ``attn.k_norm``). Embedding columns and norm elements are residual-stream
 dimensions read by *every* layer (and q/k norm elements are shared by every head), so moving
@@ -41,7 +42,6 @@ every head sharing it). Tying may move channels of kinds that are not candidates
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -49,22 +49,26 @@ import numpy as np
 import torch
 
 from actlang.arch.adapters import ChannelSpace, Entry
-from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
-from actlang.arch.selection import Budget
+from actlang.arch.errors import RuntimeUserError
+from actlang.arch.registry import TIES
+from actlang.arch.selection import (
+    ALL,
+    Budget,
+    Term,
+    UnitGroup,
+    candidate_entries,
+    unit_groups,
+)
 from actlang.run.mask import ChannelMask
 from actlang.run.scores import Scores
 
 __all__ = [
     "Budget",
-    "GRANULARITIES",
-    "TIES",
-    "candidate_entries",
+    "kind_candidates",
     "select_channels",
 ]
 
-GRANULARITIES = ("channel", "neuron", "head", "module", "layer")
-TIES = (None, "neuron", "head", "kv_group")
-def candidate_entries(
+def kind_candidates(
     space: ChannelSpace,
     kinds: Sequence[str] | None = None,
     layers: Iterable[int] | None = None,
@@ -72,26 +76,12 @@ def candidate_entries(
     *,
     warn: bool = True,
 ) -> list[Entry]:
-    """The entries a selection may choose from (see the module docs for the defaults)."""
-    if kinds is None:
-        ents = [e for e in space.match(layers=layers, exclude=exclude) if not e.default_excluded]
-    else:
-        ents = space.match(kinds, layers, exclude)
-        if not ents:
-            raise RuntimeUserError(
-                f"the selector {list(kinds)} matches no module of this {space.model_type} model",
-                hint="kinds: " + ", ".join(space.kinds),
-            )
-        glob = sorted({e.kind for e in ents if e.is_global})
-        if glob and warn:
-            warnings.warn(
-                f"selection includes channels global to the model ({', '.join(glob)}): residual dimensions "
-                "and shared norm elements affect every layer, not one module",
-                GlobalChannelWarning, stacklevel=3,
-            )
-    if not ents:
-        raise RuntimeUserError("nothing to select from: every module is excluded or outside the layers")
-    return ents
+    """:func:`~actlang.arch.selection.candidate_entries` for lists of kind globs: every
+    default candidate when ``kinds`` is None; naming kinds opts into residual ones (with a
+    :class:`~actlang.arch.errors.GlobalChannelWarning`)."""
+    terms = ALL if kinds is None else tuple((1, Term(k)) for k in kinds)
+    return candidate_entries(space, terms, exclude=[Term(x) for x in exclude or ()],
+                             layers=layers, include_global=kinds is not None, warn=warn)
 
 
 # --------------------------------------------------------------------------- units
@@ -127,83 +117,48 @@ def _channel_block(e: Entry, scores: Scores) -> _Block:
 
 
 def _blocks(space: ChannelSpace, scores: Scores, ents: list[Entry], granularity: str) -> list[_Block]:
-    if granularity not in GRANULARITIES:
-        raise RuntimeUserError(f"unknown granularity {granularity!r}", hint=f"granularities: {', '.join(GRANULARITIES)}")
-    blocks: list[_Block] = []
-    if granularity == "channel":
-        return [_channel_block(e, scores) for e in ents]
-    if granularity == "module":
-        for e in ents:
-            s = _score_of(scores, e.key, e.size)
-            blocks.append(_Block(e.key, e.layer, s.mean().reshape(1),
-                                 lambda j, e=e: [("ch", e.key, np.arange(e.size))] if len(j) else [], e.size))
-        return blocks
-    if granularity == "layer":
-        by_layer: dict[int, list[Entry]] = {}
-        globals_: list[_Block] = []
-        for e in ents:
-            if e.layer is None:
-                s = _score_of(scores, e.key, e.size)
-                globals_.append(_Block(e.key, None, s.mean().reshape(1),
-                                       lambda j, e=e: [("ch", e.key, np.arange(e.size))] if len(j) else [], e.size))
-            else:
-                by_layer.setdefault(e.layer, []).append(e)
-        for layer, es in by_layer.items():
-            s = torch.cat([_score_of(scores, e.key, e.size) for e in es]).mean().reshape(1)
-            blocks.append(_Block(
-                f"layers.{layer}", layer, s,
-                lambda j, es=es: [("ch", e.key, np.arange(e.size)) for e in es] if len(j) else [],
-                sum(e.size for e in es)))
-        return blocks + globals_
+    """Score each unit group (:func:`~actlang.arch.selection.unit_groups`, the layout the
+    planner counts too) and say which channels each of its units moves."""
+    return [_block(space, scores, group) for group in unit_groups(space, ents, granularity)]
 
-    taken: set[str] = set()
-    layer_ids = sorted({e.layer for e in ents if e.layer is not None})
-    cand = {e.key for e in ents}
-    for layer in layer_ids:
-        pre = f"layers.{layer}."
-        if granularity == "neuron":
-            keys = [pre + "mlp.gate", pre + "mlp.up"]
-            scored = [k for k in keys if k in cand]
-            if scored:
-                size = space[scored[0]].size
-                s = torch.stack([_score_of(scores, k, size) for k in scored]).mean(0)
-                movers = [k for k in keys if k in space]
-                down = pre + "mlp.down" if (pre + "mlp.down") in space and space[pre + "mlp.down"].inputs else None
 
-                def neuron(j: np.ndarray, movers: list[str] = movers, down: str | None = down) -> list:
-                    out = [("ch", k, j) for k in movers]
-                    if down:
-                        out.append(("in", down, j))
-                    return out
+def _block(space: ChannelSpace, scores: Scores, group: UnitGroup) -> _Block:
+    keys = group.keys
+    if group.kind == "channel":
+        return _Block(group.name, group.layer, _score_of(scores, keys[0], group.n_units),
+                      lambda j, k=keys[0]: [("ch", k, j)], group.n_channels)
+    if group.kind in ("module", "layer"):
+        mean = torch.cat([_score_of(scores, k, space[k].size) for k in keys]).mean().reshape(1)
+        return _Block(group.name, group.layer, mean,
+                      lambda j: [("ch", k, np.arange(space[k].size)) for k in keys] if len(j)
+                      else [], group.n_channels)
+    pre = f"layers.{group.layer}."
+    if group.kind == "neuron":
+        s = torch.stack([_score_of(scores, k, group.n_units) for k in keys]).mean(0)
+        movers = [k for k in (pre + "mlp.gate", pre + "mlp.up") if k in space]
+        down = pre + "mlp.down" if (pre + "mlp.down") in space and space[pre + "mlp.down"].inputs \
+            else None
 
-                blocks.append(_Block(pre + "mlp.neuron", layer, s, neuron, size * len(movers)))
-                taken.update(scored)
-        elif granularity == "head":
-            heads, kv, hd = space.heads()
-            q, k, v, o = (pre + x for x in ("attn.q", "attn.k", "attn.v", "attn.o"))
-            if q in cand:
-                s = _score_of(scores, q, heads * hd).view(heads, hd).mean(1)
-                o_in = o if o in space and space[o].inputs else None
+        def neuron(j: np.ndarray) -> list:
+            return [("ch", k, j) for k in movers] + ([("in", down, j)] if down else [])
 
-                def qhead(j: np.ndarray, q: str = q, o_in: str | None = o_in, hd: int = hd) -> list:
-                    idx = (j[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
-                    return [("ch", q, idx)] + ([("in", o_in, idx)] if o_in else [])
+        return _Block(group.name, group.layer, s, neuron, group.n_channels)
+    _, _, hd = space.heads()
 
-                blocks.append(_Block(pre + "attn.head", layer, s, qhead, heads * hd))
-                taken.add(q)
-            kvs = [x for x in (k, v) if x in cand]
-            if kvs:
-                s = torch.stack([_score_of(scores, x, kv * hd).view(kv, hd).mean(1) for x in kvs]).mean(0)
+    def rows(j: np.ndarray) -> np.ndarray:
+        return (j[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
 
-                def kvhead(j: np.ndarray, kvs: list[str] = kvs, hd: int = hd) -> list:
-                    idx = (j[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
-                    return [("ch", x, idx) for x in kvs]
-
-                blocks.append(_Block(pre + "attn.kv_head", layer, s, kvhead, kv * hd * len(kvs)))
-                taken.update(kvs)
-    # everything else stays at channel granularity (ordered as the space)
-    rest = [_channel_block(e, scores) for e in ents if e.key not in taken]
-    return blocks + rest
+    s = torch.stack([_score_of(scores, k, group.n_units * hd).view(group.n_units, hd).mean(1)
+                     for k in keys]).mean(0)
+    if group.kind == "q_head":
+        o = pre + "attn.o"
+        o_in = o if o in space and space[o].inputs else None
+        return _Block(group.name, group.layer, s,
+                      lambda j: [("ch", keys[0], rows(j))] + ([("in", o_in, rows(j))] if o_in
+                                                                else []), group.n_channels)
+    assert group.kind == "kv_head", group.kind
+    return _Block(group.name, group.layer, s, lambda j: [("ch", k, rows(j)) for k in keys],
+                  group.n_channels)
 
 
 # --------------------------------------------------------------------------- selection
@@ -292,9 +247,10 @@ def select_channels(
     units selected (``units_selected``) out of ``units_total``.
     """
     b = Budget.parse(budget)
-    if tie not in TIES:
-        raise RuntimeUserError(f"unknown tie {tie!r}", hint="ties: neuron, head, kv_group")
-    ents = list(entries) if entries is not None else candidate_entries(space, kinds, layers, exclude)
+    tie = None if tie == "none" else tie
+    if tie is not None and tie not in TIES:
+        raise RuntimeUserError(f"unknown tie {tie!r}", hint="ties: " + ", ".join(TIES.names))
+    ents = list(entries) if entries is not None else kind_candidates(space, kinds, layers, exclude)
     blocks = _blocks(space, scores, ents, granularity)
     if b.mode == "per_module" and granularity in ("module", "layer"):
         raise RuntimeUserError(f"a per-module budget needs a granularity finer than {granularity}")

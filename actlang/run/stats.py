@@ -293,7 +293,6 @@ class _Capture:
         self._scored_rows: dict[int, ScoredRows] = {}
         self.stash: dict[str, torch.Tensor] | None = None
         self.paired: ChannelStats | None = None
-        self.paired_fields: tuple[str, ...] = PAIRED_FIELDS
         self.mode: str = "plain"  # "plain" | "stash" | "diff"
         self.keep = False  # "diff": leave the stash for a further partner
         self.reducer = Reducer()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from actlang.arch.adapters import ChannelSpace
 from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
+from actlang.arch.selection import Budget
 from actlang.run.scores import (
     Scores,
     compute_scores,
@@ -17,7 +18,7 @@ from actlang.run.scores import (
     random_scores,
     weight_delta_scores,
 )
-from actlang.run.select import Budget, candidate_entries, select_channels
+from actlang.run.select import kind_candidates, select_channels
 from actlang.run.stats import ChannelStats
 
 from .conftest import make_config
@@ -39,8 +40,8 @@ def test_selected_count_equals_budget(seed, frac, family, granularity):
     if granularity == "channel":
         assert mask.n_channels == mask.meta["units_selected"]
         # the selected channels are exactly the top ones
-        flat = torch.cat([scores[e.key] for e in candidate_entries(space)])
-        chosen = torch.cat([mask.selected(e.key) for e in candidate_entries(space)])
+        flat = torch.cat([scores[e.key] for e in kind_candidates(space)])
+        chosen = torch.cat([mask.selected(e.key) for e in kind_candidates(space)])
         if chosen.any() and not chosen.all():
             assert flat[chosen].min() >= flat[~chosen].max()
 
@@ -66,15 +67,15 @@ def test_per_module_per_layer_threshold():
     space = _space("llama")
     scores = random_scores(space, 3)
     m = select_channels(scores, space, "25% per module")
-    for e in candidate_entries(space):
+    for e in kind_candidates(space):
         assert int(m.selected(e.key).sum()) == math.floor(0.25 * e.size + 0.5)
     m = select_channels(scores, space, "10% per layer")
     for layer in range(space.n_layers):
-        n = sum(e.size for e in candidate_entries(space) if e.layer == layer)
-        got = sum(int(m.selected(e.key).sum()) for e in candidate_entries(space) if e.layer == layer)
+        n = sum(e.size for e in kind_candidates(space) if e.layer == layer)
+        got = sum(int(m.selected(e.key).sum()) for e in kind_candidates(space) if e.layer == layer)
         assert got == math.floor(0.1 * n + 0.5)
     m = select_channels(scores, space, "threshold 0.9")
-    assert m.n_channels == sum(int((scores[e.key] >= 0.9).sum()) for e in candidate_entries(space))
+    assert m.n_channels == sum(int((scores[e.key] >= 0.9).sum()) for e in kind_candidates(space))
     assert Budget.parse("3%") == Budget("global", 0.03)
     assert Budget.parse("5% per module") == Budget("per_module", 0.05)
     assert Budget.parse("120") == Budget("count", 120)
@@ -100,16 +101,16 @@ def test_budget_errors():
 
 def test_default_exclusions_and_opt_in_warning():
     space = _space("qwen3")
-    kinds = {e.kind for e in candidate_entries(space)}
+    kinds = {e.kind for e in kind_candidates(space)}
     assert kinds == {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"}
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        ents = candidate_entries(space, kinds=["attn.*", "embed"])
+        ents = kind_candidates(space, kinds=["attn.*", "embed"])
     assert any(issubclass(x.category, GlobalChannelWarning) for x in w)
     assert {"attn.q_norm", "embed"} <= {e.kind for e in ents}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        candidate_entries(space, kinds=["lm_head"])  # excluded by default, but not global
+        kind_candidates(space, kinds=["lm_head"])  # excluded by default, but not global
 
 
 def _tied_ok(space, mask, tie):
@@ -200,3 +201,29 @@ def test_weight_delta_control(family_dirs):
     r1, r2 = random_scores(space, 5), random_scores(space, 5)
     assert all(torch.equal(r1[k], r2[k]) for k in r1.keys())
     assert Scores({"x": torch.tensor([3.0, 1.0, 0.0, 0.0])}).concentration([0.25])[0.25] == 0.75
+
+
+@settings(max_examples=25, deadline=None)
+@given(family=st.sampled_from(["llama", "phi3", "gpt2", "qwen3"]),
+       granularity=st.sampled_from(["channel", "neuron", "head", "module", "layer"]),
+       kinds=st.sets(st.sampled_from(["attn.q", "attn.k", "attn.v", "attn.o", "mlp.*"]),
+                     min_size=1))
+def test_the_planner_counts_the_units_the_selection_ranks(family, granularity, kinds):
+    """A count budget of exactly the planner's unit count selects everything; one more is
+    refused by both (plan and run share one unit layout)."""
+    from actlang.arch.selection import check_budget, unit_groups
+
+    space = _space(family)
+    entries = kind_candidates(space, sorted(kinds), warn=False)
+    groups = unit_groups(space, entries, granularity)
+    units = sum(g.n_units for g in groups)
+    scores = random_scores(space, 0)
+    mask = select_channels(scores, space, Budget("count", units), entries=entries,
+                           granularity=granularity)
+    assert mask.meta["units_total"] == mask.meta["units_selected"] == units
+    assert mask.n_channels >= sum(g.n_channels for g in groups if g.kind == "channel")
+    with pytest.raises(RuntimeUserError):
+        check_budget(Budget("count", units + 1), groups)
+    with pytest.raises(RuntimeUserError):
+        select_channels(scores, space, Budget("count", units + 1), entries=entries,
+                        granularity=granularity)
