@@ -228,10 +228,12 @@ def run_command(
     from actlang.arch.errors import RuntimeUserError
     from actlang.compile.cache import Cache, write_atomically
     from actlang.compile.plan import PlanError, make_plan
+    from actlang.compile.resolve import Builders
     from actlang.lang.diagnostics import Diagnostic
     from actlang.resources import stdlib_digest
     from actlang.run.console import BarsProgress, print_results
     from actlang.run.executor import Executor
+    from actlang.run.gguf import convert_gguf
     from actlang.zoo.build import build_zoo
 
     program, sources = _checked_program(spec, json_output)
@@ -240,9 +242,10 @@ def run_command(
     console = Console(stderr=True)
     cache = Cache(cache_dir)
     try:
-        with console.status("planning (first use of the zoo builds it: a few minutes)"):
-            plan = make_plan(program, cache, dry_run=False, rebuild=force,
-                             zoo_builder=build_zoo)
+        with console.status("planning (the first use of the zoo builds it, of a GGUF file "
+                            "converts it: seconds to minutes)"):
+            builders = Builders(zoo_builder=build_zoo, gguf_converter=convert_gguf)
+            plan = make_plan(program, cache, dry_run=False, rebuild=force, builders=builders)
         if not json_output:
             _print_plan_warnings(plan, sources)
         with BarsProgress(console) as progress:

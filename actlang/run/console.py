@@ -92,6 +92,18 @@ def print_results(console: Console, result: RunResult) -> None:
     console.print(f"{len(result.records)} ops ({cached} cached), "
                   f"{counters['forward_passes']} forward passes for statistics, "
                   f"{counters['tokens_scored']:,} scored tokens")
+    for record in result.records:
+        if record.details.get("units_short"):
+            console.print(f"[yellow]note[/yellow]: {record.label}: the budget asked for "
+                          f"{record.details['units_short']:,} more units than have donor "
+                          "weights that differ from the target's; fewer were selected")
+    for r in result.surgeries:
+        pairs = zip(r.transfer.get("channels_selected", []), r.transfer.get("channels_moving", []))
+        for selected, moving in pairs:
+            if moving < selected:
+                console.print(f"[yellow]note[/yellow]: {r.surgery.name}: {moving:,} of "
+                              f"{selected:,} selected channels move weights; the other "
+                              f"{selected - moving:,} are identical in donor and target")
     for surgery, gate in result.failed_gates:
         console.print(f"[red]gate failed[/red] in {surgery.surgery.name}: {gate.condition} "
                       f"({gate.left:.4f} vs {gate.right:.4f}, short by "

@@ -44,10 +44,13 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Selected:
-    """A selection's mask and the scores it ranked (None for random scores)."""
+    """A selection's mask, the scores it ranked (None for random scores), and how many of
+    its channels have parameters that differ between donor and target (the rest move
+    nothing)."""
 
     mask: ChannelMask
     scores: Scores | None
+    moving: int
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
             anchor, *partners = models
             results = S.collect_lockstep_stats(
                 ctx.loaded[anchor.name], [ctx.loaded[p.name] for p in partners], space,
-                data, entries=entries, labels=labels, progress=advance)
+                data, entries=entries, labels=labels, progress=advance, local=op.local)
             produced[(anchor, None)] = results[0].a
             for partner, result in zip(partners, results):
                 produced[(partner, None)] = result.b
@@ -159,21 +162,31 @@ def score(ctx: RunContext, op: O.Score, inputs: Inputs, cached: bool) -> Outcome
 
 
 def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outcome:
+    """Select a rule's channels; by default only channels whose parameters differ."""
+    from actlang.run.scores import changed_channels
     from actlang.run.select import select_channels
 
     rule = op.rule
     space = ctx.space(op.scores.target)
     scores = inputs[op.scores]
+    entries = candidate_entries(space, rule, warn=False)  # the plan warned
+    changed = changed_channels(space, ctx.checkpoint(rule.donor), ctx.checkpoint(op.scores.target),
+                               entries)
     maximum = rule.max_per_module
     mask = select_channels(
-        scores, space, runtime_budget(rule.budget),
-        entries=candidate_entries(space, rule, warn=False),  # the plan warned
+        scores, space, runtime_budget(rule.budget), entries=entries,
         granularity=rule.granularity,
         tie=None if rule.tie == "none" else rule.tie, min_per_module=rule.min_per_module,
         max_per_module=None if maximum is None else
-        (maximum.value if maximum.kind == "fraction" else int(maximum.value)))
+        (maximum.value if maximum.kind == "fraction" else int(maximum.value)),
+        changed=changed if rule.skip_identical else None)
+    moving = sum(int((mask.selected(key) & differs).sum()) for key, differs in changed[0].items()
+                 if key in mask.channels)
     ranked = None if SCORES[rule.score.name].inputs == "none" else scores
-    return Outcome(Selected(mask, ranked), {"channels_selected": mask.n_channels})
+    details = {"channels_selected": mask.n_channels, "channels_moving": moving}
+    if mask.meta["units_short"]:
+        details["units_short"] = mask.meta["units_short"]
+    return Outcome(Selected(mask, ranked, moving), details)
 
 
 def transfer(ctx: RunContext, op: O.Transfer, inputs: Inputs, cached: bool) -> Outcome:
@@ -200,6 +213,7 @@ def transfer(ctx: RunContext, op: O.Transfer, inputs: Inputs, cached: bool) -> O
                             base_models=[model_card_name(m) for m in dict.fromkeys(models)],
                             tags=["actlang", "act", "ability-transfer"], progress=advance)
     summary = {"channels_selected": [selected.mask.n_channels for _, selected in selections],
+               "channels_moving": [selected.moving for _, selected in selections],
                "parameters_changed": report.elements_moved,
                "tensors_changed": len(report.tensors_changed)}
     return Outcome(Stage(out, selections, summary), summary)
@@ -345,7 +359,7 @@ def _report(ctx: RunContext, directory: Path, surgery: P.SurgerySpec, stage: Sta
 
     selections = [Selection(f"{s.rule.ability.name} from {s.rule.donor.name}",
                             s.rule.ability.name, selected.mask, selected.scores,
-                            truth=_truth(ctx, s.rule.truth))
+                            truth=_truth(ctx, s.rule.truth), moving=selected.moving)
                   for s, selected in stage.selections]
     donors = {s.rule.ability.name: f"donor ({s.rule.donor.name})" for s, _ in stage.selections}
     write_report(directory, title=surgery.name + "".join(

@@ -198,8 +198,12 @@ def finetune_description(steps: int, scope: str) -> str:
 
 def model_card_name(model: Any) -> str:
     """How a model card's ``base_model`` names an input model (a ``ModelSpec``): the hub id,
-    or the local path."""
-    return model.location if model.source != "zoo" else f"actlang-zoo/{model.location}"
+    the local path, the GGUF file's path (inside its package: ``package/file``)."""
+    if model.source == "zoo":
+        return f"actlang-zoo/{model.location}"
+    if model.package:
+        return f"{model.package}/{model.location}"
+    return model.location
 
 
 def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (), spec_text: str | None = None,

@@ -107,6 +107,8 @@ class Selection:
         scores: the scores the selection ranked (``None`` for controls without a meaningful
             score, such as random channels).
         truth: ground-truth rows per checkpoint tensor name (planted scenario), optional.
+        moving: how many selected channels have donor parameters that differ from the
+            target's (None: not known); the others move nothing.
     """
 
     name: str
@@ -114,6 +116,7 @@ class Selection:
     mask: ChannelMask
     scores: Scores | None
     truth: dict[str, list[int]] | None = None
+    moving: int | None = None
 
 
 @dataclass(frozen=True)
@@ -601,6 +604,7 @@ def _selection_summary(selection: Selection) -> dict[str, Any]:
     mask = selection.mask
     summary = mask.summary()
     return {"name": selection.name, "ability": selection.ability, "channels": mask.n_channels,
+            "channels_moving": selection.moving,
             "input_features": mask.n_inputs, "channels_total": summary["channels_total"],
             "fraction": summary["fraction"], "meta": mask.meta}
 
@@ -608,8 +612,9 @@ def _selection_summary(selection: Selection) -> dict[str, Any]:
 def _selection_cells(index: int, selection: Selection, summary: Mapping[str, Any]) -> list[str]:
     meta = selection.mask.meta
     score = selection.scores.method if selection.scores is not None else meta.get("score", "none")
+    moving = "—" if selection.moving is None else str(selection.moving)
     return [f"#{index}", _esc(selection.name), _esc(selection.ability), str(summary["channels"]),
-            str(summary["channels_total"]), _pct(summary["fraction"]),
+            moving, str(summary["channels_total"]), _pct(summary["fraction"]),
             _esc(meta.get("budget", meta.get("selection", "—"))), _esc(meta.get("granularity", "—")),
             _esc(score)]
 
@@ -627,9 +632,10 @@ def selections_section(selections: Sequence[Selection], space: ChannelSpace, plo
                        "No channel selections (a whole-model method, or no transfer).")
     summaries = [_selection_summary(s) for s in selections]
     maps = [channel_map_section(i, s, space, plots) for i, s in enumerate(selections, 1)]
-    table = _table(["#", "selection", "ability", "channels", "of", "share of all", "budget", "granularity",
-                    "score"], [_selection_cells(i, s, summary) for i, (s, summary)
-                               in enumerate(zip(selections, summaries), 1)], "lllrrrlll")
+    table = _table(["#", "selection", "ability", "channels", "moving weights", "of", "share of all",
+                    "budget", "granularity", "score"],
+                   [_selection_cells(i, s, summary) for i, (s, summary)
+                    in enumerate(zip(selections, summaries), 1)], "lllrrrrlll")
     data = [{**summary, **m.data} for summary, m in zip(summaries, maps)]
     return Section("Selections", {"selections": data}, _paragraphs(table, *(m.render() for m in maps)),
                    plots=tuple(p for m in maps for p in m.plots))

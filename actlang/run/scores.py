@@ -6,7 +6,9 @@ per channel. Higher means "more different / more relevant".
 The scores are declared in :data:`actlang.arch.registry.SCORES` (their documentation, and
 what each reads); this module computes them. Statistical scores (``a`` is the target, ``b``
 the donor, means over scored tokens): ``paired_absdiff`` is ``mean_t |a_b,t - a_a,t|`` from
-paired statistics (the paper's default); an unpaired score compares one per-channel mean of
+paired statistics (the paper's default); ``local_absdiff`` is ``mean_t |(θ_b − θ_a) x_t|``
+from paired statistics collected with ``local=True`` (:mod:`actlang.run.local`); an unpaired
+score compares one per-channel mean of
 each model, ``|mean_b - mean_a|``, where the registry names the mean (``absmean_diff``:
 ``E|a|``, ``mean_diff``: ``E a``, ``m2_diff``: ``E a²``, ``freq_diff``: ``P(a > 0)``).
 
@@ -25,11 +27,11 @@ Controls at equal budget: :func:`random_scores` (seeded) and :func:`weight_delta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from actlang.arch.adapters import ChannelSpace, Entry
+from actlang.arch.adapters import ChannelSpace, Entry, TensorPart
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.registry import NORMALIZATIONS, SCORES
 from actlang.run.checkpoint import Checkpoint, as_checkpoint
@@ -40,6 +42,7 @@ __all__ = [
     "compute_scores",
     "contrastive",
     "random_scores",
+    "changed_channels",
     "weight_delta_scores",
 ]
 
@@ -151,8 +154,8 @@ def compute_scores(
     out: dict[str, torch.Tensor] = {}
     for k in keys or src.keys():
         if spec.inputs == "paired":
-            assert paired is not None
-            s = paired.mean_absdiff(k)
+            assert paired is not None and spec.statistic is not None
+            s = paired.mean(k, spec.statistic)
             scale = 0.5 * (paired.mean(k, "sum_abs_a") + paired.mean(k, "sum_abs_b"))
         else:
             assert a is not None and b is not None and spec.statistic is not None
@@ -185,6 +188,32 @@ def random_scores(space: ChannelSpace, seed: int = 0, entries: Iterable[Entry] |
     return Scores({e.key: torch.rand(e.size, generator=g, dtype=torch.float64) for e in ents}, f"random(seed={seed})")
 
 
+def _per_channel(source: Checkpoint, target: Checkpoint, entries: Iterable[Entry],
+                 reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                 inputs: bool = False) -> dict[str, torch.Tensor]:
+    """Per channel of each entry, ``combine`` over its tensors of ``reduce(src, trg)``
+    summed over every axis but the channel axis. Reads one tensor pair at a time.
+
+    With ``inputs``, the entries' input-feature slices (``attn.o`` columns per head,
+    ``mlp.down`` columns per neuron) are reduced instead of their channels."""
+    ents = list(entries)
+    out: dict[str, torch.Tensor] = {}
+    by_tensor: dict[str, list[tuple[Entry, TensorPart]]] = {}
+    for e in ents:
+        for part in (e.inputs if inputs else e.parts):
+            by_tensor.setdefault(part.name, []).append((e, part))
+    for name, uses in by_tensor.items():
+        d = reduce(source.get(name), target.get(name))
+        for e, part in uses:
+            sl = d.narrow(part.axis, part.offset, part.size)
+            other = [i for i in range(sl.dim()) if i != part.axis]
+            value = sl.sum(dim=other) if other else sl
+            out[e.key] = value if e.key not in out else combine(out[e.key], value)
+        del d
+    return out
+
+
 def weight_delta_scores(
     space: ChannelSpace,
     source: Checkpoint | str | Path,
@@ -193,18 +222,30 @@ def weight_delta_scores(
 ) -> Scores:
     """``||theta_src[channel] - theta_trg[channel]||_2`` over each channel's weight slice and
     bias element: the *weight-delta* control. Reads one tensor pair at a time."""
+    squares = _per_channel(as_checkpoint(source), as_checkpoint(target),
+                           space if entries is None else entries,
+                           lambda a, b: (a.to(torch.float64) - b.to(torch.float64)).square(),
+                           torch.add)
+    return Scores({k: v.sqrt() for k, v in squares.items()}, "weight_delta")
+
+
+def _bits_differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise: the two tensors' bits differ (NaN payloads and -0.0 included)."""
+    if a.dtype != b.dtype:
+        return torch.ones(a.shape, dtype=torch.int32)
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return (a.view(as_int) != b.view(as_int)).to(torch.int32)
+
+
+def changed_channels(space: ChannelSpace, source: Checkpoint | str | Path,
+                     target: Checkpoint | str | Path, entries: Iterable[Entry] | None = None,
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Which channels (and input features) have parameters that differ between the two
+    checkpoints at all: ``(channels, inputs)``, bool per entry. A channel whose parameters
+    are bit-identical cannot change anything when transferred."""
     src, trg = as_checkpoint(source), as_checkpoint(target)
     ents = list(space if entries is None else entries)
-    acc = {e.key: torch.zeros(e.size, dtype=torch.float64) for e in ents}
-    by_tensor: dict[str, list[tuple[Entry, int, int, int]]] = {}
-    for e in ents:
-        for p in e.parts:
-            by_tensor.setdefault(p.name, []).append((e, p.axis, p.offset, p.size))
-    for name, uses in by_tensor.items():
-        d = (src.get(name).to(torch.float64) - trg.get(name).to(torch.float64)).square()
-        for e, axis, off, size in uses:
-            sl = d.narrow(axis, off, size)
-            other = [i for i in range(sl.dim()) if i != axis]
-            acc[e.key] += sl.sum(dim=other) if other else sl
-        del d
-    return Scores({k: v.sqrt() for k, v in acc.items()}, "weight_delta")
+    channels = _per_channel(src, trg, ents, _bits_differ, torch.add)
+    inputs = _per_channel(src, trg, [e for e in ents if e.inputs], _bits_differ, torch.add,
+                          inputs=True)
+    return ({k: v > 0 for k, v in channels.items()}, {k: v > 0 for k, v in inputs.items()})

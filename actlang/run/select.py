@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ class _Block:
     scores: torch.Tensor  # [n] float64
     members: Callable[[np.ndarray], list[tuple[str, str, np.ndarray]]]  # local idx -> (ch|in, key, indices)
     n_channels: int = 0
+    movable: np.ndarray | None = None  # [n] bool: the unit's parameters differ; None: all do
 
     @property
     def n(self) -> int:
@@ -116,10 +117,40 @@ def _channel_block(e: Entry, scores: Scores) -> _Block:
                   lambda j, k=e.key: [("ch", k, j)], e.size)
 
 
-def _blocks(space: ChannelSpace, scores: Scores, ents: list[Entry], granularity: str) -> list[_Block]:
+Changed = tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+def _blocks(space: ChannelSpace, scores: Scores, ents: list[Entry], granularity: str,
+            changed: Changed | None) -> list[_Block]:
     """Score each unit group (:func:`~actlang.arch.selection.unit_groups`, the layout the
-    planner counts too) and say which channels each of its units moves."""
-    return [_block(space, scores, group) for group in unit_groups(space, ents, granularity)]
+    planner counts too), say which channels each of its units moves and, given which
+    channels differ between donor and target (``changed``), which units can move anything."""
+    blocks = []
+    for group in unit_groups(space, ents, granularity):
+        block = _block(space, scores, group)
+        if changed is not None:
+            block.movable = _movable(space, group, *changed)
+        blocks.append(block)
+    return blocks
+
+
+def _movable(space: ChannelSpace, group: UnitGroup, channels: Mapping[str, torch.Tensor],
+             inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """Per unit of a group: whether any parameter it moves differs between the models."""
+    keys, n = group.keys, group.n_units
+    rows = [channels[k] for k in keys]
+    if group.kind == "channel":
+        return rows[0].numpy()
+    if group.kind in ("module", "layer"):
+        return np.array([any(bool(r.any()) for r in rows)])
+    pre = f"layers.{group.layer}."
+    if group.kind == "neuron":
+        down = inputs.get(pre + "mlp.down")
+        return torch.stack(rows + ([down] if down is not None else [])).any(0).numpy()
+    per_unit = [r.view(n, -1).any(1) for r in rows]
+    if group.kind == "q_head" and pre + "attn.o" in inputs:
+        per_unit.append(inputs[pre + "attn.o"].view(n, -1).any(1))
+    return torch.stack(per_unit).any(0).numpy()
 
 
 def _block(space: ChannelSpace, scores: Scores, group: UnitGroup) -> _Block:
@@ -175,7 +206,8 @@ def _guard_vec(g: int | float | None, sizes: np.ndarray, default: int | None) ->
 
 
 def _select_flat(score: np.ndarray, block: np.ndarray, group: np.ndarray, sizes: np.ndarray,
-                 budget: Budget, mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
+                 budget: Budget, mins: np.ndarray, maxs: np.ndarray,
+                 movable: np.ndarray) -> np.ndarray:
     U = score.size
     idx = np.arange(U)
     order_b = np.lexsort((idx, -score, block))
@@ -191,7 +223,7 @@ def _select_flat(score: np.ndarray, block: np.ndarray, group: np.ndarray, sizes:
                 f"the budget of {k} units exceeds the {U} selectable units",
                 hint="lower the budget or widen the selector (kinds, layers)",
             )
-        mandatory = rank < mins[block]
+        mandatory = (rank < mins[block]) & movable
         eligible = ~mandatory & (rank < maxs[block])
         n_mand = int(mandatory.sum())
         if n_mand > k:
@@ -203,6 +235,7 @@ def _select_flat(score: np.ndarray, block: np.ndarray, group: np.ndarray, sizes:
                 f"the budget of {k} units exceeds the {n_mand + elig.size} units that max_per_module allows",
                 hint="raise max_per_module or lower the budget",
             )
+        elig = elig[movable[elig]]  # a unit whose parameters are identical moves nothing
         chosen = elig[np.lexsort((elig, -score[elig]))[:rest]]
         sel = mandatory.copy()
         sel[chosen] = True
@@ -223,7 +256,7 @@ def _select_flat(score: np.ndarray, block: np.ndarray, group: np.ndarray, sizes:
         quota = np.floor(budget.value * gsizes + 0.5).astype(np.int64)
         sel = grank < quota[group]
     # guards clip per module: best `min` units always, at most `max`
-    return (sel | (rank < mins[block])) & (rank < maxs[block])
+    return (sel | (rank < mins[block])) & (rank < maxs[block]) & movable
 
 
 def select_channels(
@@ -239,19 +272,26 @@ def select_channels(
     min_per_module: int | float = 0,
     max_per_module: int | float | None = None,
     entries: Sequence[Entry] | None = None,
+    changed: Changed | None = None,
 ) -> ChannelMask:
     """Select the best-scoring units under a budget; returns the mask of what moves.
 
     ``entries`` overrides the candidates computed from ``kinds`` / ``layers`` / ``exclude``.
+    ``changed`` (from :func:`~actlang.run.scores.changed_channels`) says which channels'
+    parameters differ between donor and target: a unit whose parameters are all
+    bit-identical is never selected, since moving it changes nothing — the budget goes to
+    units that do change, and when fewer of them exist than the budget asks for, fewer are
+    selected (``meta["units_short"]`` says by how many).
     The mask's ``meta`` records the budget, granularity, tie, score method and the number of
-    units selected (``units_selected``) out of ``units_total``.
+    units selected (``units_selected``) out of ``units_total`` (``units_unchanged`` of which
+    could not move anything).
     """
     b = Budget.parse(budget)
     tie = None if tie == "none" else tie
     if tie is not None and tie not in TIES:
         raise RuntimeUserError(f"unknown tie {tie!r}", hint="ties: " + ", ".join(TIES.names))
     ents = list(entries) if entries is not None else kind_candidates(space, kinds, layers, exclude)
-    blocks = _blocks(space, scores, ents, granularity)
+    blocks = _blocks(space, scores, ents, granularity, changed)
     if b.mode == "per_module" and granularity in ("module", "layer"):
         raise RuntimeUserError(f"a per-module budget needs a granularity finer than {granularity}")
     sizes = np.array([bl.n for bl in blocks], dtype=np.int64)
@@ -264,7 +304,9 @@ def select_channels(
     maxs = _guard_vec(max_per_module, sizes, None)
     if np.any(maxs < mins):
         raise RuntimeUserError("max_per_module is smaller than min_per_module")
-    sel = _select_flat(score, block, group, sizes, b, mins, maxs)
+    movable = np.concatenate([bl.movable if bl.movable is not None else np.ones(bl.n, bool)
+                              for bl in blocks]) if blocks else np.zeros(0, bool)
+    sel = _select_flat(score, block, group, sizes, b, mins, maxs, movable)
 
     # expand units into channel / input selections with their unit scores
     ch: dict[str, torch.Tensor] = {}
@@ -299,10 +341,21 @@ def select_channels(
         "score": scores.method,
         "units_selected": int(sel.sum()),
         "units_total": int(sel.size),
+        "units_unchanged": int((~movable).sum()),
+        "units_short": _shortfall(b, sel, movable),
         "candidates": sorted({e.kind for e in ents}),
         "model_type": space.model_type,
     }
     return ChannelMask.from_channels(space, ch, ins, channel_scores=ch_sc, input_scores=in_sc, meta=meta)
+
+
+def _shortfall(budget: Budget, sel: np.ndarray, movable: np.ndarray) -> int:
+    """Units a global or count budget asked for that no changed unit could fill."""
+    if budget.mode not in ("global", "count"):
+        return 0
+    wanted = int(math.floor(budget.value * sel.size + 0.5)) if budget.mode == "global" \
+        else int(budget.value)
+    return max(0, wanted - int(sel.sum())) if not movable.all() else 0
 
 
 def _get(d: dict[str, torch.Tensor], key: str, size: int, fill: Any) -> torch.Tensor:

@@ -19,6 +19,8 @@ activations of the batch are held until model B's hook for the same module reduc
 
     count, sum_absdiff (sum |a_B - a_A|, the paper's score numerator), sum_diff, sum_sqdiff,
     sum_abs_a, sum_abs_b
+    sum_local  (on request, ``local=True``) sum of |(θ_B − θ_A) x_A| over model A's module
+               inputs x_A: the module's own change on the inputs it really sees (:mod:`.local`)
 
 A paired pass yields both models' unpaired statistics too, at no extra forward pass.
 
@@ -63,7 +65,11 @@ __all__ = [
 ]
 
 UNPAIRED_FIELDS = ("count", "sum", "sum_abs", "sum_sq", "count_pos")
-PAIRED_FIELDS = ("count", "sum_absdiff", "sum_diff", "sum_sqdiff", "sum_abs_a", "sum_abs_b")
+PAIRED_FIELDS = ("count", "sum_absdiff", "sum_diff", "sum_sqdiff", "sum_abs_a", "sum_abs_b",
+                 "sum_local")
+#: What a paired pass computes unless asked: the local difference costs a matmul per module.
+DEFAULT_PAIRED_FIELDS = PAIRED_FIELDS[:-1]
+LOCAL_FIELD = "sum_local"
 StatKind = Literal["unpaired", "paired"]
 
 
@@ -248,7 +254,7 @@ class ChannelStats:
 def _check_fields(kind: StatKind, fields: Sequence[str] | None) -> tuple[str, ...]:
     allowed = UNPAIRED_FIELDS if kind == "unpaired" else PAIRED_FIELDS
     if fields is None:
-        return allowed
+        return UNPAIRED_FIELDS if kind == "unpaired" else DEFAULT_PAIRED_FIELDS
     bad = [f for f in fields if f not in allowed]
     if bad:
         raise RuntimeUserError(f"unknown {kind} statistic {bad[0]!r}", hint=f"fields: {', '.join(allowed)}")
@@ -295,6 +301,10 @@ class _Capture:
         self.paired: ChannelStats | None = None
         self.mode: str = "plain"  # "plain" | "stash" | "diff"
         self.keep = False  # "diff": leave the stash for a further partner
+        # local differences: the anchor stashes each hooked module's scored inputs and the
+        # module itself; a partner applies (θ_partner − θ_anchor) to the anchor's inputs
+        self.local = False
+        self.anchor_modules: dict[str, nn.Module] = {}
         self.reducer = Reducer()
 
     def __enter__(self) -> "_Capture":
@@ -365,8 +375,44 @@ class _Capture:
                     assert self.stash is not None and self.paired is not None
                     other = (self.stash[e.key] if self.keep else self.stash.pop(e.key)).to(xs.device)
                     self.reducer.paired(self.paired.data[e.key], other, xs, rows)
+            if self.local:
+                self._local(module_path, module, inputs, entries)
 
         return hook
+
+    def _scored_inputs(self, inputs: Any) -> torch.Tensor | None:
+        """A module's first input on the batch's scored positions, ``[scored, ...]``."""
+        x = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else None
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or tuple(x.shape[:2]) != (self.B, self.T):
+            return None
+        flat = x.reshape(self.B * self.T, *x.shape[2:])
+        return flat.clone() if self.mask is None else flat[self.mask.to(flat.device)]
+
+    def _local(self, module_path: str, module: nn.Module, inputs: Any,
+               entries: list[Entry]) -> None:
+        """Stash (anchor) or reduce (partner) the module's local difference on this batch."""
+        from actlang.run.local import local_delta
+
+        assert self.stash is not None
+        slot = f"{module_path}\0input"
+        if self.mode == "stash":
+            self.stash[slot] = self._scored_inputs(inputs)
+            self.anchor_modules[module_path] = module
+            return
+        assert self.paired is not None
+        theirs = self.stash[slot] if self.keep else self.stash.pop(slot)
+        anchor = self.anchor_modules[module_path]
+        delta = None if theirs is None else \
+            local_delta(anchor, module, theirs.to(_device_of(module)))
+        if delta is None:
+            for e in entries:  # no local difference for this module: its scores are undefined
+                self.paired.data[e.key][LOCAL_FIELD].fill_(float("nan"))
+            return
+        sums = delta.abs_().sum(0, dtype=torch.float64)
+        for e in entries:
+            h = e.hook
+            assert h is not None
+            self.paired.data[e.key][LOCAL_FIELD] += sums[h.start:h.stop]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -473,6 +519,7 @@ def collect_paired_stats(
     meta: Mapping[str, str] | None = None,
     fields: Sequence[str] | None = None,
     unpaired_fields: Sequence[str] | None = None,
+    local: bool = False,
 ) -> PairedResult:
     """Paired statistics of ``model_b - model_a`` on the same batches, in lock-step.
 
@@ -481,13 +528,14 @@ def collect_paired_stats(
     Memory: one batch of A's hooked activations (choose ``batch_size`` accordingly).
     With ``unpaired`` (default), each model's unpaired statistics come out of the same pass.
     ``fields`` / ``unpaired_fields`` restrict what is computed (``count`` and
-    ``sum_absdiff`` are always kept). :func:`collect_lockstep_stats` pairs one model with
-    several.
+    ``sum_absdiff`` are always kept); ``local`` adds ``sum_local``, each module's own
+    difference applied to model A's inputs (:mod:`actlang.run.local`): pass the target as A. :func:`collect_lockstep_stats`
+    pairs one model with several.
     """
     (result,) = collect_lockstep_stats(
         model_a, [model_b], space, data, entries=entries, batch_size=batch_size,
         unpaired=unpaired, labels=labels, progress=progress, meta=meta, fields=fields,
-        unpaired_fields=unpaired_fields)
+        unpaired_fields=unpaired_fields, local=local)
     return result
 
 
@@ -505,6 +553,7 @@ def collect_lockstep_stats(
     meta: Mapping[str, str] | None = None,
     fields: Sequence[str] | None = None,
     unpaired_fields: Sequence[str] | None = None,
+    local: bool = False,
 ) -> list[PairedResult]:
     """Paired statistics of each ``partner - anchor``, every model running once per batch.
 
@@ -523,6 +572,8 @@ def collect_lockstep_stats(
     ents = _resolve_entries(space, entries)
     devices = [_device_of(m) for m in models]
     m = _meta(space, data, meta)
+    if local:
+        fields = (*(fields if fields is not None else DEFAULT_PAIRED_FIELDS), LOCAL_FIELD)
     pairs = [ChannelStats.zeros("paired", ents, meta=m, device=d, fields=fields)
              for d in devices[1:]]
     singles = [ChannelStats.zeros("unpaired", ents, meta=m, device=d, fields=unpaired_fields)
@@ -543,6 +594,9 @@ def collect_lockstep_stats(
             for index, (capture, paired) in enumerate(zip(captures[1:], pairs), 1):
                 capture.mode, capture.stash, capture.paired = "diff", stash, paired
                 capture.keep = index < len(partners)  # the last partner frees the stash
+                capture.anchor_modules = captures[0].anchor_modules
+            for capture in captures:
+                capture.local = local
             for batch in _batches(data, batch_size):
                 for model, capture, device, logits in zip(models, captures, devices, need):
                     on_device = batch.to(device)

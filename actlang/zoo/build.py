@@ -86,7 +86,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actlang.arch.zoo import (
     FORMAT,
-    MODELS,
+    RealZooConfig,
     TrainConfig,
     ZooConfig,
     ZooManifest,
@@ -95,6 +95,7 @@ from actlang.arch.zoo import (
     load_zoo,
     zoo_config,
     zoo_key,
+    zoo_models,
 )
 from actlang.run.evaluate import exact_match, perplexity
 from actlang.zoo.data import (
@@ -105,6 +106,7 @@ from actlang.zoo.data import (
     write_corpora,
     write_jsonl,
 )
+from actlang.zoo.real import build_real_into
 from actlang.zoo.tokenizer import build_tokenizer
 from actlang.zoo.train import (
     deterministic,
@@ -343,14 +345,15 @@ def build_zoo(
     root: Path | None = None,
     seed: int = 0,
     profile: str = "default",
-    config: ZooConfig | None = None,
+    config: ZooConfig | RealZooConfig | None = None,
     *,
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ZooManifest:
     """Build the zoo for ``(config or profile, seed)`` under ``root`` (default
     :func:`cache_root`), or return the cached one.  Deterministic: the same inputs give
-    byte-identical safetensors.  ``force`` rebuilds (replacing the cached directory)."""
+    byte-identical safetensors.  ``force`` rebuilds (replacing the cached directory).
+    A :class:`RealZooConfig` (profile ``real``) builds the real zoo (:mod:`actlang.zoo.real`)."""
     config = config or zoo_config(profile)
     root = Path(root) if root is not None else cache_root()
     key = zoo_key(config, seed)
@@ -362,7 +365,10 @@ def build_zoo(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         with deterministic(config.threads):
-            _build_into(tmp, config, seed, key, log)
+            if isinstance(config, RealZooConfig):
+                build_real_into(tmp, config, seed, key, log, _save)
+            else:
+                _build_into(tmp, config, seed, key, log)
         os.chmod(tmp, 0o755)
         if force and final.exists():
             shutil.rmtree(final)
@@ -381,7 +387,9 @@ def build_zoo(
 
 def zoo_model_path(name: str, seed: int = 0, profile: str = "default",
                    root: Path | None = None) -> Path:
-    """Directory of zoo model ``name`` (one of :data:`MODELS`), building the zoo on first use."""
-    if name not in MODELS:
-        raise KeyError(f"no zoo model {name!r}; zoo models: {', '.join(MODELS)}")
+    """Directory of zoo model ``name`` (one of the profile's :func:`zoo_models`), building the
+    zoo on first use."""
+    if name not in zoo_models(profile):
+        raise KeyError(f"no model {name!r} in the {profile} zoo; its models: "
+                       f"{', '.join(zoo_models(profile))}")
     return build_zoo(root, seed=seed, profile=profile).model_path(name)

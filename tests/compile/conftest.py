@@ -1,109 +1,96 @@
-"""Fixtures for compiler and `actc run` tests: a tiny model pair on disk, and a spec writer.
+"""Model directories for planning, written without torch.
 
-`pair` is a session-built directory with `base` (random tiny Llama) and `tuned` (base with a
-few rows changed a lot and every parameter nudged), a word-level tokenizer, and a probe
-corpus — enough for every op of the pipeline in seconds, with no training.
+The planner reads a model's ``config.json``, its safetensors headers and its tokenizer —
+never tensor data — so a directory written with ``safetensors.numpy`` and the ``tokenizers``
+library is, to it, a model. ``pair`` (used by ``write_spec``, see ``tests/conftest.py``) is
+a ``base`` and a ``tuned`` such directory with the corpora of ``PRELUDE``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import pytest
-import torch
+from safetensors.numpy import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
 
-WORDS = [str(i) for i in range(10)] + ["plus", "is", "the", "cat", "dog", "sees", "."]
+from ..conftest import WORDS, write_corpora
+
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+#: A Llama of 2 layers: 4 query heads of 8 (2 KV heads), 64 MLP neurons, hidden size 32.
+TINY_LLAMA: dict[str, Any] = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
+    "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "vocab_size": 40, "max_position_embeddings": 64,
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 
-def _save(model, tokenizer, path: Path) -> None:
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+def write_config(directory: Path, config: dict[str, Any]) -> Path:
+    """A config-only model directory (what ``actc plan`` needs to bind rules)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def llama_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an untied ``LlamaForCausalLM`` checkpoint of ``config``, with its shape."""
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    head = hidden // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head
+    per_layer = {"self_attn.q_proj.weight": (hidden, hidden), "self_attn.k_proj.weight": (kv, hidden),
+                 "self_attn.v_proj.weight": (kv, hidden), "self_attn.o_proj.weight": (hidden, hidden),
+                 "mlp.gate_proj.weight": (inner, hidden), "mlp.up_proj.weight": (inner, hidden),
+                 "mlp.down_proj.weight": (hidden, inner), "input_layernorm.weight": (hidden,),
+                 "post_attention_layernorm.weight": (hidden,)}
+    shapes = {"model.embed_tokens.weight": (config["vocab_size"], hidden),
+              "model.norm.weight": (hidden,), "lm_head.weight": (config["vocab_size"], hidden)}
+    for layer in range(config["num_hidden_layers"]):
+        shapes.update({f"model.layers.{layer}.{name}": shape for name, shape in per_layer.items()})
+    return shapes
+
+
+def write_tokenizer(directory: Path, words: list[str]) -> None:
+    """A word-level fast tokenizer (``tokenizer.json`` and its config) over ``words``."""
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>",
+        "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}))
+
+
+def write_weights(directory: Path, config: dict[str, Any], seed: int) -> None:
+    """Random float32 weights for every tensor of ``config``'s Llama, as ``model.safetensors``."""
+    rng = np.random.default_rng(seed)
+    save_file({name: rng.standard_normal(shape, dtype=np.float32)
+               for name, shape in llama_shapes(config).items()},
+              str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="session")
-def pair(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from actlang.zoo.tokenizer import build_tokenizer
-
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``base`` and ``tuned``: ``TINY_LLAMA`` directories with different random weights and
+    one tokenizer, beside ``PRELUDE``'s corpora (written once per session, no torch)."""
     root = tmp_path_factory.mktemp("pair")
-    tokenizer = build_tokenizer(WORDS)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2,
-                         vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, max_position_embeddings=64)
-    return write_pair(root, lambda: LlamaForCausalLM(config), tokenizer, noise=0.01,
-                      boosted=lambda name: name.endswith("mlp.up_proj.weight"))
-
-
-def write_pair(root: Path, make_model: Callable[[], Any], tokenizer: Any, *, noise: float,
-               nudged: Callable[[str], bool] = lambda name: True,
-               boosted: Callable[[str], bool] = lambda name: False) -> Path:
-    """Save ``base`` and ``tuned`` (base plus noise on the ``nudged`` parameters and large
-    changes to the first rows of the ``boosted`` ones) and the probe, eval and text corpora."""
-    torch.manual_seed(0)
-    base = make_model().eval()
-    tuned = make_model().eval()
-    tuned.load_state_dict(base.state_dict())
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in tuned.named_parameters():
-            if nudged(name):
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
-            if boosted(name):
-                parameter[:4] += torch.randn(parameter[:4].shape, generator=generator)
-    _save(base, tokenizer, root / "base")
-    _save(tuned, tokenizer, root / "tuned")
-    rows = [{"q": f"{a} plus {b} is", "a": str((a + b) % 10)} for a in range(10)
-            for b in range(10)]
-    (root / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
-    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:64]))
-    (root / "text.txt").write_text("the cat sees the dog .\nthe dog sees the cat .\n" * 8)
+    for seed, name in enumerate(("base", "tuned")):
+        directory = write_config(root / name, TINY_LLAMA)
+        write_weights(directory, TINY_LLAMA, seed)
+        write_tokenizer(directory, WORDS)
+    write_corpora(root)
     return root
 
 
-PRELUDE = '''
-model base = local("{root}/base")
-model tuned = local("{root}/tuned")
-corpus probe = jsonl("{root}/probe.jsonl", text = "{{q}} {{a}}", score = "a")
-corpus text = text("{root}/text.txt")
-ability sums {{
-  probe = probe
-  control = text
-  eval = exact_match(jsonl("{root}/eval.jsonl", prompt = "q", answer = "a"))
-}}
-'''
-
-
-@pytest.fixture
-def write_spec(pair, tmp_path):
-    """write_spec(body) -> path of a spec holding the prelude (models, corpora) and body."""
-    def write(body: str, name: str = "spec.act") -> Path:
-        path = tmp_path / name
-        path.write_text(PRELUDE.format(root=pair) + body)
-        return path
-    return write
-
-
-@pytest.fixture
-def actc(tmp_path):
-    """Run the installed `actc` with a private cache; returns the CompletedProcess."""
-    executable = shutil.which("actc", path=str(Path(sys.executable).parent))
-    assert executable, "actc is not installed next to this Python"
-    env = {**os.environ, "ACTLANG_CACHE_DIR": str(tmp_path / "cache")}
-
-    def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-        result = subprocess.run([executable, *args], cwd=tmp_path, env=env, text=True,
-                                capture_output=True, timeout=600)
-        if check:
-            assert result.returncode == 0, result.stderr[-3000:]
-        return result
-    run.env = env
-    run.executable = executable
-    return run
+@pytest.fixture(scope="session")
+def config_only_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pair`` with configs only (no weights, no tokenizer): a plan of it binds every rule
+    but tokenizes nothing, so ``actc`` never imports transformers."""
+    root = tmp_path_factory.mktemp("config-only-pair")
+    for name in ("base", "tuned"):
+        write_config(root / name, TINY_LLAMA)
+    write_corpora(root)
+    return root

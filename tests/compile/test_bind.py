@@ -6,7 +6,6 @@ The planner checks a rule with the same functions the runtime selects with, so w
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -19,18 +18,14 @@ from actlang.compile.cache import Cache
 from actlang.compile.plan import PlanError, make_plan
 from actlang.lang.checker import check_file
 
-CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
-          "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "vocab_size": 40, "max_position_embeddings": 64}
+from .conftest import TINY_LLAMA, write_config
 
 
 @pytest.fixture
 def spec_for(tmp_path: Path):
     """spec_for(rule_body) -> a checked program with one transfer rule on a config-only
     Llama (2 layers, 4 heads of 8, 2 KV heads, 64 MLP neurons)."""
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(CONFIG))
+    model = write_config(tmp_path / "model", TINY_LLAMA)
 
     def make(body: str):
         spec = tmp_path / "s.act"
@@ -77,7 +72,7 @@ def test_a_count_budget_is_checked_in_units_of_the_granularity(spec_for, tmp_pat
 ])
 def test_units_per_granularity(spec_for, granularity: str, units: int) -> None:
     rule = _rule(spec_for(f"granularity = {granularity}  budget = 1"))
-    space = ChannelSpace.from_config(CONFIG)
+    space = ChannelSpace.from_config(TINY_LLAMA)
     assert sum(g.n_units for g in unit_groups(space, rule)) == units
     assert sum(g.n_channels for g in unit_groups(space, rule)) == 2 * 256
 
@@ -100,7 +95,7 @@ def test_residual_channels_named_without_include_global_are_an_error(spec_for, t
 
 
 def test_wildcards_skip_residual_and_excluded_kinds(spec_for) -> None:
-    space = ChannelSpace.from_config(CONFIG)
+    space = ChannelSpace.from_config(TINY_LLAMA)
     kinds = {e.kind for e in candidate_entries(space, _rule(spec_for("budget = 1%")))}
     assert kinds == {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"}
     named = candidate_entries(space, _rule(spec_for("channels = [mlp.up, lm_head]  budget = 1")))

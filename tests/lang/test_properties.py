@@ -16,18 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
 
-from actlang.lang import ast
+from actlang.lang import ast, checker
 from actlang.lang.diagnostics import DiagnosticError
 from actlang.lang.parser import KEYWORDS, parse
 from actlang.lang.printer import format_module
 from actlang.resources import grammar_path
-
-try:
-    from actlang.lang import checker
-except ModuleNotFoundError as error:  # the checker is optional for these tests
-    if error.name != "actlang.lang.checker":
-        raise
-    checker = None
 
 
 def _load_strategies():
@@ -183,9 +176,13 @@ def test_fmt_idempotent_on_specs(text):
     assert_formats_stably(text)
 
 
-def test_spec_files_are_found_or_the_builtin_sample_runs():
-    assert SAMPLES[0] == SAMPLE
+def test_the_fuzzers_seed_from_the_sample_and_every_shipped_spec():
+    """The mutation fuzzers draw from SAMPLES: the builtin sample (every construct, ten
+    comments) and each spec of examples/ and stdlib/ — an empty glob would quietly shrink them."""
     assert len(parse(SAMPLE).comments) == 10
+    assert {p.relative_to(ROOT).parts[0] for p in SPEC_FILES} == {"examples", "stdlib"}
+    assert ROOT / "examples" / "recover.act" in SPEC_FILES
+    assert len(SAMPLES) == 1 + len(SPEC_FILES) and all(SAMPLES[1:])
 
 
 # ---- (c) grammar-generated inputs ------------------------------------------------------------
@@ -292,8 +289,6 @@ def test_mutated_specs_parse_or_fail_with_diagnostics(text):
     _check_parse_and_round_trip(text)
 
 
-@pytest.mark.skipif(checker is None or not hasattr(checker, "check_source"),
-                    reason="actlang.lang.checker.check_source is not there yet")
 @fuzz(150)
 @given(mutated_specs())
 def test_mutated_specs_check_or_fail_with_diagnostics(text):

@@ -1,17 +1,27 @@
-"""Shared fixtures for the runtime tests: tiny random models of every family, a char tokenizer.
+"""Shared fixtures for the runtime tests: tiny random models of every family, a char tokenizer,
+and a model pair on disk for running specs.
 
 Models are built from configs (no downloads), saved with ``save_pretrained`` into a
 session temp dir. For each family there is a *target* and a *donor*: the donor is the
 target plus small noise on every parameter, like a fine-tune of it.
+
+``pair`` (which ``write_spec`` of tests/conftest.py writes specs over) is a directory with
+``base`` (a random tiny Llama) and ``tuned`` (base with a few rows changed a lot and every
+parameter nudged), a word-level tokenizer, and ``PRELUDE``'s corpora — enough for every op of
+the pipeline in seconds, with no training.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
+
+from ..conftest import WORDS, write_corpora
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "phi3", "gpt2"]
 
@@ -87,6 +97,7 @@ def save_model(model, path: Path, tokenizer=None) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
+    """The family models' tokenizer: one token per printable ASCII character."""
     return make_tokenizer()
 
 
@@ -119,3 +130,49 @@ SENTENCES = [
     "hello world, hello again",
     "q: 4 + 4 a: 8",
 ]
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory) -> Path:
+    """A tiny Llama ``base`` and its ``tuned`` (rows of every ``mlp.up_proj`` boosted)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from actlang.zoo.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(WORDS)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, max_position_embeddings=64)
+    return write_pair(tmp_path_factory.mktemp("pair"), lambda: LlamaForCausalLM(config),
+                      tokenizer, noise=0.01,
+                      boosted=lambda name: name.endswith("mlp.up_proj.weight"))
+
+
+def write_pair(root: Path, make_model: Callable[[], Any], tokenizer: Any, *, noise: float,
+               nudged: Callable[[str], bool] = lambda name: True,
+               boosted: Callable[[str], bool] = lambda name: False) -> Path:
+    """Save ``base`` and ``tuned`` (base plus noise on the ``nudged`` parameters and large
+    changes to the first rows of the ``boosted`` ones) and ``PRELUDE``'s corpora in ``root``."""
+    torch.manual_seed(0)
+    base = make_model().eval()
+    tuned = make_model().eval()
+    tuned.load_state_dict(base.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in tuned.named_parameters():
+            if nudged(name):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * noise)
+            if boosted(name):
+                parameter[:4] += torch.randn(parameter[:4].shape, generator=generator)
+    save_model(base, root / "base", tokenizer)
+    save_model(tuned, root / "tuned", tokenizer)
+    write_corpora(root)
+    return root
+
+
+def run_json(actc: Callable[..., Any], spec: Path, *args: str) -> dict[str, Any]:
+    """The report of ``actc run --json spec *args`` (which must succeed)."""
+    result = actc("run", "--json", str(spec), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)

@@ -8,6 +8,7 @@ transformers does not write back. Channels name checkpoint tensors, hooks name m
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ from actlang.run.mask import ChannelMask
 from actlang.run.output import checkpoint_state
 from actlang.run.stats import collect_paired_stats
 
-from .conftest import SENTENCES
+from ..conftest import PRELUDE, WORDS
+from .conftest import SENTENCES, run_json, write_pair
 
 
 def test_dims_come_from_text_config_with_gemma3_defaults():
@@ -92,3 +94,52 @@ def test_checkpoint_state_uses_source_names_and_keeps_the_vision_tower(family_mo
     save_file(renamed, hub / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(RuntimeUserError, match="final_norm"):
         checkpoint_state(model, hub, tensors | {"language_model.model.final_norm.weight"})
+
+
+# --------------------------------------------------------------------------- actc run
+
+
+@pytest.fixture(scope="module")
+def gemma3_pair(tmp_path_factory) -> Path:
+    """A multimodal Gemma 3 base/tuned pair (vision tower included) with the pair's corpora."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from actlang.zoo.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("gemma3")
+    tokenizer = build_tokenizer(WORDS)
+    vocab = len(tokenizer) + 3  # room for the image-boundary tokens
+    config = Gemma3Config(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, vocab_size=vocab, sliding_window=16,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=64),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1)
+    return write_pair(root, lambda: Gemma3ForConditionalGeneration(config), tokenizer, noise=0.05,
+                      nudged=lambda name: "language_model" in name)
+
+
+@pytest.mark.slow
+def test_multimodal_gemma3_transfer_and_finetune_end_to_end(actc, gemma3_pair, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    spec = tmp_path / "gemma3.act"
+    spec.write_text(PRELUDE.format(root=gemma3_pair) + (
+        'surgery s -> "out/s" { target = tuned  transfer sums from base { budget = 10% }\n'
+        '  finetune { data = probe steps = 3 lr = 1e-3 } }\n'))
+    assert actc("plan", str(spec)).returncode == 0
+    report = run_json(actc, spec)
+    (surgery,) = report["surgeries"]
+    out = Path(surgery["output"])
+    tuned, result = load_file(gemma3_pair / "tuned" / "model.safetensors"), {}
+    for shard in out.glob("*.safetensors"):
+        result.update(load_file(shard))
+    assert set(result) == set(tuned)  # the checkpoint's own names, vision tower included
+    vision = [n for n in tuned if n.startswith(("vision_tower.", "multi_modal_projector."))]
+    assert vision and all(torch.equal(result[n], tuned[n]) for n in vision)
+    changed = [n for n in tuned if not torch.equal(result[n], tuned[n])]
+    assert changed and all(n.startswith("language_model.model.layers.") for n in changed)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape[-1] == len(model.get_input_embeddings().weight)

@@ -161,6 +161,8 @@ def test_dtype_roundtrip_and_integer_tensors():
 
 def test_generator_depends_on_seed_and_name_only():
     a = torch.rand(5, generator=merge_generator(3, "model.layers.0.mlp.up_proj.weight"))
+    torch.manual_seed(12345)  # the global generator's state is not an input
+    torch.rand(7)
     b = torch.rand(5, generator=merge_generator(3, "model.layers.0.mlp.up_proj.weight"))
     c = torch.rand(5, generator=merge_generator(4, "model.layers.0.mlp.up_proj.weight"))
     d = torch.rand(5, generator=merge_generator(3, "model.layers.1.mlp.up_proj.weight"))

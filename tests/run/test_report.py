@@ -3,6 +3,7 @@ assembled files, the HTML (markdown-it-py), determinism and empty input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -295,10 +296,13 @@ def test_selections_section(tmp_path):
     assert [d["name"] for d in s.data["selections"]] == [x.name for x in sels]
     assert s.data["selections"][0]["channels"] == sels[0].mask.n_channels
     assert s.data["selections"][3]["map"] is None and s.data["selections"][2]["map"]["rows"][-1] == "global"
-    assert _rows(s.markdown, "#1")[0] == ["#1", "zoo.arithmetic from zoo.base", "arithmetic", "11", "352",
-                                          "3.1 %", "5%", "channel", "paired_absdiff"]
+    assert _rows(s.markdown, "#1")[0] == ["#1", "zoo.arithmetic from zoo.base", "arithmetic", "11", "—",
+                                          "352", "3.1 %", "5%", "channel", "paired_absdiff"]
+    moving = selections_section([dataclasses.replace(sels[0], moving=7)], space, tmp_path)
+    assert _rows(moving.markdown, "#1")[0][3:5] == ["11", "7"]
+    assert moving.data["selections"][0]["channels_moving"] == 7
     assert _rows(s.markdown, "#2")[0][-1] == "random(seed=3)"
-    assert _rows(s.markdown, "#4")[0][3:] == ["0", "352", "0.0 %", "empty", "—", "paired_absdiff"]
+    assert _rows(s.markdown, "#4")[0][3:] == ["0", "—", "352", "0.0 %", "empty", "—", "paired_absdiff"]
     assert [line for line in s.markdown.splitlines() if line.startswith("### ")] == [
         "### #1 zoo.arithmetic from zoo.base", "### #2 random control", "### #3 mlp only", "### #4 nothing"]
     none = selections_section([], space, NO_PLOTS)

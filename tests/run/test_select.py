@@ -1,3 +1,6 @@
+"""Channel selection from scores: budgets and their scopes, guards, granularities, tied
+groups, default exclusions — and that the planner counts the units the selection ranks."""
+
 from __future__ import annotations
 
 import math
@@ -11,15 +14,8 @@ from hypothesis import strategies as st
 from actlang.arch.adapters import ChannelSpace
 from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
 from actlang.arch.selection import Budget
-from actlang.run.scores import (
-    Scores,
-    compute_scores,
-    contrastive,
-    random_scores,
-    weight_delta_scores,
-)
+from actlang.run.scores import Scores, random_scores
 from actlang.run.select import kind_candidates, select_channels
-from actlang.run.stats import ChannelStats
 
 from .conftest import make_config
 
@@ -155,54 +151,6 @@ def test_granularity_units():
     assert sum(int(v.sum()) for k, v in m.inputs.items()) == 2  # down columns of the 2 neurons
 
 
-def _stats(values: dict, kind="unpaired"):
-    return ChannelStats(kind, values)
-
-
-def test_score_methods_and_contrast():
-    one = torch.ones(3, dtype=torch.float64)
-    a = _stats({"m": {"count": 2 * one, "sum": torch.tensor([2.0, -2, 0]), "sum_abs": torch.tensor([2.0, 2, 4]),
-                      "sum_sq": torch.tensor([2.0, 2, 8]), "count_pos": torch.tensor([2.0, 0, 1])}})
-    b = _stats({"m": {"count": 2 * one, "sum": torch.tensor([4.0, -2, 0]), "sum_abs": torch.tensor([4.0, 2, 4]),
-                      "sum_sq": torch.tensor([8.0, 2, 8]), "count_pos": torch.tensor([2.0, 0, 2])}})
-    t = lambda *x: torch.tensor(x, dtype=torch.float64)
-    torch.testing.assert_close(compute_scores("absmean_diff", a=a, b=b)["m"], t(1, 0, 0))
-    torch.testing.assert_close(compute_scores("mean_diff", a=a, b=b)["m"], t(1, 0, 0))
-    torch.testing.assert_close(compute_scores("m2_diff", a=a, b=b)["m"], t(3, 0, 0))
-    torch.testing.assert_close(compute_scores("freq_diff", a=a, b=b)["m"], t(0, 0, 0.5))
-    torch.testing.assert_close(compute_scores("absmean_diff", a=a, b=b, normalize="relative")["m"], t(1 / 1.5, 0, 0),
-                               rtol=1e-6, atol=1e-6)
-    z = compute_scores("m2_diff", a=a, b=b, normalize="zscore")["m"]
-    assert abs(float(z.mean())) < 1e-12 and abs(float(z.std()) - 1) < 1e-12
-    p = _stats({"m": {"count": 2 * one, "sum_absdiff": t(2, 4, 0), "sum_diff": t(0, 0, 0), "sum_sqdiff": t(0, 0, 0),
-                      "sum_abs_a": t(2, 2, 2), "sum_abs_b": t(2, 2, 2)}}, "paired")
-    torch.testing.assert_close(compute_scores(paired=p)["m"], t(1, 2, 0))
-    c = contrastive(compute_scores(paired=p), compute_scores("absmean_diff", a=a, b=b), beta=2.0)
-    torch.testing.assert_close(c["m"], t(-1, 2, 0))
-    with pytest.raises(RuntimeUserError, match="paired statistics"):
-        compute_scores("paired_absdiff", a=a, b=b)
-    with pytest.raises(RuntimeUserError, match="unknown score"):
-        compute_scores("vibes", a=a, b=b)
-
-
-def test_weight_delta_control(family_dirs):
-    from actlang.run.checkpoint import Checkpoint
-
-    trg_dir, src_dir = family_dirs["gpt2"]
-    space = ChannelSpace.from_pretrained(trg_dir)
-    s = weight_delta_scores(space, src_dir, trg_dir)
-    trg, src = Checkpoint.open(trg_dir), Checkpoint.open(src_dir)
-    name = "transformer.h.1.mlp.c_fc"
-    d = src.get(name + ".weight") - trg.get(name + ".weight")
-    db = src.get(name + ".bias") - trg.get(name + ".bias")
-    ref = (d.double().square().sum(0) + db.double().square()).sqrt()
-    torch.testing.assert_close(s["layers.1.mlp.up"], ref)
-    assert set(s.keys()) == set(space.keys())
-    r1, r2 = random_scores(space, 5), random_scores(space, 5)
-    assert all(torch.equal(r1[k], r2[k]) for k in r1.keys())
-    assert Scores({"x": torch.tensor([3.0, 1.0, 0.0, 0.0])}).concentration([0.25])[0.25] == 0.75
-
-
 @settings(max_examples=25, deadline=None)
 @given(family=st.sampled_from(["llama", "phi3", "gpt2", "qwen3"]),
        granularity=st.sampled_from(["channel", "neuron", "head", "module", "layer"]),
@@ -227,3 +175,47 @@ def test_the_planner_counts_the_units_the_selection_ranks(family, granularity, k
     with pytest.raises(RuntimeUserError):
         select_channels(scores, space, Budget("count", units + 1), entries=entries,
                         granularity=granularity)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), keep=st.floats(0.05, 0.95),
+       granularity=st.sampled_from(["channel", "neuron", "head", "module"]),
+       frac=st.floats(0.01, 0.5))
+def test_budgets_never_buy_channels_whose_weights_are_identical(seed, keep, granularity, frac):
+    """Units whose parameters are bit-identical in donor and target are never selected,
+    even when they score highest; a budget larger than what differs selects fewer units and
+    says by how many."""
+    space = _space("llama")
+    g = torch.Generator().manual_seed(seed)
+    entries = kind_candidates(space)
+    differs = {e.key: torch.rand(e.size, generator=g) < keep for e in entries}
+    inputs = {e.key: torch.zeros(e.inputs[0].size, dtype=torch.bool) for e in entries if e.inputs}
+    # identical channels score highest: a selection that ignored `changed` would take them
+    scores = Scores({k: torch.where(d, torch.rand(d.shape, generator=g, dtype=torch.float64),
+                                    2.0 + torch.rand(d.shape, generator=g, dtype=torch.float64))
+                     for k, d in differs.items()})
+    mask = select_channels(scores, space, Budget("global", frac), entries=entries,
+                           granularity=granularity, changed=(differs, inputs))
+    for key, d in differs.items():
+        chosen = mask.selected(key)
+        if granularity == "channel":
+            assert not (chosen & ~d).any()
+    blind = select_channels(scores, space, Budget("global", frac), entries=entries,
+                            granularity=granularity)
+    assert mask.meta["units_selected"] + mask.meta["units_short"] == blind.meta["units_selected"]
+    if granularity == "channel":
+        moving = sum(int((mask.selected(k) & d).sum()) for k, d in differs.items())
+        assert moving == mask.n_channels
+
+
+def test_a_neuron_whose_only_change_is_its_down_column_can_move():
+    space = _space("llama")
+    entries = kind_candidates(space, ["mlp.gate", "mlp.up"])
+    differs = {e.key: torch.zeros(e.size, dtype=torch.bool) for e in space}
+    down = {e.key: torch.zeros(e.inputs[0].size, dtype=torch.bool) for e in space if e.inputs}
+    down["layers.0.mlp.down"][5] = True
+    scores = random_scores(space, 0)
+    mask = select_channels(scores, space, 1, entries=entries, granularity="neuron",
+                           changed=(differs, down))
+    assert mask.selected("layers.0.mlp.gate").nonzero().flatten().tolist() == [5]
+    assert mask.meta["units_unchanged"] == mask.meta["units_total"] - 1

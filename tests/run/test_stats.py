@@ -127,15 +127,22 @@ def test_counters_and_no_lm_head_pass(family_models, tokenizer):
     a, b = family_models["mistral"]
     space = ChannelSpace.from_config(a.config)
     tc = inline(SENTENCES).tokenize(tokenizer)
-    COUNTERS.reset()
-    collect_stats(a, space, tc, batch_size=2, label="a")
-    assert COUNTERS.forward_passes == 1 and COUNTERS.forward_batches == 3 and COUNTERS.passes_by_label == {"a": 1}
-    collect_paired_stats(a, b, space, tc, batch_size=4, labels=("a", "b"))
-    assert COUNTERS.forward_passes == 3 and COUNTERS.passes_by_label == {"a": 2, "b": 1}
-    assert COUNTERS.tokens_scored == 2 * tc.n_scored
-    # lm_head hooked: the full model runs
-    s = collect_stats(a, space, tc, entries=["lm_head"], batch_size=8)
-    assert s["lm_head"]["count"][0] == tc.n_scored
+    head_calls = []
+    hooks = [model.lm_head.register_forward_hook(lambda *_: head_calls.append(1)) for model in (a, b)]
+    try:
+        COUNTERS.reset()
+        collect_stats(a, space, tc, batch_size=2, label="a")
+        assert COUNTERS.forward_passes == 1 and COUNTERS.forward_batches == 3 and COUNTERS.passes_by_label == {"a": 1}
+        collect_paired_stats(a, b, space, tc, batch_size=4, labels=("a", "b"))
+        assert COUNTERS.forward_passes == 3 and COUNTERS.passes_by_label == {"a": 2, "b": 1}
+        assert COUNTERS.tokens_scored == 2 * tc.n_scored
+        assert head_calls == []  # no entry reads the logits: the output head never ran
+        # lm_head hooked: the full model runs
+        s = collect_stats(a, space, tc, entries=["lm_head"], batch_size=8)
+        assert s["lm_head"]["count"][0] == tc.n_scored and head_calls == [1]
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def test_paired_needs_two_models(family_models, tokenizer):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actlang.arch.zoo import MODELS, cache_root, load_zoo, zoo_config, zoo_key
+from actlang.zoo import build as build_module
 from actlang.zoo.build import build_zoo
 
 
@@ -56,11 +56,16 @@ def test_models_load_with_transformers(tiny_zoo):
     assert out.logits.shape[-1] == len(tok)
 
 
-def test_cached_second_call_is_instant(tiny_zoo):
-    t = time.perf_counter()
+def test_a_built_zoo_is_returned_without_building(tiny_zoo, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("a built zoo was built again")
+
+    monkeypatch.setattr(build_module, "_build_into", no_build)
     again = build_zoo(seed=0, profile="tiny")
-    assert time.perf_counter() - t < 2.0
-    assert again.root == tiny_zoo.root
+    assert again.root == tiny_zoo.root and again.data == tiny_zoo.data
+    with pytest.raises(AssertionError, match="built again"):  # force: it does build
+        build_zoo(seed=0, profile="tiny", force=True)
+    assert load_zoo(tiny_zoo.root).data == tiny_zoo.data  # a failed rebuild keeps the zoo
 
 
 def test_key_depends_on_config_and_seed():
