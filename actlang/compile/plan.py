@@ -15,10 +15,13 @@ together is an error before any forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import math
+import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,8 @@ from actlang.compile.resolve import (
 )
 from actlang.lang import program as P
 from actlang.lang.ast import Span
+from actlang.lang.diagnostics import output_span
+from actlang.lang.loader import display_name
 
 PLAN_FORMAT_VERSION = 1
 STATS_CONFIG = "hooked-entries/v1"  # captures hook the entries their Statistic.modules names
@@ -208,6 +213,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
         PlanError: a problem with the models, data or selection, located in the spec.
     """
     builders = builders or Builders()
+    _check_outputs(program, cache, rebuild)
     if not dry_run:
         try:
             ensure_zoos(zoo_refs(program), cache, builders.zoo_builder)
@@ -239,9 +245,12 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
             plan.notes.append(f"{name}: no tokenizer files in {info.directory}: token counts "
                               "are unknown, and running needs them")
     for save in (op for op in order if isinstance(op, O.Save) and op not in plan.cached):
-        if Path(save.surgery.output).exists():
-            plan.notes.append(f"{save.surgery.output} exists: `actc run` replaces it only "
-                              "with --force")
+        output = Path(save.surgery.output)
+        if output.exists() or output.is_symlink():
+            problem = replace_problem(output)
+            plan.notes.append(f"{output} exists: `actc run` replaces it only with --force"
+                              if problem is None else
+                              f"{output} exists and `actc run` will not replace it: it {problem}")
     return plan
 
 
@@ -311,6 +320,7 @@ def _directory_info(spec: P.ModelSpec, directory: Path | None, cache: Cache,
     if not (directory / "config.json").is_file():
         raise RuntimeUserError(f"no config.json in {directory}",
                                hint="a model directory is what save_pretrained() writes")
+    _check_remote_code(spec, directory)
     info.space = ChannelSpace.from_pretrained(directory)
     info.model_type = info.space.model_type
     info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space, spec.allow_pickle)
@@ -321,6 +331,24 @@ def _directory_info(spec: P.ModelSpec, directory: Path | None, cache: Cache,
                                hint="`actc plan` works on a config alone; running "
                                "needs the weights")
     return info
+
+
+def _check_remote_code(spec: P.ModelSpec, directory: Path) -> None:
+    """A config or tokenizer config that names repository code (``auto_map``) is refused
+    unless the model opts in: actlang never runs a model's own code by default."""
+    if spec.trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # missing here; an unreadable config.json is reported where it is read
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise RuntimeUserError(
+                f"{directory / name} names code of the model's repository (auto_map), "
+                f"which actlang does not run unless the model `{spec.name}` opts in",
+                hint="read that code first; to run it, declare the model with "
+                "`trust_remote_code = true`")
 
 
 def _size(directory: Path, space: ChannelSpace, allow_pickle: bool) -> tuple[int, int, bool]:
@@ -460,7 +488,7 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
             tokens[(corpus, tokenizer)] = None
             continue
         try:
-            tokenized = documents.tokenize(_tokenizer(directory),
+            tokenized = documents.tokenize(_tokenizer(directory, tokenizer.trust_remote_code),
                                            max_length=corpus.options.max_tokens)
         except (OSError, ValueError) as error:
             raise PlanError(RuntimeUserError(f"cannot load the tokenizer of {directory}: "
@@ -475,10 +503,11 @@ def _has_tokenizer(directory: Path) -> bool:
                ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"))
 
 
-def _tokenizer(directory: Path):
+def _tokenizer(directory: Path, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory)
+    # explicit, so that transformers never asks (or runs) anything the spec did not allow
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
 
 
 def _state_target(state: O.ModelState) -> P.ModelSpec:
@@ -535,6 +564,194 @@ def output_key(directory: Path) -> str | None:
         return json.loads((directory / "run_results.json").read_text()).get("key")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+# ---- outputs: never over an input, replaced only when actc wrote them ------------------------
+
+#: The file every directory actc writes carries: it lists the files written (so a file the
+#: user added later is never deleted by ``--force``).
+OUTPUT_MARKER = ".actc-output"
+_MARKER_FORMAT = "actc-output/1"
+_OUTPUT_HINT = ("choose an output directory outside every input (models, corpora, specs), "
+                "the actlang cache and your home directory, e.g. \"out/NAME\"")
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(a: str, b: str) -> bool:
+    """Whether the resolved path ``a`` lies strictly inside the resolved path ``b``."""
+    return a != b and a.startswith(b if b.endswith(os.sep) else b + os.sep)
+
+
+def _home() -> str | None:
+    try:
+        return os.path.realpath(Path.home())
+    except (RuntimeError, KeyError, OSError):
+        return None
+
+
+def output_conflict(output: Path, protected: Iterable[tuple[Path, str]]) -> str | None:
+    """Why ``output`` must not be written (None: it may be), symlinks resolved: it is the
+    filesystem root, is or contains the home directory, or is, lies inside or contains one
+    of the ``protected`` paths — (path, what it is) pairs."""
+    return _conflict(os.path.realpath(output), _home(),
+                     [(os.path.realpath(path), what) for path, what in protected])
+
+
+def _conflict(out: str, home: str | None, protected: list[tuple[str, str]]) -> str | None:
+    """:func:`output_conflict` over paths resolved already."""
+    if out == os.path.dirname(out):
+        return "it is the filesystem root"
+    if home is not None and (out == home or _inside(home, out)):
+        return f"it {'is' if out == home else 'contains'} the home directory {home}"
+    for real, what in protected:
+        if out == real:
+            return f"it is {what}"
+        if _inside(out, real):
+            return f"it lies inside {what}"
+        if _inside(real, out):
+            return f"it contains {what}"
+    return None
+
+
+def protected_paths(program: P.Program, cache: Cache) -> list[tuple[Path, str]]:
+    """What no output of ``program`` may be, lie inside or contain: its models' directories
+    and files, its corpus files, its spec and every imported spec (and the spec's lock file),
+    and the actlang cache; as (resolved path, what it is) pairs."""
+    found: list[tuple[Path, str]] = []
+    for model in program.models:
+        found += _model_paths(model, cache)
+    for path in sorted(_corpus_files(program)):
+        found.append((Path(path), f"the corpus {path}"))
+    for index, file in enumerate(program.files):
+        found.append((Path(file), f"{'the spec' if index == 0 else 'the imported spec'} {file}"))
+    if program.file:
+        found.append((Path(program.file + ".lock"), f"the spec's lock file {program.file}.lock"))
+    found.append((cache.root, f"the actlang cache {cache.root}"))
+    return [(_real(path), what) for path, what in found]
+
+
+def _model_paths(model: P.ModelSpec, cache: Cache) -> list[tuple[Path, str]]:
+    try:
+        if model.source == "local":
+            return [(Path(model.location), f"the model `{model.name}` ({model.location})")]
+        if model.source == "gguf":
+            file = gguf_file(model)
+            return [(file, f"the GGUF file of the model `{model.name}` ({file})")]
+        if model.source == "hub":
+            directory = model_directory(model, cache)
+            return [(directory, f"the hub snapshot of the model `{model.name}` ({directory})")] \
+                if directory is not None else []
+    except RuntimeUserError:
+        return []  # a missing model: reported, located, where it is resolved
+    return []  # a zoo model lives in the cache, which is protected as a whole
+
+
+def _corpus_files(program: P.Program) -> set[str]:
+    """The paths of every text and jsonl corpus the program's surgeries read."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack: list[Any] = list(program.surgeries)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (tuple, list)):
+            stack.extend(value)
+        elif dataclasses.is_dataclass(value) and id(value) not in seen:
+            seen.add(id(value))
+            if isinstance(value, (P.TextCorpus, P.JsonlCorpus)):
+                found.add(value.path)
+            stack.extend(getattr(value, f.name) for f in dataclasses.fields(value))
+    return found
+
+
+def _output_files(directory: Path) -> list[str]:
+    """The files (and links) under ``directory``, relative, sorted; the marker excluded."""
+    files = []
+    for root, dirs, names in os.walk(directory):
+        base = Path(root).relative_to(directory)
+        names = [*names, *(d for d in dirs if os.path.islink(os.path.join(root, d)))]
+        files += [(base / name).as_posix() for name in names]
+    return sorted(f for f in files if f != OUTPUT_MARKER)
+
+
+def output_marker(directory: Path) -> dict[str, Any]:
+    """The marker of a directory actc finished writing (see :data:`OUTPUT_MARKER`)."""
+    return {"format": _MARKER_FORMAT, "actlang_version": __version__,
+            "files": _output_files(directory)}
+
+
+def replace_problem(directory: Path) -> str | None:
+    """Why ``--force`` must not replace ``directory`` (None: an earlier actc run wrote it,
+    and nothing was added since): completes "it ..."."""
+    if directory.is_symlink():
+        return "is a symbolic link"
+    if not directory.is_dir():
+        return "is not a directory"
+    marker = directory / OUTPUT_MARKER
+    try:
+        data = None if marker.is_symlink() or not marker.is_file() else \
+            json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and data.get("format") == _MARKER_FORMAT and
+            isinstance(data.get("files"), list)):
+        return f"has no actc marker ({OUTPUT_MARKER}): no earlier actc run wrote it"
+    foreign = sorted(set(_output_files(directory)) - set(map(str, data["files"])))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return f"holds files that actc did not write ({shown})"
+    return None
+
+
+def _check_outputs(program: P.Program, cache: Cache, rebuild: bool) -> None:
+    """Every output is safe to write (see :func:`output_conflict`; no output lies inside
+    another) and, with ``rebuild`` (``--force``), replaces only what actc wrote."""
+    protected = [(str(path), what) for path, what in protected_paths(program, cache)]
+    home = _home()
+    outputs: dict[Path, P.SurgerySpec] = {}
+    for surgery in program.surgeries:
+        outputs.setdefault(_real(Path(surgery.output)), surgery)
+    for surgery in program.surgeries:
+        output = Path(surgery.output)
+        real = _real(output)
+        problem = _conflict(str(real), home, protected)
+        if problem is None:
+            outer = next((outputs[p] for p in real.parents if p in outputs), None)
+            if outer is not None:
+                problem = (f"it lies inside the output of surgery `{outer.name}` "
+                           f"({outer.output})")
+        if problem is not None:
+            raise PlanError(RuntimeUserError(
+                f"refusing to write the output of surgery `{surgery.name}` to {output}: "
+                f"{problem}", hint=_OUTPUT_HINT), _output_span(surgery, program))
+        if rebuild and (output.exists() or output.is_symlink()):
+            problem = replace_problem(output)
+            if problem is not None:
+                raise PlanError(RuntimeUserError(
+                    f"--force refuses to replace {output}: it {problem}",
+                    hint="--force replaces only outputs of earlier actc runs; delete it "
+                    "yourself if you mean it, or write elsewhere with --output"),
+                    _output_span(surgery, program))
+
+
+def _output_span(surgery: P.SurgerySpec, program: P.Program) -> Span | None:
+    """The span of a surgery's output string (its header line if it cannot be found)."""
+    span = surgery.span
+    if span is None:
+        return None
+    line = None
+    for key in program.files:
+        if display_name(Path(key)) == span.file:
+            try:  # a regular file: the loader read it (a FIFO put there since would hang)
+                lines = Path(key).read_text(encoding="utf-8").splitlines() \
+                    if Path(key).is_file() else []
+                line = lines[span.line - 1] if span.line <= len(lines) else None
+            except (OSError, UnicodeDecodeError):
+                pass
+            break
+    return output_span(span, line)
 
 
 # ---- estimates ----------------------------------------------------------------------------

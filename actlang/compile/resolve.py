@@ -33,7 +33,13 @@ from typing import Callable, Iterable, Protocol
 
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.files import pickle_files, safetensors_files
-from actlang.arch.zoo import ZooManifest, load_zoo, zoo_config, zoo_key
+from actlang.arch.zoo import (
+    SYNTHETIC_PROFILES,
+    ZooManifest,
+    load_zoo,
+    zoo_config,
+    zoo_key,
+)
 from actlang.compile.cache import Cache, digest
 from actlang.lang import program as P
 
@@ -47,9 +53,20 @@ class ZooRef:
 
 
 def zoo_ref(spec: P.ModelSpec | P.ZooCorpus | P.ZooTruth) -> ZooRef:
-    """Which zoo a zoo model, corpus or truth belongs to (after the environment override)."""
-    profile = os.environ.get(ZOO_PROFILE_ENV) or spec.zoo_profile
-    return ZooRef(profile, spec.zoo_seed)
+    """Which zoo a zoo model, corpus or truth belongs to (after the environment override).
+
+    ``$ACTLANG_ZOO_PROFILE`` resizes the *synthetic* zoo: it replaces the profile of synthetic
+    references only, and must name a synthetic profile. A ``profile = "real"`` reference
+    keeps its profile — the real zoo's models are not a size of the synthetic ones."""
+    override = os.environ.get(ZOO_PROFILE_ENV)
+    if not override or spec.zoo_profile not in SYNTHETIC_PROFILES:
+        return ZooRef(spec.zoo_profile, spec.zoo_seed)
+    if override not in SYNTHETIC_PROFILES:
+        raise RuntimeUserError(
+            f"${ZOO_PROFILE_ENV} is `{override}`, not a size of the synthetic zoo",
+            hint=f"use one of {', '.join(SYNTHETIC_PROFILES)}; the real zoo is named in the "
+                 'spec (profile = "real")')
+    return ZooRef(override, spec.zoo_seed)
 
 
 #: Builds a zoo: ``builder(root, seed, profile)`` (:func:`actlang.zoo.build.build_zoo`).

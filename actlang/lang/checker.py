@@ -28,6 +28,7 @@ from actlang.lang.diagnostics import (
     DiagnosticError,
     SourceCache,
     did_you_mean,
+    output_span,
 )
 from actlang.lang.loader import LoadedFile, LoadResult, load
 from actlang.lang.parser import parse, too_deep
@@ -908,6 +909,14 @@ class _Checker:
     # -- surgeries
 
     def surgery(self, item: ast.Surgery, scope: _Scope) -> list[P.SurgerySpec]:
+        if not item.output.strip() or "\0" in item.output:
+            span = item.span and output_span(item.span, self.loaded.sources.line(
+                item.span.file, item.span.line))
+            self.error("E205", f"surgery `{item.name}` has "
+                       f"{'an empty' if not item.output.strip() else 'a NUL byte in its'} "
+                       "output path", span,
+                       hint='name a new directory for the result, e.g. "out/NAME"')
+            return []
         # Outputs are relative to the file that names them, even through a recipe.
         output = str((Path(scope.file.key).parent / item.output).resolve())
         if item.apply is not None:

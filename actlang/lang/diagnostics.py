@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from actlang.lang.ast import Span
@@ -113,6 +114,25 @@ class SourceCache:
             return None
         lines = text.splitlines()
         return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+
+_OUTPUT = re.compile(r'->\s*("(?:\\.|[^"\\\n])*")')
+
+
+def output_span(span: Span, line: str | None) -> Span:
+    """The span of the ``"path"`` in a surgery's header ``surgery NAME -> "path"``, given the
+    surgery's ``span`` and the text of its first line; the first line alone (one column)
+    when the string is not on it."""
+    match = _OUTPUT.search(line, span.column - 1) if line is not None else None
+    if match is not None:
+        start, end = match.start(1), match.end(1)
+        offset = span.start_pos - (span.column - 1)  # of the line's first character
+        return Span(span.file, span.line, start + 1, span.line, end + 1, offset + start,
+                    offset + end)
+    if span.end_line == span.line:
+        return span
+    return replace(span, end_line=span.line, end_column=span.column + 1,
+                   end_pos=span.start_pos + 1)
 
 
 def render(diagnostic: Diagnostic, sources: SourceCache) -> str:

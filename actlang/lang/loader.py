@@ -4,11 +4,17 @@
 relative to the importing one. Every file is parsed once; import cycles are reported with the
 chain that closes them. A file that fails to parse still yields its diagnostics, and the files
 that import it go on being checked (names from it are then unknown without further errors).
+
+Only specs are read as specs: an import must be a ``.act`` file (its real path, symlinks
+resolved), and every file must be a regular file — a FIFO or a device is refused without
+being read (it could block forever). So a diagnostic quotes the spec named on the command
+line and ``.act`` imports only, never a line of any other file.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +61,28 @@ def display_name(path: Path) -> str:
         return str(path)
 
 
+SPEC_SUFFIX = ".act"
+
+
+class NotRegularFile(OSError):
+    """A path that names something other than a regular file (a FIFO, a device, ...)."""
+
+
+def read_spec_text(path: Path) -> str:
+    """A spec's text (universal newlines). The file is opened without blocking and checked
+    to be a regular file before anything is read: a FIFO never hangs the reader.
+
+    Raises:
+        NotRegularFile: it is not a regular file.
+        OSError, UnicodeDecodeError: it cannot be read, or is not UTF-8.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, encoding="utf-8", closefd=True) as handle:  # closes fd, whatever happens
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(0, "not a regular file")
+        return handle.read()
+
+
 def stdlib_modules() -> list[str]:
     """Dotted names of every stdlib module, e.g. ``std.selectors``."""
     root = stdlib_dir()
@@ -70,7 +98,11 @@ def load(path: Path | str, text: str | None = None) -> LoadResult:
         text: its text, if already read (otherwise the file is read).
     """
     loader = _Loader()
-    main = loader.load_file(Path(path).resolve(), text=text, via=None)
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: reading it reports the error
+        resolved = Path(path).absolute()
+    main = loader.load_file(resolved, text=text, via=None)
     return LoadResult(main=main, files=loader.files, diagnostics=loader.diagnostics,
                       sources=loader.sources)
 
@@ -89,14 +121,17 @@ class _Loader:
         display = display_name(path)
         if text is None:
             try:
-                text = path.read_text(encoding="utf-8")
+                text = read_spec_text(path)
             except (OSError, UnicodeDecodeError) as error:
                 reason = error.strerror if isinstance(error, OSError) else "not valid UTF-8"
+                hint = None
+                if isinstance(error, NotRegularFile):
+                    hint = f"a spec is a regular {SPEC_SUFFIX} file"
+                elif via is not None:
+                    hint = "check the path; file imports are relative to the importing file"
                 self.diagnostics.append(Diagnostic(
                     "E005", f"cannot read `{display}`: {reason}",
-                    via.span if via is not None else None,
-                    hint="check the path; file imports are relative to the importing file"
-                    if via is not None else None))
+                    via.span if via is not None else None, hint=hint))
                 self.files[key] = LoadedFile(key, display, None)
                 return key
         self.sources.add(display, text)
@@ -128,12 +163,8 @@ class _Loader:
                     hint=hint or "stdlib modules: " + ", ".join(stdlib_modules())))
                 return None
         else:
-            target = (importer.parent / use.file).resolve()  # type: ignore[operator]
-            if not target.is_file():
-                self.diagnostics.append(Diagnostic(
-                    "E103", f"cannot find `{use.file}`", use.span,
-                    label=f"looked for {display_name(target)}",
-                    hint="file imports are relative to the importing file"))
+            target = self._file_import(use, importer)
+            if target is None:
                 return None
         key = str(target)
         if key in self._stack:
@@ -144,3 +175,38 @@ class _Loader:
                 hint="move the shared declarations into a file both can import"))
             return None
         return self.load_file(target, text=None, via=use)
+
+    def _file_import(self, use: ast.Use, importer: Path) -> Path | None:
+        """The real path of ``use "file"``: an existing regular ``.act`` file (else a
+        located diagnostic, and None)."""
+        written = use.file or ""
+        try:
+            target = (importer.parent / written).resolve()
+        except (OSError, RuntimeError, ValueError) as error:  # a symlink loop, a NUL byte
+            reason = "a symbolic link loop" if isinstance(error, (OSError, RuntimeError)) \
+                else "an invalid path"
+            self.diagnostics.append(Diagnostic(
+                "E103", f"cannot resolve `{written}`: {reason}", use.span,
+                hint="file imports name .act files, relative to the importing file"))
+            return None
+        problem = None
+        if not written.endswith(SPEC_SUFFIX) or target.suffix != SPEC_SUFFIX:
+            problem = (f"`{written}` is not a spec: `use` imports only {SPEC_SUFFIX} files"
+                       if not written.endswith(SPEC_SUFFIX) else
+                       f"`{written}` leads to {display_name(target)}, which is not a "
+                       f"{SPEC_SUFFIX} file")
+        elif not target.exists():
+            self.diagnostics.append(Diagnostic(
+                "E103", f"cannot find `{written}`", use.span,
+                label=f"looked for {display_name(target)}",
+                hint="file imports are relative to the importing file"))
+            return None
+        elif not target.is_file():
+            problem = f"`{written}` is not a regular file"
+        if problem is not None:
+            self.diagnostics.append(Diagnostic(
+                "E103", problem, use.span,
+                hint=f"a file import names a spec: a regular {SPEC_SUFFIX} file, relative to "
+                "the importing file"))
+            return None
+        return target

@@ -47,7 +47,7 @@ MERGE_METHODS = R.MERGE_METHODS.names
 BUDGET_SCOPES = R.BUDGET_SCOPES.names
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 STAGES = ("output", "transferred", "target")
-ZOO_PROFILES = ("default", "small", "tiny")
+ZOO_PROFILES = ("default", "small", "tiny", "real")
 
 # ---- blocks -----------------------------------------------------------------------------------------
 
@@ -172,7 +172,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
                   required=True),
         *_MODEL_OPTIONS)),
     FunctionSpec("zoo", "model", "a tiny synthetic model that actlang builds (actc zoo build)", (
-        FieldSpec("name", "string", "base | tuned | lang_b | facts | planted | planted_decoy",
+        FieldSpec("name", "string", "base | tuned | lang_b | facts | planted | planted_decoy "
+                  "(profile real: smollm2 | planted | planted_decoy)",
                   required=True),
         FieldSpec("seed", "int", "zoo seed", default="0", low=0),
         FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
@@ -202,7 +203,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         *_CORPUS_OPTIONS)),
     FunctionSpec("zoo_data", "corpus", "a split of a zoo ability's data", (
         FieldSpec("ability", "enum", "which ability", required=True,
-                  choices=("lang_a", "lang_b", "arithmetic", "facts")),
+                  choices=("lang_a", "lang_b", "arithmetic", "facts", "english", "capitals")),
         FieldSpec("split", "enum", "which split", default="probe",
                   choices=("train", "probe", "eval")),
         FieldSpec("zoo_seed", "int", "zoo seed", default="0", low=0),

@@ -191,6 +191,18 @@ class Checkpoint:
         return {n: t for n, t in self.iter_tensors()}
 
 
+def require_finite(name: str, tensor: torch.Tensor, made_by: str) -> torch.Tensor:
+    """``tensor`` itself, or a :class:`RuntimeUserError` if an output tensor would hold NaN
+    or Inf (an input model's weights are broken where they were read)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise RuntimeUserError(
+            f"the {made_by} would write {bad:,} NaN/Inf values into tensor {name}",
+            hint="an input model has non-finite weights there; check the donor (and base) "
+                 "checkpoints, or exclude that module")
+    return tensor
+
+
 def as_checkpoint(x: "Checkpoint | str | Path", allow_pickle: bool = False) -> Checkpoint:
     """``x`` itself if it is a :class:`Checkpoint`, else the checkpoint of directory ``x``."""
     if isinstance(x, Checkpoint):

@@ -92,7 +92,18 @@ def print_results(console: Console, result: RunResult) -> None:
     console.print(f"{len(result.records)} ops ({cached} cached), "
                   f"{counters['forward_passes']} forward passes for statistics, "
                   f"{counters['tokens_scored']:,} scored tokens")
+    for surgery, gate in result.failed_gates:
+        console.print(f"[red]gate failed[/red] in {surgery.surgery.name}: {gate.condition} "
+                      f"({gate.left:.4f} vs {gate.right:.4f}, short by "
+                      f"{abs(gate.left - gate.right):.4f})")
+
+
+def print_notes(console: Console, result: RunResult) -> None:
+    """What the user may not have meant: selections that move fewer channels than asked."""
     for record in result.records:
+        if record.details.get("selected_nothing"):
+            console.print(f"[yellow]warning[/yellow]: {record.label}: the budget selects no "
+                          "channel; the output equals the target")
         if record.details.get("units_short"):
             console.print(f"[yellow]note[/yellow]: {record.label}: the budget asked for "
                           f"{record.details['units_short']:,} more units than have donor "
@@ -104,7 +115,3 @@ def print_results(console: Console, result: RunResult) -> None:
                 console.print(f"[yellow]note[/yellow]: {r.surgery.name}: {moving:,} of "
                               f"{selected:,} selected channels move weights; the other "
                               f"{selected - moving:,} are identical in donor and target")
-    for surgery, gate in result.failed_gates:
-        console.print(f"[red]gate failed[/red] in {surgery.surgery.name}: {gate.condition} "
-                      f"({gate.left:.4f} vs {gate.right:.4f}, short by "
-                      f"{abs(gate.left - gate.right):.4f})")

@@ -90,8 +90,7 @@ class RunContext:
             dtype = getattr(torch, spec.dtype)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                directory, dtype=dtype,
-                trust_remote_code=bool(spec and spec.trust_remote_code),
+                directory, dtype=dtype, trust_remote_code=self.trusts_code(directory, spec),
                 use_safetensors=not (spec and spec.allow_pickle))
         except (OSError, ValueError) as error:
             raise RuntimeUserError(f"cannot load the model in {directory}: {error}") from None
@@ -108,11 +107,25 @@ class RunContext:
 
     # -- tokenizers and data
 
+    def trusts_code(self, directory: Path, spec: P.ModelSpec | None = None) -> bool:
+        """Whether loading from ``directory`` may run the repository's own code: only when
+        its model opts in (``trust_remote_code = true``) — for a stage in the work
+        directory, when a model of the plan does. Always passed to transformers explicitly,
+        so it never asks on the terminal."""
+        if spec is not None:
+            return spec.trust_remote_code
+        for info in self.plan.models.values():
+            if info.directory is not None and info.directory.resolve() == directory.resolve():
+                return info.spec.trust_remote_code
+        return directory.resolve().is_relative_to(self.work.resolve()) and any(
+            info.spec.trust_remote_code for info in self.plan.models.values())
+
     def tokenizer(self, directory: Path) -> Any:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(directory)
+            return AutoTokenizer.from_pretrained(
+                directory, trust_remote_code=self.trusts_code(directory))
         except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0]
             raise RuntimeUserError(f"cannot load the tokenizer of {directory}: {reason}",

@@ -9,6 +9,12 @@ work directory next to the outputs; ``save`` moves a finished stage into place w
 ``run_results.json`` (and the report) — atomically, so an interrupted run never leaves a
 directory that looks finished.
 
+Inputs are sacred: the whole run is guarded (:func:`actlang.run.output.guarded_outputs`) —
+no directory is written over, inside or around a model, corpus, spec or the cache, and
+``--force`` replaces only outputs of earlier actc runs (they carry its marker). The
+temporaries of killed runs (work directories, unfinished outputs, cache entries) are
+removed when the next run starts.
+
 Progress goes to a :class:`~actlang.run.context.Progress` (rich bars on stderr in the CLI);
 the clock is injectable so tests can check timings without sleeping.
 """
@@ -24,9 +30,9 @@ from typing import Any, Callable
 
 from actlang.arch.errors import RuntimeUserError
 from actlang.compile import ops as O
-from actlang.compile.cache import Cache
+from actlang.compile.cache import Cache, remove_stale
 from actlang.compile.passes import last_uses
-from actlang.compile.plan import Plan
+from actlang.compile.plan import Plan, output_conflict, protected_paths, replace_problem
 from actlang.run import stats as S
 from actlang.run.context import Progress, RunContext, quiet_libraries
 from actlang.run.handlers import HANDLERS
@@ -58,7 +64,19 @@ class Executor:
         quiet_libraries()
 
     def run(self) -> RunResult:
-        self._check_outputs()
+        from actlang.run.output import guarded_outputs
+
+        protected = protected_paths(self.plan.program, self.cache)
+        with guarded_outputs(protected):
+            self._check_outputs(protected)
+            self.cache.remove_stale()
+            for op in self.plan.order:  # unfinished writes of these outputs by killed runs
+                if isinstance(op, O.Save):
+                    output = Path(op.surgery.output).absolute()
+                    remove_stale(output.parent, prefix=f".{output.name}.")
+            return self._run()
+
+    def _run(self) -> RunResult:
         S.COUNTERS.reset()
         outputs = [Path(s.surgery.output) for s in self.plan.order if isinstance(s, O.Save)]
         ctx = RunContext(self.plan, self.cache, _work_dir(outputs), spec_text=self.spec_text,
@@ -90,35 +108,39 @@ class Executor:
                          sorted(surgeries, key=lambda r: position[r.surgery]),
                          S.COUNTERS.to_json())
 
-    def _check_outputs(self) -> None:
+    def _check_outputs(self, protected: list[tuple[Path, str]]) -> None:
+        """Before anything runs: every output it will write is safe to write (the plan
+        checked this; checked again here, as right before each write), and an existing one
+        is replaced only with ``force`` and only if an earlier actc run wrote it."""
         for op in self.plan.order:
-            if isinstance(op, O.Save) and op not in self.plan.cached and \
-                    Path(op.surgery.output).exists() and not self.force:
-                made_here = (Path(op.surgery.output) / "run_results.json").is_file()
+            if not isinstance(op, O.Save) or op in self.plan.cached:
+                continue
+            output = Path(op.surgery.output)
+            problem = output_conflict(output, protected)
+            if problem is not None:
+                raise RuntimeUserError(f"refusing to write the output to {output}: {problem}",
+                                       hint="choose an output directory outside every input")
+            if not (output.exists() or output.is_symlink()):
+                continue
+            problem = replace_problem(output)
+            if not self.force:
                 raise RuntimeUserError(
-                    f"output {op.surgery.output} already exists" +
-                    (", made by an earlier run with other inputs" if made_here else ""),
-                    hint="replace it with --force, or write elsewhere with --output")
+                    f"output {output} already exists" +
+                    (", made by an earlier run with other inputs" if problem is None else ""),
+                    hint="replace it with --force, or write elsewhere with --output"
+                    if problem is None else "write elsewhere with --output")
+            if problem is not None:
+                raise RuntimeUserError(
+                    f"--force refuses to replace {output}: it {problem}",
+                    hint="--force replaces only outputs of earlier actc runs; delete it "
+                    "yourself if you mean it, or write elsewhere with --output")
 
 
 def _work_dir(outputs: list[Path]) -> Path:
     """A hidden work directory beside the first output; stale ones of dead runs go first."""
     parent = (outputs[0].parent if outputs else Path.cwd()).absolute()
     parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(".actc-work-*"):
-        pid = stale.name.split("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(parent, prefix=".actc-work-")
     work = parent / f".actc-work-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     return work
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from actlang.arch.corpus import jsonl_records
+from actlang.arch.corpus import TokenizedCorpus, jsonl_records
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.registry import SCORES
 from actlang.compile import ops as O
@@ -83,6 +83,9 @@ def load(ctx: RunContext, op: O.LoadModel, inputs: Inputs, cached: bool) -> Outc
 def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Outcome:
     """One forward pass per model over the corpus; every statistic of the op from it."""
     data = ctx.data(op.corpus, op.tokenizer)
+    _check_scored(data, op)
+    for model in op.models:
+        _check_same_tokens(ctx, op, model, data)
     space = ctx.space(op.models[0])
     entries = None if op.modules == "default" else [e for e in space if e.hook is not None]
     batches = data.n_batches()
@@ -118,6 +121,36 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
         if key is not None:
             ctx.cache.store("stats", key, value.save)
     return Outcome(values, {"forward_passes": op.pass_count(), "tokens": data.n_tokens})
+
+
+def _check_scored(data: TokenizedCorpus, op: O.Capture) -> None:
+    """Statistics over no token are no statistics: every score would be 0 and the selection
+    arbitrary."""
+    if data.n_scored == 0:
+        raise RuntimeUserError(
+            f"{O.corpus_label(op.corpus)} gives 0 scored tokens with the tokenizer of "
+            f"{op.tokenizer.name} ({len(data)} documents, {data.n_tokens} tokens)",
+            hint="the corpus is empty, its documents are empty, or every scored span lies "
+                 "past max_tokens (raise max_tokens, or check the score field)")
+
+
+def _check_same_tokens(ctx: RunContext, op: O.Capture, model: P.ModelSpec,
+                       data: TokenizedCorpus) -> None:
+    """Both models of a capture read the corpus through one tokenizer; a model whose own
+    tokenizer maps it to other ids has other token meanings, and comparing its activations
+    on these ids measures nothing."""
+    if model == op.tokenizer or not _has_tokenizer(ctx.directory(model)):
+        return
+    if ctx.data(op.corpus, model).digest() != data.digest():
+        raise RuntimeUserError(
+            f"the tokenizers of {model.name} and {op.tokenizer.name} map "
+            f"{O.corpus_label(op.corpus)} to different token ids",
+            hint="channels move only between models that share a vocabulary (a base model "
+                 "and its fine-tunes)")
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
 
 
 def statistic(ctx: RunContext, op: O.Statistic, inputs: Inputs, cached: bool) -> Outcome:
@@ -186,6 +219,8 @@ def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outco
     details = {"channels_selected": mask.n_channels, "channels_moving": moving}
     if mask.meta["units_short"]:
         details["units_short"] = mask.meta["units_short"]
+    if mask.n_channels == 0:
+        details["selected_nothing"] = True
     return Outcome(Selected(mask, ranked, moving), details)
 
 

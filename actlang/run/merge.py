@@ -65,6 +65,7 @@ from actlang.run.checkpoint import (
     as_checkpoint,
     check_compatible,
     natural_key,
+    require_finite,
 )
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
 
@@ -342,7 +343,8 @@ def merge_models(
         b = base_ck.get(name) if (spec.needs_base and base_ck is not None) else None
         ts = [s.get(name) for s in srcs]
         gen = merge_generator(seed, name) if spec.sparsify == "random" else None
-        out = merge_tensor_mergekit(method, b, ts, ws, ds, lambda_, norm, resc, gen)
+        out = require_finite(name, merge_tensor_mergekit(method, b, ts, ws, ds, lambda_, norm,
+                                                         resc, gen), f"{method} merge")
         r = b if b is not None else ts[0]
         changed = _n_bits_differ(out, r.to(out.dtype))
         report.tensors += 1

@@ -14,8 +14,15 @@ Files are deterministic: same tensors in, byte-identical files out.
 
 Atomicity: everything is written into a temporary directory next to the output (same
 parent, so the final ``rename`` is atomic); an interrupted write leaves no directory that
-looks finished. An existing output is replaced only with ``overwrite=True``; an output that
-is, or is inside, or contains one of ``input_dirs`` is refused.
+looks finished, and the temporaries of a killed writer (they carry its pid) are removed by
+the next write beside them. An existing output is replaced only with ``overwrite=True``.
+
+Safety: an output that is, is inside, or contains one of ``input_dirs`` — or anything
+:func:`guarded_outputs` protects (a run protects every input of its spec and the cache),
+the filesystem root or the home directory — is refused, symlinks resolved, when the writer
+starts and again right before the rename. Every directory written here carries actc's
+marker (``.actc-output``, listing the files written); under a guard, ``overwrite`` replaces
+only a directory with a valid marker and no file the marker does not list.
 """
 
 from __future__ import annotations
@@ -25,19 +32,29 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from actlang.arch.errors import RuntimeUserError
+from actlang.compile.cache import remove_stale, temporary_name
+from actlang.compile.plan import (
+    OUTPUT_MARKER,
+    output_conflict,
+    output_marker,
+    replace_problem,
+)
 from actlang.run.checkpoint import DTYPE_TO_ST, FileSlice, natural_key
 
 __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
     "OutTensor",
     "atomic_output_dir",
+    "guarded_outputs",
     "model_card",
     "parse_size",
     "checkpoint_state",
@@ -160,9 +177,13 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor],
     same for the same tensors and metadata — ``safetensors.save_file`` writes metadata keys
     in hash order, which differs between processes."""
     layout = [OutTensor(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_safetensors(tmp, layout, tensors.__getitem__, dict(sorted(metadata.items())))
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{temporary_name(path.name)}{uuid.uuid4().hex[:8]}")
+    try:
+        write_safetensors(tmp, layout, tensors.__getitem__, dict(sorted(metadata.items())))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -237,6 +258,28 @@ def _inside(a: Path, b: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _Guard:
+    protected: tuple[tuple[Path, str], ...] = ()
+    actc_outputs_only: bool = False
+
+
+_GUARD: ContextVar[_Guard] = ContextVar("actlang_output_guard", default=_Guard())
+
+
+@contextmanager
+def guarded_outputs(protected: Iterable[tuple[Path, str]], *,
+                    actc_outputs_only: bool = True) -> Iterator[None]:
+    """Within this block every :class:`atomic_output_dir` refuses outputs that overlap
+    ``protected`` ((path, what it is) pairs) and, with ``actc_outputs_only``, replaces only
+    directories an earlier actc write marked (``actc run`` wraps itself in one)."""
+    token = _GUARD.set(_Guard(tuple(protected), actc_outputs_only))
+    try:
+        yield
+    finally:
+        _GUARD.reset(token)
+
+
 class atomic_output_dir:
     """Context manager: a temp dir next to ``out_dir`` that becomes ``out_dir`` on success.
 
@@ -247,23 +290,35 @@ class atomic_output_dir:
     def __init__(self, out_dir: str | Path, *, overwrite: bool = False, input_dirs: Iterable[str | Path] = ()) -> None:
         self.out = Path(out_dir).absolute()
         self.overwrite = overwrite
-        out_r = self.out.resolve()
-        for d in input_dirs:
-            d_r = Path(d).resolve()
-            if out_r == d_r or _inside(out_r, d_r) or _inside(d_r, out_r):
-                raise RuntimeUserError(
-                    f"refusing to write the output to {self.out}: it overlaps the input model directory {d}",
-                    hint="choose an output directory outside every input directory",
-                )
-        if self.out.exists() and not self.out.is_dir():
-            raise RuntimeUserError(f"output path {self.out} exists and is a file")
+        self.protected = [(Path(d), f"the input model directory {d}") for d in input_dirs]
+        self._check_target()
         if self.out.exists() and not overwrite:
             raise RuntimeUserError(f"output directory {self.out} already exists",
                                    hint="choose another output, or overwrite it explicitly (--force / overwrite=True)")
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:12]}"
+        self.tmp = self.out.parent / f"{temporary_name(self.out.name)}{uuid.uuid4().hex[:12]}"
+
+    def _check_target(self) -> None:
+        """Refuse an output overlapping what is protected, or one that may not be replaced."""
+        guard = _GUARD.get()
+        problem = output_conflict(self.out, [*self.protected, *guard.protected])
+        if problem:
+            raise RuntimeUserError(f"refusing to write the output to {self.out}: {problem}; "
+                                   "an output never overlaps the inputs, the cache or the home "
+                                   "directory", hint="choose another output directory")
+        if self.out.is_symlink() or self.out.exists() and not self.out.is_dir():
+            raise RuntimeUserError(f"output path {self.out} exists and is not a directory",
+                                   hint="choose another output")
+        if self.out.exists() and self.overwrite and guard.actc_outputs_only:
+            problem = replace_problem(self.out)
+            if problem:
+                raise RuntimeUserError(
+                    f"refusing to replace {self.out}: it {problem}",
+                    hint="--force replaces only outputs of earlier actc runs; delete it "
+                    "yourself if you mean it, or write elsewhere")
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.out.parent, prefix=f".{self.out.name}.")  # of killed writers
         self.tmp.mkdir()
         return self.tmp
 
@@ -271,12 +326,18 @@ class atomic_output_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        try:
+            (self.tmp / OUTPUT_MARKER).write_text(
+                json.dumps(output_marker(self.tmp), indent=1, sort_keys=True) + "\n")
+            self._check_target()  # again, right before the rename: nothing moved meanwhile
+            if self.out.exists() and not self.overwrite:  # appeared meanwhile
+                raise RuntimeUserError(f"output directory {self.out} appeared while writing; not replacing it")
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         old = None
         if self.out.exists():
-            if not self.overwrite:  # appeared meanwhile
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                raise RuntimeUserError(f"output directory {self.out} appeared while writing; not replacing it")
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:12]}"
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             os.replace(self.out, old)
         os.replace(self.tmp, self.out)
         if old is not None:

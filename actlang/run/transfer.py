@@ -41,6 +41,7 @@ from actlang.run.checkpoint import (
     as_checkpoint,
     check_compatible,
     natural_key,
+    require_finite,
 )
 from actlang.run.mask import ChannelMask
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
@@ -242,6 +243,7 @@ def transfer(
         if overlap == "max_score" and sum(need) > 1:
             scores = [d.mask.element_scores(name, tuple(t.shape)) if n else None for d, n in zip(donors, need)]
         out, moved, over = merge_tensor(name, t, src_t, masks, [d.lam for d in donors], overlap, scores, labels)
+        require_finite(name, out, "transfer")
         if moved:
             report.tensors_changed.append(name)
             report.per_tensor[name] = moved

@@ -8,6 +8,9 @@
 * :mod:`actlang.zoo.build` — ``build_zoo(root=None, seed=0, profile="default") ->
   ZooManifest``: the recover, merge and planted scenarios as HF model directories plus
   corpora and a ``zoo.json`` manifest, cached under ``$ACTLANG_CACHE_DIR/zoo``.
+* :mod:`actlang.zoo.real` — the ``real`` profile (``build_zoo(profile="real")``): planted
+  damage, drift and decoys in a real 135M model (SmolLM2, from a GGUF file), with English
+  and capital-city abilities, ground truth and oracle.
 
 Evaluation (greedy exact match, perplexity) lives in :mod:`actlang.run.evaluate`.
 
@@ -17,6 +20,8 @@ The zoo's configs, key and manifest (no torch) are :mod:`actlang.arch.zoo`.
 from actlang.arch.zoo import (
            MODELS,
            PROFILES,
+           REAL_MODELS,
+           RealZooConfig,
            ZooConfig,
            ZooManifest,
            cache_root,
@@ -24,5 +29,5 @@ from actlang.arch.zoo import (
 )
 from actlang.zoo.build import build_zoo, load_zoo_model
 
-__all__ = ["MODELS", "PROFILES", "ZooConfig", "ZooManifest", "build_zoo", "cache_root", "load_zoo",
-           "load_zoo_model"]
+__all__ = ["MODELS", "PROFILES", "REAL_MODELS", "RealZooConfig", "ZooConfig", "ZooManifest",
+           "build_zoo", "cache_root", "load_zoo", "load_zoo_model"]

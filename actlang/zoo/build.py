@@ -23,6 +23,10 @@ the abilities):
   precision / recall; the manifest's ``oracle`` entry gives the accuracies after copying
   exactly the damage rows back from ``base``.
 
+The ``real`` profile is another family — scenarios made from a real 135M model, no
+training — built by :mod:`actlang.zoo.real` through the same :func:`build_zoo` (cache, key,
+atomic rename); its layout and manifest are described there.
+
 Layout of one built zoo (``<root>/<profile>-s<seed>-<key>/``, where ``key`` hashes the
 config, the seed, the zoo's source code and the torch / transformers versions)::
 
@@ -121,9 +125,9 @@ __all__ = ["build_zoo", "load_zoo_model", "zoo_model_path"]
 def load_zoo_model(manifest: ZooManifest, name: str):
     """``(model, tokenizer)`` of the zoo's model ``name``, float32, eval mode."""
     path = manifest.model_path(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 def _save(model, tokenizer, path: Path) -> None:

