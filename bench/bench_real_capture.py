@@ -11,7 +11,7 @@ documents tokenized by the model's own BPE tokenizer. Variants, each over the wh
 * ``paired``: the lock-step pass of ``paired_absdiff`` (also yields both models' unpaired
   statistics);
 * ``paired + local``: the same with ``local=True`` (``local_absdiff``), which applies each
-  module's weight difference to both models' inputs — one extra matmul per module and model.
+  module's weight difference to the target's inputs — one extra matmul per module.
 
 The variants alternate ``--repeats`` times; the fastest run of each counts.
 """
@@ -134,8 +134,7 @@ def main() -> None:
                       f"Machine: {machine()}. Fastest of {args.repeats} alternating runs.\n\n"
                       "```\n" + "\n".join(lines) + "\n```\n\nThe lock-step pass against two "
                       "plain forward passes of the pair; `local_absdiff` adds one matmul per "
-                      "hooked module and model (the weight difference applied to both models' "
-                      "inputs).")
+                      "hooked module (the weight difference applied to the target's inputs).")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
 * ``zoo("base")`` — a model of the zoo. Planning only looks a zoo up; ``actc run`` builds the
   zoos a spec names first (:func:`ensure_zoos`, with the builder the CLI hands it — the zoo
   trains models, which sits above this layer). ``$ACTLANG_ZOO_PROFILE`` replaces the profile
-  of every zoo reference (``small`` makes test runs quick); the lockfile records what was
-  used;
+  of every synthetic zoo reference (``small`` makes test runs quick; real-model references
+  stay real); the lockfile records what was used;
 * ``gguf("m.gguf")`` or ``gguf(package = "p", file = "m.gguf")`` — a llama.cpp file (a file
   shipped inside an installed Python package is found with ``importlib`` without importing
   the package). ``actc run`` converts it once into ``<cache>/gguf/<content digest>/``, a
@@ -299,6 +299,10 @@ def zoo_corpus(corpus: P.ZooCorpus, cache: Cache) -> P.JsonlCorpus | None:
     if corpus.ability not in manifest.data["corpora"]:
         raise RuntimeUserError(f"the zoo has no ability `{corpus.ability}`",
                                hint="abilities: " + ", ".join(manifest.data["corpora"]))
+    splits = manifest.data["corpora"][corpus.ability]
+    if corpus.split not in splits:
+        raise RuntimeUserError(f"the zoo's `{corpus.ability}` has no {corpus.split} split",
+                               hint="splits: " + ", ".join(sorted(splits)))
     path = str(manifest.corpus_path(corpus.ability, corpus.split))
     if corpus.split == "train":
         return P.JsonlCorpus(path, text="{text}", options=corpus.options)

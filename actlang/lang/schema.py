@@ -176,7 +176,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
                   "(profile real: smollm2 | planted | planted_decoy)",
                   required=True),
         FieldSpec("seed", "int", "zoo seed", default="0", low=0),
-        FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
+        FieldSpec("profile", "enum", "zoo profile ($ACTLANG_ZOO_PROFILE resizes synthetic ones)",
                   default="default", choices=ZOO_PROFILES),
         *_MODEL_OPTIONS)),
     # A GGUF file holds neither pickle nor code, and transformers converts only the
@@ -207,7 +207,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         FieldSpec("split", "enum", "which split", default="probe",
                   choices=("train", "probe", "eval")),
         FieldSpec("zoo_seed", "int", "zoo seed", default="0", low=0),
-        FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
+        FieldSpec("profile", "enum", "zoo profile ($ACTLANG_ZOO_PROFILE resizes synthetic ones)",
                   default="default", choices=ZOO_PROFILES),
         *_CORPUS_OPTIONS)),
     FunctionSpec("mix", "corpus", "documents drawn from several corpora", (
@@ -222,7 +222,7 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         FieldSpec("data", "corpus", "the corpus", required=True),)),
     FunctionSpec("zoo_truth", "truth", "the rows the zoo's planted fine-tune changed", (
         FieldSpec("seed", "int", "zoo seed", default="0", low=0),
-        FieldSpec("profile", "enum", "zoo size ($ACTLANG_ZOO_PROFILE overrides)",
+        FieldSpec("profile", "enum", "zoo profile ($ACTLANG_ZOO_PROFILE resizes synthetic ones)",
                   default="default", choices=ZOO_PROFILES))),
     *(FunctionSpec(m.name, "score", m.doc, m.params) for m in R.SCORES if m.params),
     FunctionSpec("threshold", "budget", "every channel whose score is at least this", (
