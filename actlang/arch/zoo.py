@@ -82,6 +82,14 @@ class TrainConfig:
     seed: int = 0
 
 
+def manifest_head(config: Any, seed: int, key: str, libraries: tuple[str, ...]) -> dict[str, Any]:
+    """The fields every ``zoo.json`` starts with: format, profile, seed, key, the config, and
+    the versions of the libraries the build used."""
+    return {"format": FORMAT, "profile": config.profile, "seed": seed, "key": key,
+            "config": asdict(config),
+            "versions": {name: library_version(name) for name in libraries}}
+
+
 def library_version(name: str) -> str:
     """An installed distribution's version, read from its metadata (nothing is imported)."""
     try:

@@ -81,7 +81,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,14 +89,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actlang.arch.zoo import (
-    FORMAT,
     RealZooConfig,
     TrainConfig,
     ZooConfig,
     ZooManifest,
     cache_root,
-    library_version,
     load_zoo,
+    manifest_head,
     zoo_config,
     zoo_key,
     zoo_models,
@@ -319,13 +318,7 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
 
     manifest = {
-        "format": FORMAT,
-        "profile": config.profile,
-        "seed": seed,
-        "key": key,
-        "config": asdict(config),
-        "versions": {"torch": library_version("torch"),
-                     "transformers": library_version("transformers")},
+        **manifest_head(config, seed, key, ("torch", "transformers")),
         "models": models,
         "corpora": {k: {s: p for s, p in v.items()} for k, v in corpora.items()},
         "abilities": list(ABILITIES),

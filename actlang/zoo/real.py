@@ -68,7 +68,6 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,11 +76,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.zoo import (
-    FORMAT,
     RealZooConfig,
     gguf_identity,
     gguf_path,
-    library_version,
+    manifest_head,
 )
 from actlang.run.evaluate import exact_match, exact_match_details, perplexity
 from actlang.run.gguf import convert_gguf
@@ -560,14 +558,7 @@ def build_real_into(tmp: Path, config: RealZooConfig, seed: int, key: str,
               "planted_decoy": "planted, and large changes to the decoy rows along quiet "
                                "input directions"}
     manifest = {
-        "format": FORMAT,
-        "profile": config.profile,
-        "seed": seed,
-        "key": key,
-        "config": asdict(config),
-        "versions": {"torch": library_version("torch"),
-                     "transformers": library_version("transformers"),
-                     "gguf": library_version("gguf")},
+        **manifest_head(config, seed, key, ("torch", "transformers", "gguf")),
         "gguf": gguf_identity(config),
         "models": {name: {"path": f"models/{name}", "parent": None if name == "smollm2"
                           else "smollm2", "scenario": "planted", "change": change[name],
