@@ -180,7 +180,11 @@ def score(ctx: RunContext, op: O.Score, inputs: Inputs, cached: bool) -> Outcome
         return Outcome(scores.normalized("zscore" if op.normalize == "zscore" else None))
 
     def on(corpus: P.Corpus) -> Scores:
-        found = {(s.model, s.partner): v for s, v in inputs.items() if s.corpus == corpus}
+        # Rules that differ only in what they may select share this score op; each of their
+        # statistics is a predecessor. The widest (every hooked module) serves them all.
+        found = {(s.model, s.partner): v for s, v in
+                 sorted(inputs.items(), key=lambda item: item[0].modules == "all")
+                 if s.corpus == corpus}
         if method.inputs == "paired":
             return R.compute_scores(method.name, paired=found[(op.target, op.donor)],
                                     normalize=op.normalize)
