@@ -31,7 +31,7 @@ import networkx as nx
 from actlang import __version__
 from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
-from actlang.arch.files import pickle_files, safetensors_files
+from actlang.arch.files import has_tokenizer, pickle_files, safetensors_files
 from actlang.arch.gguf import read_gguf_header
 from actlang.arch.registry import SCORES
 from actlang.arch.safetensors import Headers, check_compatible
@@ -241,7 +241,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
         elif not info.has_weights:
             plan.notes.append(f"{name}: only a config at {info.directory} (no weights): "
                               "planning works, running needs the weights")
-        elif not _has_tokenizer(info.directory):
+        elif not has_tokenizer(info.directory):
             plan.notes.append(f"{name}: no tokenizer files in {info.directory}: token counts "
                               "are unknown, and running needs them")
     for save in (op for op in order if isinstance(op, O.Save) and op not in plan.cached):
@@ -477,7 +477,7 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
     for corpus, tokenizer in sorted(needed, key=repr):
         info = models.get(tokenizer.name)
         directory = info.directory if info else None
-        if directory is None or not _has_tokenizer(directory):
+        if directory is None or not has_tokenizer(directory):
             tokens[(corpus, tokenizer)] = None  # unbuilt zoo, or a config-only directory
             continue
         try:
@@ -496,11 +496,6 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
         tokens[(corpus, tokenizer)] = tokenized.n_tokens
         digests[(corpus, tokenizer)] = tokenized.digest()
     return tokens, digests
-
-
-def _has_tokenizer(directory: Path) -> bool:
-    return directory.is_dir() and any((directory / name).is_file() for name in
-               ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"))
 
 
 def _tokenizer(directory: Path, trust_remote_code: bool):

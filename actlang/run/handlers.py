@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from actlang.arch.corpus import TokenizedCorpus, jsonl_records
 from actlang.arch.errors import RuntimeUserError
+from actlang.arch.files import has_tokenizer
 from actlang.arch.registry import SCORES
 from actlang.compile import ops as O
 from actlang.compile.bind import candidate_entries, runtime_budget, runtime_corpus
@@ -139,7 +140,7 @@ def _check_same_tokens(ctx: RunContext, op: O.Capture, model: P.ModelSpec,
     """Both models of a capture read the corpus through one tokenizer; a model whose own
     tokenizer maps it to other ids has other token meanings, and comparing its activations
     on these ids measures nothing."""
-    if model == op.tokenizer or not _has_tokenizer(ctx.directory(model)):
+    if model == op.tokenizer or not has_tokenizer(ctx.directory(model)):
         return
     if ctx.data(op.corpus, model).digest() != data.digest():
         raise RuntimeUserError(
@@ -147,10 +148,6 @@ def _check_same_tokens(ctx: RunContext, op: O.Capture, model: P.ModelSpec,
             f"{O.corpus_label(op.corpus)} to different token ids",
             hint="channels move only between models that share a vocabulary (a base model "
                  "and its fine-tunes)")
-
-
-def _has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
 
 
 def statistic(ctx: RunContext, op: O.Statistic, inputs: Inputs, cached: bool) -> Outcome:
