@@ -226,12 +226,14 @@ class RawSelector:
 class Naming:
     """State-dict (module path) names <-> checkpoint tensor names, by prefix rewrites.
 
-    ``prefixes`` holds ``(state prefix, checkpoint prefix)`` pairs; a name matching none is
-    the same in both. The identity for every family whose checkpoint names are its module
-    paths.
+    ``prefixes`` holds ``(state prefix, checkpoint prefix)`` pairs; ``names`` whole-name
+    pairs, which win (a derived space learns renamings tensor by tensor). A name matching
+    none is the same in both: the identity for every family whose checkpoint names are its
+    module paths.
     """
 
     prefixes: tuple[tuple[str, str], ...] = ()
+    names: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def _rewrite(name: str, pairs: Iterable[tuple[str, str]]) -> str:
@@ -242,11 +244,14 @@ class Naming:
 
     def to_checkpoint(self, name: str) -> str:
         """The checkpoint name of a state-dict (or module path) name."""
-        return self._rewrite(name, self.prefixes)
+        exact = dict(self.names)
+        return exact[name] if name in exact else self._rewrite(name, self.prefixes)
 
     def to_state(self, name: str) -> str:
         """The state-dict (or module path) name of a checkpoint name."""
-        return self._rewrite(name, ((c, s) for s, c in self.prefixes))
+        exact = {c: s for s, c in self.names}
+        return exact[name] if name in exact else \
+            self._rewrite(name, ((c, s) for s, c in self.prefixes))
 
 
 @dataclass(frozen=True)
@@ -340,15 +345,15 @@ def get_adapter(model_type: str | None) -> Adapter:
 
 
 def checkpoint_naming(model_or_config: Any) -> Naming:
-    """How a model (or a model of this config) names its checkpoint tensors: the identity
-    without an adapter, or for an object without a config."""
+    """How a model (or a model of this config) names its checkpoint tensors: its adapter's
+    naming, what derivation learned without one, the identity for an object without a
+    config."""
     config = getattr(model_or_config, "config", model_or_config)
     try:
-        model_type = _config_dict(config).get("model_type")
+        config = _config_dict(config)
     except TypeError:
         return Naming()
-    adapter = adapters().get(model_type)
-    return adapter.naming if adapter else Naming()
+    return ChannelSpace.from_config(config).naming
 
 
 # --------------------------------------------------------------------------- channel space
@@ -400,6 +405,7 @@ class ChannelSpace:
         adapter: Adapter | None,
         dims: Mapping[str, int] | None = None,
         tied: bool = False,
+        naming: Naming = Naming(),
     ) -> None:
         self._entries: dict[str, Entry] = {}
         for e in entries:
@@ -409,6 +415,7 @@ class ChannelSpace:
         self.adapter = adapter
         self.dims = dict(dims or {})
         self.tied = tied
+        self.naming = naming
 
     # -- construction -------------------------------------------------------------------
 
@@ -419,41 +426,59 @@ class ChannelSpace:
         *,
         raw: Sequence[RawSelector] = (),
         shapes: Mapping[str, Sequence[int]] | None = None,
+        trust_remote_code: bool = False,
     ) -> "ChannelSpace":
         """Channel space from a config (dict, ``PretrainedConfig`` or path to config.json).
 
         ``raw`` selectors need ``shapes`` (tensor name → shape, from safetensors headers).
-        Without an adapter for ``model_type``, only raw selectors are possible.
+        A ``model_type`` with a curated adapter is read from its JSON; any other is derived
+        from the model's module tree (:mod:`actlang.arch.derived`, which needs torch and
+        transformers, and runs remote code only with ``trust_remote_code``).
         """
         cfg = _config_dict(config)
-        model_type = cfg.get("model_type")
-        entries: list[Entry] = []
-        adapter: Adapter | None = None
-        dims: dict[str, int] = {}
-        tied = False
-        if model_type in adapters() or not raw:
-            adapter = get_adapter(model_type)
-            dims = adapter.resolve_dims(cfg)
-            effective = adapter.effective_config(cfg)
-            tied = bool(effective.get(adapter.tied_flag, adapter.tied_default))
-            for layer in range(dims["layers"]):
-                prefix = adapter.layer_prefix.format(layer=layer)
-                for kind, spec in adapter.layer_kinds.items():
-                    entries.append(_make_entry(kind, spec, layer, prefix, dims, effective, tied, adapter.naming))
-            for kind, spec in adapter.global_kinds.items():
-                entries.append(_make_entry(kind, spec, None, "", dims, effective, tied, adapter.naming))
-        if raw:
-            if shapes is None:
-                raise RuntimeUserError(
-                    "raw selectors need tensor shapes (safetensors headers)",
-                    hint="use ChannelSpace.from_pretrained(model_dir, raw=...)",
-                )
-            entries.extend(_raw_entries(raw, shapes, {e.key for e in entries},
-                                        adapter.naming if adapter else Naming()))
-        return cls(entries, config=cfg, adapter=adapter, dims=dims, tied=tied)
+        adapter = adapters().get(cfg.get("model_type"))
+        if adapter is not None:
+            space = cls._curated(adapter, cfg)
+        else:
+            from actlang.arch.derived import derive_entries
+
+            entries, dims, tied, names = derive_entries(cfg, trust_remote_code=trust_remote_code)
+            space = cls(entries, config=cfg, adapter=None, dims=dims, tied=tied,
+                        naming=Naming(names=tuple(sorted(names.items()))))
+        if not raw:
+            return space
+        if shapes is None:
+            raise RuntimeUserError(
+                "raw selectors need tensor shapes (safetensors headers)",
+                hint="use ChannelSpace.from_pretrained(model_dir, raw=...)",
+            )
+        extra = _raw_entries(raw, shapes, set(space.keys()), space.naming)
+        return cls([*space, *extra], config=cfg, adapter=space.adapter, dims=space.dims,
+                   tied=space.tied, naming=space.naming)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, raw: Sequence[RawSelector] = ()) -> "ChannelSpace":
+    def _curated(cls, adapter: Adapter, cfg: dict[str, Any]) -> "ChannelSpace":
+        dims = adapter.resolve_dims(cfg)
+        effective = adapter.effective_config(cfg)
+        tied = bool(effective.get(adapter.tied_flag, adapter.tied_default))
+        entries = []
+        for layer in range(dims["layers"]):
+            prefix = adapter.layer_prefix.format(layer=layer)
+            for kind, spec in adapter.layer_kinds.items():
+                entries.append(_make_entry(kind, spec, layer, prefix, dims, effective, tied, adapter.naming))
+        for kind, spec in adapter.global_kinds.items():
+            entries.append(_make_entry(kind, spec, None, "", dims, effective, tied, adapter.naming))
+        return cls(entries, config=cfg, adapter=adapter, dims=dims, tied=tied,
+                   naming=adapter.naming)
+
+    @property
+    def derived(self) -> bool:
+        """Whether the space was derived from the module tree (no curated adapter)."""
+        return self.adapter is None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, raw: Sequence[RawSelector] = (),
+                        trust_remote_code: bool = False) -> "ChannelSpace":
         """Channel space of a model directory; reads ``config.json`` (and headers if ``raw``)."""
         path = Path(path)
         if not path.exists():
@@ -464,7 +489,7 @@ class ChannelSpace:
             from actlang.arch.safetensors import Headers
 
             shapes = {name: info.shape for name, info in Headers.open(path).infos.items()}
-        return cls.from_config(cfg, raw=raw, shapes=shapes)
+        return cls.from_config(cfg, raw=raw, shapes=shapes, trust_remote_code=trust_remote_code)
 
     # -- access -------------------------------------------------------------------------
 
@@ -554,10 +579,22 @@ class ChannelSpace:
 
     def heads(self) -> tuple[int, int, int]:
         """``(heads, kv_heads, head_dim)``."""
+        if not all(name in self.dims for name in ("heads", "kv_heads", "head_dim")):
+            raise RuntimeUserError(
+                f"config.json of this {self.model_type} model does not give its attention "
+                "heads (num_attention_heads, num_key_value_heads, head_dim)",
+                hint="use granularity = channel and tie = none")
         return int(self.dims["heads"]), int(self.dims["kv_heads"]), int(self.dims["head_dim"])
 
+    @property
+    def source(self) -> str:
+        """Where the space comes from, for ``actc inspect`` and the plan."""
+        if self.adapter is None:
+            return "derived from the module tree"
+        return f"curated adapter {self.adapter.family} ({self.adapter.source.name})"
+
     def describe(self) -> str:
-        lines = [f"{self.model_type} ({self.adapter.family if self.adapter else 'raw'}): "
+        lines = [f"{self.model_type} ({self.adapter.family if self.adapter else 'derived'}): "
                  f"{len(self)} modules, {self.n_channels()} channels"]
         for kind in self.kinds:
             es = [e for e in self if e.kind == kind]
