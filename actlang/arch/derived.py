@@ -24,7 +24,10 @@ them to be planned.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +52,8 @@ class Conventions:
     global_kinds: Mapping[str, tuple[str, ...]]
     fused_layouts: Mapping[str, Mapping[str, Any]]
     dims: Mapping[str, str]
+    expert_leaves: Mapping[str, str]
+    expert_containers: tuple[str, ...]
 
     def layer_kind(self, relative: str) -> str | None:
         """The canonical kind of a module at ``relative`` inside a decoder layer, if any."""
@@ -64,6 +69,14 @@ class Conventions:
 
     def takes_inputs(self, kind: str) -> bool:
         return bool(self.layer_kinds.get(kind, {}).get("inputs", False))
+
+    def hooked(self, kind: str) -> bool:
+        """Whether the kind's module output holds its channels token by token."""
+        return not self.layer_kinds.get(kind, {}).get("no_hook", False)
+
+    def expert_kind(self, leaf: str) -> str | None:
+        """``gate`` / ``up`` / ``down`` for an expert's projection named ``leaf``."""
+        return self.expert_leaves.get(leaf)
 
     def split(self, kind: str, leaf: str, size: int, dims: Mapping[str, int]
               ) -> list[tuple[str, int, int]] | None:
@@ -96,6 +109,9 @@ def conventions() -> Conventions:
         global_kinds={k: tuple(v) for k, v in data["global_kinds"].items()},
         fused_layouts=data["fused_layouts"],
         dims=data["dims"],
+        expert_leaves={leaf: kind.rpartition(".")[2]
+                       for kind, leaves in data["experts"]["leaves"].items() for leaf in leaves},
+        expert_containers=tuple(data["experts"]["containers"]),
     )
 
 
@@ -107,7 +123,8 @@ class ModuleSite:
         path: its module path (state-dict prefix).
         layer: decoder-layer index, or ``None`` outside the layer list.
         relative: its path inside the layer (the full path for global modules).
-        form: ``linear``, ``conv1d``, ``embedding`` or ``norm``.
+        form: ``linear``, ``conv1d``, ``embedding``, ``norm`` or ``matrix`` (a module that
+            only holds a ``[out, in]`` weight and computes something else with it: a router).
         out_features / in_features: its output channels and input features.
         bias: whether it has a bias.
     """
@@ -132,25 +149,34 @@ class Derived:
     output_embedding: str | None
     input_embedding: str | None
     checkpoint_names: Mapping[str, str]
+    converted: Mapping[str, tuple[int, ...]]
+    """Checkpoint tensors that ``save_pretrained`` makes by converting module parameters
+    (one per expert from a 3-D expert tensor), with their shapes."""
     seq_axes: Mapping[str, int]
     copied: tuple[str, ...]
     """Modules with parameters that are not channels (MoE experts, routers, custom blocks):
     copied unchanged unless a ``module(...)`` selector names their checkpoint tensors."""
 
 
-def derive(config: Mapping[str, Any], *, trust_remote_code: bool = False) -> Derived:
+def derive(config: Mapping[str, Any], *, directory: str | Path | None = None,
+           trust_remote_code: bool = False) -> Derived:
     """Instantiate the model of ``config`` on the meta device and read its structure.
+
+    Args:
+        config: the model's ``config.json``.
+        directory: the model directory, whose code a remote-code model (``auto_map``) runs.
+        trust_remote_code: run that code; without it a remote-code model is refused.
 
     Raises:
         RuntimeUserError: torch or transformers missing, a model type transformers does not
             know, remote code not allowed, or a model without a recognizable layer list.
     """
     key = json.dumps(config, sort_keys=True, default=str)
-    return _derive_cached(key, trust_remote_code)
+    return _derive_cached(key, None if directory is None else str(directory), trust_remote_code)
 
 
 @lru_cache(maxsize=16)
-def _derive_cached(config_json: str, trust_remote_code: bool) -> Derived:
+def _derive_cached(config_json: str, directory: str | None, trust_remote_code: bool) -> Derived:
     try:
         import torch
         import transformers
@@ -158,7 +184,7 @@ def _derive_cached(config_json: str, trust_remote_code: bool) -> Derived:
         raise RuntimeUserError(
             "deriving the channel space of an architecture without a curated adapter needs "
             "torch and transformers", hint="pip install torch transformers") from None
-    config = _hf_config(json.loads(config_json), trust_remote_code, transformers)
+    config = _hf_config(json.loads(config_json), directory, trust_remote_code, transformers)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(
             config, trust_remote_code=trust_remote_code)
@@ -169,26 +195,36 @@ def _derive_cached(config_json: str, trust_remote_code: bool) -> Derived:
     input_embedding = _module_path(model, model.get_input_embeddings())
     output_embedding = _module_path(model, model.get_output_embeddings())
     sites, copied = _sites(model, decoder_path, layers_path, len(layer_list), output_embedding)
-    tied = _is_tied(model)
+    renamed, converted = _checkpoint_names(model)
+    if converted:  # the experts' tensors are channels, saved one per expert
+        rules = conventions()
+        copied = [p for p in copied if p.rpartition(".")[2] not in rules.expert_containers]
     return Derived(
-        model_type=str(config.model_type), sites=tuple(sites), dims=dims, tied=tied,
-        output_embedding=output_embedding, input_embedding=input_embedding,
-        checkpoint_names=_checkpoint_names(model), seq_axes=_seq_axes(model, sites),
-        copied=tuple(copied))
+        model_type=str(config.model_type), sites=tuple(sites), dims=dims,
+        tied=_is_tied(model), output_embedding=output_embedding,
+        input_embedding=input_embedding, checkpoint_names=renamed, converted=converted,
+        seq_axes=_seq_axes(model, sites), copied=tuple(copied))
 
 
-def _hf_config(raw: Mapping[str, Any], trust_remote_code: bool, transformers: Any) -> Any:
+def _hf_config(raw: Mapping[str, Any], directory: str | None, trust_remote_code: bool,
+               transformers: Any) -> Any:
+    """The transformers config of ``raw``: its own class, or — for a remote-code model that
+    is trusted — the class its directory's code defines."""
     model_type = raw.get("model_type")
     if raw.get("auto_map") and trust_remote_code:
-        raise RuntimeUserError(
-            "deriving the channel space of a remote-code model needs its files: plan it "
-            "from its directory", hint="point the model at a directory holding its code")
+        if directory is None:
+            raise RuntimeUserError(
+                "deriving the channel space of a remote-code model needs its files",
+                hint="point the model at the directory holding its code")
+        return transformers.AutoConfig.from_pretrained(directory, trust_remote_code=True)
     try:
         config_class = transformers.AutoConfig.for_model(model_type).__class__
     except (ValueError, KeyError):
+        remote = " (its config names repository code: auto_map)" if raw.get("auto_map") else ""
         raise RuntimeUserError(
-            f"transformers does not know the model type {model_type!r}",
-            hint="a newer transformers may; or the model needs trust_remote_code = true") from None
+            f"transformers does not know the model type {model_type!r}{remote}",
+            hint="opt in with trust_remote_code = true if you trust the model's code; "
+                 "or a newer transformers may know it") from None
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
     return config_class.from_dict(fields)
 
@@ -250,8 +286,12 @@ def _form(module: Any) -> tuple[str, int, int] | None:
     if isinstance(module, torch.nn.Embedding):
         return "embedding", module.embedding_dim, module.num_embeddings
     weight = getattr(module, "weight", None)
-    if "norm" in type(module).__name__.lower() and weight is not None and weight.dim() == 1:
+    if not isinstance(weight, torch.nn.Parameter):
+        return None
+    if "norm" in type(module).__name__.lower() and weight.dim() == 1:
         return "norm", weight.shape[0], weight.shape[0]
+    if weight.dim() == 2 and len(list(module.parameters(recurse=False))) == 1:
+        return "matrix", weight.shape[0], weight.shape[1]  # a router: [experts, hidden]
     return None
 
 
@@ -295,25 +335,28 @@ def _is_tied(model: Any) -> bool:
                 getattr(model.config, "tie_word_embeddings", False))
 
 
-def _checkpoint_names(model: Any) -> dict[str, str]:
-    """State-dict name → the name ``save_pretrained`` writes, for renamed tensors only.
+def _checkpoint_names(model: Any) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """What ``save_pretrained`` writes: ``(renamed, converted)``.
 
-    transformers 5 reverts its load-time conversions on save; a pure renaming keeps the
-    tensor object, which is how a renamed tensor is recognised. Tensors converted (split,
-    fused) on save are not renamings: they are left out, and stay copied unchanged.
+    transformers 5 reverts its load-time conversions on save (on meta tensors too). A pure
+    renaming keeps the tensor object: ``renamed`` maps such state-dict names to the saved
+    ones. Every other saved tensor is made by a conversion (one per expert, split from a
+    3-D expert tensor): ``converted`` gives its name and shape.
     """
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # an older transformers saves state-dict names as they are
-        return {}
+        return {}, {}
     state = dict(model.state_dict())
     by_id = {id(tensor): name for name, tensor in state.items()}
     try:
         saved = revert_weight_conversion(model, state)
-    except Exception:  # noqa: BLE001 — a conversion that cannot run on meta renames nothing we can see
-        return {}
-    return {by_id[id(tensor)]: name for name, tensor in saved.items()
-            if id(tensor) in by_id and by_id[id(tensor)] != name}
+    except Exception:  # noqa: BLE001 — a conversion that cannot run on meta converts nothing we can see
+        return {}, {}
+    renamed = {by_id[id(t)]: name for name, t in saved.items()
+               if id(t) in by_id and by_id[id(t)] != name}
+    converted = {name: tuple(t.shape) for name, t in saved.items() if id(t) not in by_id}
+    return renamed, converted
 
 
 def _seq_axes(model: Any, sites: list[ModuleSite]) -> dict[str, int]:
@@ -348,17 +391,80 @@ def _seq_axes(model: Any, sites: list[ModuleSite]) -> dict[str, int]:
     return axes
 
 
-def derive_entries(config: Mapping[str, Any], *, trust_remote_code: bool = False
+def derive_entries(config: Mapping[str, Any], *, directory: str | Path | None = None,
+                   trust_remote_code: bool = False, memo: Path | None = None
                    ) -> tuple[list[Any], dict[str, int], bool, dict[str, str]]:
-    """The channel-space entries of a model without a curated adapter.
+    """The channel-space entries of a model without a curated adapter (arguments as
+    :func:`derive`).
+
+    Args:
+        memo: a directory keeping derived spaces as JSON, keyed by the config, the
+            conventions and the transformers version: a space derived once is read back
+            without importing torch or transformers (planning a 70B config stays fast).
 
     Returns:
         ``(entries, dims, tied, checkpoint_names)`` for
         :class:`actlang.arch.adapters.ChannelSpace`.
     """
+    file = None if memo is None else memo / f"{_memo_key(config, trust_remote_code)}.json"
+    if file is not None and file.is_file():
+        try:
+            return _from_json(json.loads(file.read_text()))
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged memo is derived again and rewritten
+    derived = _derive_entries(config, directory, trust_remote_code)
+    if file is not None:
+        _write_memo(file, _to_json(*derived))
+    return derived
+
+
+def _memo_key(config: Mapping[str, Any], trust_remote_code: bool) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        transformers_version = version("transformers")
+    except PackageNotFoundError:
+        transformers_version = "none"
+    text = json.dumps([config, trust_remote_code, transformers_version,
+                       _CONVENTIONS.read_text(), Path(__file__).read_text()],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _write_memo(file: Path, data: dict[str, Any]) -> None:
+    """Written whole or not at all: a temporary file renamed into place."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, file)
+
+
+def _to_json(entries: list[Any], dims: dict[str, int], tied: bool,
+             names: dict[str, str]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"entries": [asdict(e) for e in entries], "dims": dims, "tied": tied,
+            "names": names}
+
+
+def _from_json(data: dict[str, Any]) -> tuple[list[Any], dict[str, int], bool, dict[str, str]]:
+    from actlang.arch.adapters import Entry, Hook, TensorPart
+
+    entries = []
+    for e in data["entries"]:
+        entries.append(Entry(**{
+            **e, "parts": tuple(TensorPart(**p) for p in e["parts"]),
+            "inputs": tuple(TensorPart(**p) for p in e["inputs"]),
+            "hook": None if e["hook"] is None else Hook(**e["hook"])}))
+    return entries, dict(data["dims"]), bool(data["tied"]), dict(data["names"])
+
+
+def _derive_entries(config: Mapping[str, Any], directory: str | Path | None,
+                    trust_remote_code: bool
+                    ) -> tuple[list[Any], dict[str, int], bool, dict[str, str]]:
     from actlang.arch.adapters import Entry, Hook, TensorPart, entry_key
 
-    derived = derive(config, trust_remote_code=trust_remote_code)
+    derived = derive(config, directory=directory, trust_remote_code=trust_remote_code)
     rules = conventions()
     names = derived.checkpoint_names
 
@@ -375,7 +481,8 @@ def derive_entries(config: Mapping[str, Any], *, trust_remote_code: bool = False
         if site.layer is None:
             kind = rules.global_kind(site.relative) or site.relative
         else:
-            kind = rules.layer_kind(site.relative) or site.relative
+            kind = rules.layer_kind(site.relative) or \
+                _expert_module_kind(site.relative, rules) or site.relative
         if entry_key(site.layer, kind) in taken:
             kind = site.relative  # a second module of one kind keeps its own name
         axis = 1 if site.form in ("conv1d", "embedding") else 0
@@ -392,17 +499,71 @@ def derive_entries(config: Mapping[str, Any], *, trust_remote_code: bool = False
             is_global = site.form in ("norm", "embedding")
             key = entry_key(site.layer, block_kind)
             taken.add(key)
+            hooked = site.form != "matrix" and rules.hooked(block_kind) and \
+                not _in_experts(site.relative, rules)
             entries.append(Entry(
                 key=key, layer=site.layer, kind=block_kind, size=size, parts=parts,
                 inputs=inputs if rules.takes_inputs(block_kind) else (),
                 hook=Hook(site.path, offset, offset + size,
-                          derived.seq_axes.get(site.relative, 1)),
+                          derived.seq_axes.get(site.relative, 1)) if hooked else None,
                 is_global=is_global, default_excluded=is_global))
+    entries += _expert_entries(derived.converted, rules, taken)
     dims = dict(derived.dims)
     up = next((e for e in entries if e.kind == "mlp.up"), None)
     if "intermediate" not in dims and up is not None:  # GPT-2's n_inner: None means 4 * hidden
         dims["intermediate"] = up.size
     return _ordered(entries), dims, derived.tied, dict(names)
+
+
+_EXPERT_TENSOR = re.compile(r"^(?P<prefix>.*)\.(?P<container>[A-Za-z_]+)\.(?P<expert>\d+)\."
+                            r"(?P<leaf>[A-Za-z0-9_]+)\.weight$")
+_LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+def _in_experts(relative: str, rules: Conventions) -> bool:
+    """A module of one expert (``mlp.experts.3.up_proj``): it sees only routed tokens."""
+    return any(f".{c}." in f".{relative}." for c in rules.expert_containers)
+
+
+def _expert_module_kind(relative: str, rules: Conventions) -> str | None:
+    """``mlp.experts.E.<gate|up|down>`` for one expert's own ``Linear`` (a ``ModuleList``
+    of experts)."""
+    parts = relative.split(".")
+    if len(parts) >= 3 and parts[-3] in rules.expert_containers and parts[-2].isdigit():
+        role = rules.expert_kind(parts[-1])
+        return f"mlp.experts.{parts[-2]}.{role}" if role else None
+    return None
+
+
+def _expert_entries(converted: Mapping[str, tuple[int, ...]], rules: Conventions,
+                    taken: set[str]) -> list[Any]:
+    """One entry per expert projection that ``save_pretrained`` writes as its own tensor:
+    kind ``mlp.experts.E.<gate|up|down>``, channels the tensor's rows (its outputs), no
+    hook (see ``conventions.json``)."""
+    from actlang.arch.adapters import Entry, TensorPart, entry_key
+
+    entries = []
+    for name, shape in sorted(converted.items(), key=lambda item: _natural(item[0])):
+        match, layer = _EXPERT_TENSOR.match(name), _LAYER_INDEX.search(name)
+        if match is None or layer is None or len(shape) != 2 or \
+                match["container"] not in rules.expert_containers:
+            continue
+        role = rules.expert_kind(match["leaf"])
+        if role is None:
+            continue
+        kind = f"mlp.experts.{match['expert']}.{role}"
+        key = entry_key(int(layer.group(1)), kind)
+        if key in taken:
+            continue
+        taken.add(key)
+        inputs = (TensorPart(name, 1, 0, shape[1]),) if role == "down" else ()
+        entries.append(Entry(key=key, layer=int(layer.group(1)), kind=kind, size=shape[0],
+                             parts=(TensorPart(name, 0, 0, shape[0]),), inputs=inputs))
+    return entries
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def _lm_head(site: ModuleSite, derived: Derived, tensor: Any) -> Any:

@@ -1,4 +1,4 @@
-"""What the method offers, each declared once: scores, normalizations, budget scopes,
+"""What the method offers, each declared once: scores, normalizations, budget modes,
 granularities, tie modes, overlap policies, merge methods and fine-tune scopes.
 
 Every reader takes its facts from here — the checker (which names exist, "did you mean"),
@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from typing import Generic, Iterator, Literal, TypeVar
 
 __all__ = [
+    "BUDGET_MODES",
+    "BUDGET_SCOPES",
+    "BudgetKind",
+    "BudgetMode",
     "FINETUNE_SCOPES",
     "FieldSpec",
     "GRANULARITIES",
@@ -31,7 +35,8 @@ __all__ = [
     "SCORES",
     "ScoreMethod",
     "TIES",
-    "BUDGET_SCOPES",
+    "budget_mode",
+    "scope_words",
 ]
 
 
@@ -217,12 +222,79 @@ NORMALIZATIONS: Registry[Option] = Registry(
 
 # ---- selection ------------------------------------------------------------------------------
 
-BUDGET_SCOPES: Registry[Option] = Registry(
-    "budget scope",
-    Option("global", "rank every candidate unit together (the paper's default)"),
-    Option("module", "keep the top share of each module"),
-    Option("layer", "keep the top share of each layer"),
+BudgetKind = Literal["fraction", "count", "threshold"]
+
+# What a budget's value is, by kind: the language's three budget values (``3%``, ``500``,
+# ``threshold(0.1)``), as errors and LANGUAGE.md describe them.
+_BUDGET_VALUES: dict[str, str] = {
+    "fraction": "a fraction between 0% and 100%",
+    "count": "a whole number of units",
+    "threshold": "a minimum score",
+}
+
+
+@dataclass(frozen=True)
+class BudgetMode(Option):
+    """How a budget says how many units move. The name is the runtime's
+    (``Budget("per_layer", 0.05)``, ``budget_mode`` in run results).
+
+    Args:
+        kind: what the value is — a ``fraction`` of the units ranked together, a ``count``
+            of units, or a ``threshold`` every selected unit's score reaches
+            (:attr:`value_doc`); the language's budget value of the same name.
+        scope: the units ranked together: every candidate (``global``), or each
+            ``module`` / ``layer`` apart; the language's scope (``2% per module``).
+        written: how a spec writes it, an example for LANGUAGE.md.
+    """
+
+    kind: BudgetKind
+    scope: str
+    written: str
+
+    @property
+    def value_doc(self) -> str:
+        return _BUDGET_VALUES[self.kind]
+
+    def accepts(self, value: float) -> bool:
+        """Whether ``value`` is a value of this mode (:attr:`value_doc`)."""
+        if self.kind == "fraction":
+            return 0.0 <= value <= 1.0
+        if self.kind == "count":
+            return value >= 0 and float(value).is_integer()
+        return True  # any score is a threshold
+
+
+BUDGET_MODES: Registry[BudgetMode] = Registry(
+    "budget mode",
+    BudgetMode("global", "the top share of every candidate unit, ranked together (the "
+               "paper's default)", kind="fraction", scope="global", written="3%"),
+    BudgetMode("per_module", "the top share of each module", kind="fraction", scope="module",
+               written="2% per module"),
+    BudgetMode("per_layer", "the top share of each layer", kind="fraction", scope="layer",
+               written="1% per layer"),
+    BudgetMode("count", "the best units, this many", kind="count", scope="global",
+               written="500"),
+    BudgetMode("threshold", "every unit whose score is at least this", kind="threshold",
+               scope="global", written="threshold(0.1)"),
 )
+assert len({(m.kind, m.scope) for m in BUDGET_MODES}) == len(BUDGET_MODES), \
+    "two budget modes of one kind and scope"
+
+# The scopes a budget may carry are those of its modes: a scope is where a mode ranks its
+# units, so listing them apart (with their own docs) would say each fraction mode twice.
+BUDGET_SCOPES: tuple[str, ...] = tuple(dict.fromkeys(m.scope for m in BUDGET_MODES))
+
+
+def budget_mode(kind: str, scope: str = "global") -> BudgetMode | None:
+    """The mode of a language budget of ``kind`` and ``scope`` (``2% per module``:
+    ``fraction``, ``module``); None where the language has none (a count per module)."""
+    return next((m for m in BUDGET_MODES if (m.kind, m.scope) == (kind, scope)), None)
+
+
+def scope_words(scope: str) -> str:
+    """How a spec writes a scope: ``global``, or ``per NAME`` (the grammar's two forms)."""
+    return "global" if scope == "global" else f"per {scope}"
+
 
 GRANULARITIES: Registry[Option] = Registry(
     "granularity",

@@ -7,77 +7,107 @@ selects) read this module, so whatever the plan accepts the run accepts.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
 from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
-from actlang.arch.registry import GRANULARITIES
+from actlang.arch.registry import (
+    BUDGET_MODES,
+    GRANULARITIES,
+    BudgetKind,
+    budget_mode,
+    scope_words,
+)
 
 __all__ = ["ALL", "Budget", "Term", "UnitGroup", "candidate_entries", "check_budget",
-           "unit_groups"]
-
-BudgetMode = Literal["global", "per_module", "per_layer", "count", "threshold"]
-_MODES = ("global", "per_module", "per_layer", "count", "threshold")
+           "measures_outputs", "output_axis", "raw_twin", "unit_groups"]
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How many units to select. ``value`` is a fraction in [0, 1] for ``global``,
-    ``per_module`` and ``per_layer``; a number of units for ``count``; a minimum score for
-    ``threshold``."""
+    """How many units to select: a mode of :data:`~actlang.arch.registry.BUDGET_MODES` by
+    name, and its value (a fraction in [0, 1], a number of units, or a minimum score).
 
-    mode: BudgetMode = "global"
+    Raises:
+        RuntimeUserError: an unknown mode, or a value the mode does not accept.
+    """
+
+    mode: str = "global"
     value: float = 0.03
 
     def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise RuntimeUserError(f"unknown budget mode {self.mode!r}", hint=f"modes: {', '.join(_MODES)}")
-        if self.mode in ("global", "per_module", "per_layer") and not (0.0 <= self.value <= 1.0):
-            raise RuntimeUserError(f"a {self.mode} budget is a fraction between 0% and 100%, got {self.value:g}")
-        if self.mode == "count" and (self.value < 0 or self.value != int(self.value)):
-            raise RuntimeUserError(f"a count budget is a whole number >= 0, got {self.value:g}")
+        if self.mode not in BUDGET_MODES:
+            raise RuntimeUserError(f"unknown budget mode {self.mode!r}",
+                                   hint=f"modes: {', '.join(BUDGET_MODES.names)}")
+        declared = BUDGET_MODES[self.mode]
+        if not declared.accepts(self.value):
+            raise RuntimeUserError(f"a {self.mode} budget is {declared.value_doc}, "
+                                   f"got {self.value:g}")
+
+    @property
+    def kind(self) -> BudgetKind:
+        """What the value is: ``fraction``, ``count`` or ``threshold``."""
+        return BUDGET_MODES[self.mode].kind
+
+    @property
+    def scope(self) -> str:
+        """The units ranked together: ``global``, or each ``module`` / ``layer``."""
+        return BUDGET_MODES[self.mode].scope
+
+    def units(self, total: int) -> int | None:
+        """How many of ``total`` units ranked together the budget selects (a fraction rounds
+        to the nearest unit); None where that is not one number: a threshold, or a fraction
+        of each module or layer."""
+        if self.scope != "global" or self.kind == "threshold":
+            return None
+        if self.kind == "count":
+            return int(self.value)
+        return int(math.floor(self.value * total + 0.5))
 
     @classmethod
     def parse(cls, spec: "Budget | str | float | int") -> "Budget":
         """``"3%"``, ``"3% global"``, ``"5% per module"``, ``"5% per layer"``, ``"120"``
-        (count), ``"threshold 0.5"`` / ``">= 0.5"``; a float in [0, 1] is a global fraction,
-        an int a count."""
+        (count), ``"threshold(0.5)"`` / ``"threshold 0.5"`` / ``">= 0.5"``: each mode as
+        a spec writes it, and more; a float in [0, 1] is a global fraction, an int a count."""
         if isinstance(spec, Budget):
             return spec
         if isinstance(spec, bool):
             raise RuntimeUserError(f"not a budget: {spec!r}")
         if isinstance(spec, int):
-            return cls("count", spec)
+            return cls._of("count", spec)
         if isinstance(spec, float):
-            return cls("global", spec)
+            return cls._of("fraction", spec)
         text = str(spec).strip().lower()
-        m = re.fullmatch(r"(?:threshold\s*|>=\s*)([-+0-9.e]+)", text)
+        m = re.fullmatch(r"threshold\s*\(\s*([-+0-9.e]+)\s*\)|(?:threshold\s*|>=\s*)([-+0-9.e]+)",
+                         text)
         if m:
-            return cls("threshold", float(m.group(1)))
-        m = re.fullmatch(r"([0-9.]+)\s*%\s*(global|per[ _-]?module|per[ _-]?layer)?", text)
-        if m:
-            mode = (m.group(2) or "global").replace(" ", "_").replace("-", "_")
-            if mode in ("permodule", "perlayer"):
-                mode = "per_" + mode[3:]
-            return cls(mode, float(m.group(1)) / 100.0)  # type: ignore[arg-type]
+            return cls._of("threshold", float(m.group(1) or m.group(2)))
+        m = re.fullmatch(r"([0-9.]+)\s*%\s*(?:global|per[ _-]?([a-z]+))?", text)
+        if m and budget_mode("fraction", m.group(2) or "global"):
+            return cls._of("fraction", float(m.group(1)) / 100.0, m.group(2) or "global")
         m = re.fullmatch(r"([0-9]+)\s*(channels|units)?", text)
         if m:
-            return cls("count", int(m.group(1)))
+            return cls._of("count", int(m.group(1)))
         raise RuntimeUserError(f"cannot read the budget {spec!r}",
-                               hint="e.g. 3%, 5% per module, 5% per layer, 120, threshold 0.5")
+                               hint="e.g. " + ", ".join(mode.written for mode in BUDGET_MODES))
+
+    @classmethod
+    def _of(cls, kind: str, value: float, scope: str = "global") -> "Budget":
+        mode = budget_mode(kind, scope)
+        assert mode is not None, (kind, scope)  # parse asks only for declared pairs
+        return cls(mode.name, value)
 
     def __str__(self) -> str:
-        if self.mode == "count":
+        if self.kind == "count":
             return f"{int(self.value)}"
-        if self.mode == "threshold":
+        if self.kind == "threshold":
             return f"threshold {self.value:g}"
         pct = f"{self.value * 100:g}%"
-        return pct if self.mode == "global" else f"{pct} {self.mode.replace('_', ' ')}"
-
-
+        return pct if self.scope == "global" else f"{pct} {scope_words(self.scope)}"
 
 
 # ---- candidates -------------------------------------------------------------------------------
@@ -114,6 +144,32 @@ class Term:
 
 #: Every kind, as the selector ``all`` names it.
 ALL = ((1, Term("*")),)
+
+
+def raw_twin(space: ChannelSpace, entry: Entry) -> Entry | None:
+    """The entry of the space's own kinds that a raw entry names again — the same module
+    and weight tensor (``module("model.layers.0.mlp.up_proj")`` and ``layers.0.mlp.up``) —
+    or None: a module the space does not describe, or an entry that is not raw."""
+    if entry.kind != "raw" or entry.hook is None:
+        return None
+    weight = entry.parts[0].name
+    return next((e for e in space if e.kind != "raw" and e.hook is not None and e.parts
+                 and e.hook.module == entry.hook.module and e.parts[0].name == weight), None)
+
+
+def output_axis(space: ChannelSpace, entry: Entry) -> int:
+    """The axis of an entry's weight along which its module's outputs run: the space's own
+    channel axis for a module it describes (1 for GPT-2's ``Conv1D`` and the embedding),
+    and 0 for a raw entry of any other module — ``nn.Linear``'s ``[out, in]`` layout."""
+    described = entry if entry.kind != "raw" else raw_twin(space, entry)
+    return described.parts[0].axis if described is not None else 0
+
+
+def measures_outputs(space: ChannelSpace, entry: Entry) -> bool:
+    """Whether forward statistics measure the entry's channels. Hooks read a module's
+    outputs, so a raw entry along another axis — a Linear's input columns, ``axis = 1`` —
+    has no activation of its own to measure."""
+    return entry.hook is not None and entry.parts[0].axis == output_axis(space, entry)
 
 
 def candidate_entries(space: ChannelSpace, terms: Sequence[tuple[int, Term]] = ALL, *,
@@ -252,7 +308,7 @@ def check_budget(budget: Budget, groups: Sequence[UnitGroup]) -> int:
     """The number of units a selection chooses from; raises when a count budget asks for
     more units than there are."""
     total = sum(g.n_units for g in groups)
-    if budget.mode == "count" and budget.value > total:
+    if budget.kind == "count" and budget.value > total:
         unit = "channels" if all(g.kind == "channel" for g in groups) else "units"
         raise RuntimeUserError(
             f"the budget asks for {int(budget.value)} {unit} but the selector matches {total}",

@@ -426,14 +426,17 @@ class ChannelSpace:
         *,
         raw: Sequence[RawSelector] = (),
         shapes: Mapping[str, Sequence[int]] | None = None,
+        directory: str | Path | None = None,
         trust_remote_code: bool = False,
+        memo: Path | None = None,
     ) -> "ChannelSpace":
         """Channel space from a config (dict, ``PretrainedConfig`` or path to config.json).
 
         ``raw`` selectors need ``shapes`` (tensor name → shape, from safetensors headers).
         A ``model_type`` with a curated adapter is read from its JSON; any other is derived
         from the model's module tree (:mod:`actlang.arch.derived`, which needs torch and
-        transformers, and runs remote code only with ``trust_remote_code``).
+        transformers, and runs remote code — from ``directory`` — only with
+        ``trust_remote_code``; ``memo``, a directory, keeps derived spaces).
         """
         cfg = _config_dict(config)
         adapter = adapters().get(cfg.get("model_type"))
@@ -442,7 +445,8 @@ class ChannelSpace:
         else:
             from actlang.arch.derived import derive_entries
 
-            entries, dims, tied, names = derive_entries(cfg, trust_remote_code=trust_remote_code)
+            entries, dims, tied, names = derive_entries(
+                cfg, directory=directory, trust_remote_code=trust_remote_code, memo=memo)
             space = cls(entries, config=cfg, adapter=None, dims=dims, tied=tied,
                         naming=Naming(names=tuple(sorted(names.items()))))
         if not raw:
@@ -478,7 +482,8 @@ class ChannelSpace:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, raw: Sequence[RawSelector] = (),
-                        trust_remote_code: bool = False) -> "ChannelSpace":
+                        trust_remote_code: bool = False,
+                        memo: Path | None = None) -> "ChannelSpace":
         """Channel space of a model directory; reads ``config.json`` (and headers if ``raw``)."""
         path = Path(path)
         if not path.exists():
@@ -489,7 +494,8 @@ class ChannelSpace:
             from actlang.arch.safetensors import Headers
 
             shapes = {name: info.shape for name, info in Headers.open(path).infos.items()}
-        return cls.from_config(cfg, raw=raw, shapes=shapes, trust_remote_code=trust_remote_code)
+        return cls.from_config(cfg, raw=raw, shapes=shapes, directory=path,
+                               trust_remote_code=trust_remote_code, memo=memo)
 
     # -- access -------------------------------------------------------------------------
 
