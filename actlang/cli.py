@@ -201,6 +201,52 @@ def graph_command(
     typer.echo(render_graph(plan, fmt))
 
 
+@app.command("inspect")
+def inspect_command(
+    model: str = typer.Argument(..., help="A model directory, config.json or .gguf file; "
+                                "zoo.NAME; or, with --spec, a model the spec declares.",
+                                show_default=False),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="Resolve MODEL as a model of "
+                                        "this spec (local, hub, gguf or zoo)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the channel space as JSON."),
+    zoo_profile: str = typer.Option("default", "--zoo-profile",
+                                    help="The zoo a zoo.NAME model comes from."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run the model directory's own code to read "
+                                           "its structure (only for code you trust)."),
+    cache_dir: Optional[Path] = _CACHE_OPTION,
+) -> None:
+    """Show a model's channel space: kinds, channels per layer, fused layouts, residual
+    channels, and whether a curated adapter or the module tree defines it.
+
+    Reads config.json (or a GGUF header) only. Architectures without a curated adapter are
+    instantiated on the meta device (no weights, no memory) to read their module tree.
+    """
+    import json as json_module
+
+    from actlang.arch.errors import RuntimeUserError
+    from actlang.compile.cache import Cache
+    from actlang.compile.inspect import inspect_model, render_inspection, resolve_target
+
+    models = _checked_program(spec, json_output)[0].declared if spec else None
+    try:
+        target = resolve_target(model, spec_models=models, cache=Cache(cache_dir),
+                                zoo_profile=zoo_profile, trust_remote_code=trust_remote_code)
+        info = inspect_model(target)
+    except RuntimeUserError as error:
+        _print_error(error, json_output)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    typer.echo(json_module.dumps(info, indent=2) if json_output else render_inspection(info))
+
+
+def _print_error(error, json_output: bool) -> None:
+    """A user error that belongs to no spec line (E502), as a diagnostic."""
+    from actlang.lang.diagnostics import Diagnostic
+
+    _print_diagnostics([Diagnostic("E502", error.message, None, hint=error.hint)], {},
+                       json_output)
+
+
 EXIT_GATE_FAILED = 3
 
 

@@ -299,3 +299,4 @@ class Program:
     models: tuple[ModelSpec, ...]
     abilities: tuple[AbilitySpec, ...]
     files: tuple[str, ...] = ()  # every .act file read, the main file first
+    declared: tuple[ModelSpec, ...] = ()  # every model the main file declares, used or not
