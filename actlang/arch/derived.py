@@ -156,6 +156,10 @@ class Derived:
     copied: tuple[str, ...]
     """Modules with parameters that are not channels (MoE experts, routers, custom blocks):
     copied unchanged unless a ``module(...)`` selector names their checkpoint tensors."""
+    fused_experts: Mapping[int, str]
+    """Per layer, the module holding its experts in 3-D tensors of the layout statistics
+    know (``gate_up_proj [E, 2I, H]``, gate rows first; ``down_proj [E, H, I]``; an
+    ``act_fn``)."""
 
 
 def derive(config: Mapping[str, Any], *, directory: str | Path | None = None,
@@ -203,7 +207,8 @@ def _derive_cached(config_json: str, directory: str | None, trust_remote_code: b
         model_type=str(config.model_type), sites=tuple(sites), dims=dims,
         tied=_is_tied(model), output_embedding=output_embedding,
         input_embedding=input_embedding, checkpoint_names=renamed, converted=converted,
-        seq_axes=_seq_axes(model, sites), copied=tuple(copied))
+        seq_axes=_seq_axes(model, sites), copied=tuple(copied),
+        fused_experts=_fused_experts(model, layers_path))
 
 
 def _hf_config(raw: Mapping[str, Any], directory: str | None, trust_remote_code: bool,
@@ -322,6 +327,23 @@ def _sites(model: Any, decoder_path: str, layers_path: str, n_layers: int,
         sites.append(ModuleSite(path, layer, relative, kind, out_features, in_features,
                                 getattr(module, "bias", None) is not None))
     return sites, copied
+
+
+def _fused_experts(model: Any, layers_path: str) -> dict[int, str]:
+    """Per layer, the experts module whose 3-D layout statistics can recompute."""
+    import torch
+
+    found: dict[int, str] = {}
+    prefix = layers_path + "."
+    for path, module in model.named_modules():
+        gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+        if not path.startswith(prefix) or not hasattr(module, "act_fn") or \
+                not all(isinstance(p, torch.nn.Parameter) and p.dim() == 3 for p in (gate_up, down)):
+            continue
+        experts, double, hidden = gate_up.shape
+        if tuple(down.shape) == (experts, hidden, double // 2) and double % 2 == 0:
+            found[int(path[len(prefix):].partition(".")[0])] = path
+    return found
 
 
 def _is_tied(model: Any) -> bool:
@@ -507,7 +529,7 @@ def _derive_entries(config: Mapping[str, Any], directory: str | Path | None,
                 hook=Hook(site.path, offset, offset + size,
                           derived.seq_axes.get(site.relative, 1)) if hooked else None,
                 is_global=is_global, default_excluded=is_global))
-    entries += _expert_entries(derived.converted, rules, taken)
+    entries += _expert_entries(derived.converted, rules, taken, derived.fused_experts)
     dims = dict(derived.dims)
     up = next((e for e in entries if e.kind == "mlp.up"), None)
     if "intermediate" not in dims and up is not None:  # GPT-2's n_inner: None means 4 * hidden
@@ -536,11 +558,11 @@ def _expert_module_kind(relative: str, rules: Conventions) -> str | None:
 
 
 def _expert_entries(converted: Mapping[str, tuple[int, ...]], rules: Conventions,
-                    taken: set[str]) -> list[Any]:
+                    taken: set[str], fused: Mapping[int, str]) -> list[Any]:
     """One entry per expert projection that ``save_pretrained`` writes as its own tensor:
-    kind ``mlp.experts.E.<gate|up|down>``, channels the tensor's rows (its outputs), no
-    hook (see ``conventions.json``)."""
-    from actlang.arch.adapters import Entry, TensorPart, entry_key
+    kind ``mlp.experts.E.<gate|up|down>``, channels the tensor's rows (its outputs); hooked
+    through the layer's experts module where its layout is known (``fused``)."""
+    from actlang.arch.adapters import Entry, Hook, TensorPart, entry_key
 
     entries = []
     for name, shape in sorted(converted.items(), key=lambda item: _natural(item[0])):
@@ -556,9 +578,13 @@ def _expert_entries(converted: Mapping[str, tuple[int, ...]], rules: Conventions
         if key in taken:
             continue
         taken.add(key)
+        index = int(layer.group(1))
         inputs = (TensorPart(name, 1, 0, shape[1]),) if role == "down" else ()
-        entries.append(Entry(key=key, layer=int(layer.group(1)), kind=kind, size=shape[0],
-                             parts=(TensorPart(name, 0, 0, shape[0]),), inputs=inputs))
+        hook = Hook(fused[index], 0, shape[0], expert=int(match["expert"]), role=role) \
+            if index in fused else None
+        entries.append(Entry(key=key, layer=index, kind=kind, size=shape[0],
+                             parts=(TensorPart(name, 0, 0, shape[0]),), inputs=inputs,
+                             hook=hook))
     return entries
 
 

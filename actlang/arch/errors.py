@@ -11,7 +11,8 @@ Bugs in actlang itself stay ordinary exceptions (``AssertionError``, ``KeyError`
 
 from __future__ import annotations
 
-__all__ = ["RuntimeUserError", "GlobalChannelWarning"]
+__all__ = ["GlobalChannelWarning", "RuntimeUserError", "SelectionWarning",
+           "UnmeasuredChannelWarning"]
 
 
 class RuntimeUserError(Exception):
@@ -33,7 +34,12 @@ class RuntimeUserError(Exception):
         return self.message
 
 
-class GlobalChannelWarning(UserWarning):
+class SelectionWarning(UserWarning):
+    """Something about a rule's candidates the user should know; the planner shows each
+    one located at its rule (W501)."""
+
+
+class GlobalChannelWarning(SelectionWarning):
     """Warned when a selection may move channels that are global to the model.
 
     Residual-stream dimensions (embedding columns, norm elements) and Qwen3/Gemma3
@@ -41,3 +47,8 @@ class GlobalChannelWarning(UserWarning):
     them changes the whole model, not one module. They are excluded by default and move only
     when a selection names them explicitly.
     """
+
+
+class UnmeasuredChannelWarning(SelectionWarning):
+    """Warned when an activation score leaves out candidates it cannot measure: modules with
+    no token-wise output (a mixture-of-experts router), which only weight scores rank."""

@@ -9,9 +9,14 @@ channels named without ``include_global``, a count budget larger than the candid
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable, Sequence
+
 from actlang.arch import corpus as C
 from actlang.arch import selection as S
 from actlang.arch.adapters import ChannelSpace, Entry, RawSelector
+from actlang.arch.errors import RuntimeUserError, UnmeasuredChannelWarning
+from actlang.arch.registry import SCORES, budget_mode
 from actlang.arch.selection import Budget, Term
 from actlang.compile.cache import Cache
 from actlang.compile.resolve import zoo_corpus
@@ -41,9 +46,29 @@ def runtime_corpus(spec: P.Corpus, cache: Cache) -> C.Corpus | None:
 
 
 def raw_selectors(rule: P.TransferRule) -> list[RawSelector]:
-    """The escape-hatch selectors a rule names (the channel space must know them)."""
+    """The escape-hatch selectors a rule names, for the channel spaces of its target and
+    donor (the planner adds their entries from safetensors headers).
+
+    ``module(glob, axis)`` names modules by checkpoint path (a trailing ``.weight`` may be
+    written); channel ``i`` is index ``i`` of the weight along ``axis``. Weights move along
+    any axis, so ``weight_delta`` and ``random`` score any raw channel. Activation scores
+    read the module's *outputs* (forward hooks), which measure the channels only along the
+    output axis — the channel space's own axis for a module it describes (curated or
+    derived), 0 (``nn.Linear``'s ``[out, in]``) for any other
+    (:func:`~actlang.arch.selection.measures_outputs`). Along another axis, e.g.
+    ``axis = 1`` on a Linear (its input columns), the output has no per-channel activation,
+    and the planner refuses such a rule rather than measure the wrong features. A raw channel of a module the space describes is also refused by a
+    score that refuses that module's kind (``local_absdiff`` on a norm).
+    """
     terms = [*rule.channels.terms, *rule.exclude.terms]
-    return [RawSelector(t.glob, t.axis) for _, t in terms if isinstance(t, P.RawModule)]
+    return [RawSelector(t.glob.removesuffix(".weight"), t.axis) for _, t in terms
+            if isinstance(t, P.RawModule)]
+
+
+def raw_entries(space: ChannelSpace, modules: Iterable[P.RawModule]) -> list[Entry]:
+    """The raw entries of ``space`` that ``module(...)`` selectors match, in its order."""
+    terms = [_term(m) for m in modules]
+    return [e for e in space if any(t.matches(e) for t in terms)]
 
 
 def _term(pattern: P.KindPattern | P.RawModule) -> Term:
@@ -55,24 +80,60 @@ def _term(pattern: P.KindPattern | P.RawModule) -> Term:
 def candidate_entries(space: ChannelSpace, rule: P.TransferRule, *,
                       warn: bool = True) -> list[Entry]:
     """The entries a rule may select from (:func:`actlang.arch.selection.candidate_entries`,
-    which plan and run both call through here)."""
+    which plan and run both call through here).
+
+    A score of activations cannot rank a module without a token-wise output (a
+    mixture-of-experts router): under a wildcard such entries are left out, with an
+    :class:`~actlang.arch.errors.UnmeasuredChannelWarning`; named exactly, they are an error.
+    """
     layers = None if rule.layers is None else range(*rule.layers)
-    return S.candidate_entries(space, [(sign, _term(t)) for sign, t in rule.channels.terms],
-                               exclude=[_term(t) for _, t in rule.exclude.terms],
-                               layers=layers, include_global=rule.include_global, warn=warn)
+    terms = [(sign, _term(t)) for sign, t in rule.channels.terms]
+    entries = S.candidate_entries(space, terms, exclude=[_term(t) for _, t in rule.exclude.terms],
+                                  layers=layers, include_global=rule.include_global, warn=warn)
+    if SCORES[rule.score.name].inputs not in ("paired", "unpaired"):
+        return entries
+    unmeasured = [e for e in entries if e.hook is None and e.kind != "raw"]
+    if not unmeasured:
+        return entries
+    kinds = sorted({e.kind for e in unmeasured})
+    named = [str(t) for sign, t in terms
+             if sign > 0 and not t.raw and "*" not in t.glob and t.glob in kinds]
+    if named:
+        raise RuntimeUserError(
+            f"`{rule.score.name}` measures activations, and {', '.join(named)} has none "
+            "(its module has no token-wise output)", hint="score it with weight_delta")
+    if warn:
+        warnings.warn(UnmeasuredChannelWarning(
+            f"`{rule.score.name}` leaves out {len(unmeasured)} modules it cannot measure "
+            f"({_kind_list(kinds)}): only weight_delta or random rank them"), stacklevel=2)
+    return [e for e in entries if e.hook is not None or e.kind == "raw"]
 
 
-def unit_groups(space: ChannelSpace, rule: P.TransferRule) -> list[S.UnitGroup]:
-    """The units the rule's selection ranks; raises if a count budget asks for more."""
-    groups = S.unit_groups(space, candidate_entries(space, rule, warn=False), rule.granularity)
+def _kind_list(kinds: list[str], shown: int = 3) -> str:
+    return ", ".join(kinds[:shown]) + (f" and {len(kinds) - shown} more" if len(kinds) > shown
+                                       else "")
+
+
+def unit_groups(space: ChannelSpace, rule: P.TransferRule,
+                entries: Sequence[Entry] | None = None) -> list[S.UnitGroup]:
+    """The units the rule's selection ranks; raises if a count budget asks for more.
+
+    Args:
+        space: the target's channel space.
+        rule: the rule.
+        entries: the rule's candidates when the caller has them already
+            (:func:`candidate_entries`); computed otherwise.
+    """
+    if entries is None:
+        entries = candidate_entries(space, rule, warn=False)
+    groups = S.unit_groups(space, entries, rule.granularity)
     S.check_budget(runtime_budget(rule.budget), groups)
     return groups
 
 
 def runtime_budget(budget: P.Budget) -> Budget:
-    if budget.kind == "threshold":
-        return Budget("threshold", budget.value)
-    if budget.kind == "count":
-        return Budget("count", int(budget.value))
-    mode = "global" if budget.scope == "global" else f"per_{budget.scope}"
-    return Budget(mode, budget.value)  # type: ignore[arg-type]
+    """The runtime budget of a language budget: the registry's mode of its kind and scope
+    (the checker refuses pairs without one, such as a count per module)."""
+    mode = budget_mode(budget.kind, budget.scope)
+    assert mode is not None, budget
+    return Budget(mode.name, int(budget.value) if mode.kind == "count" else budget.value)

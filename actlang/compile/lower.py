@@ -34,13 +34,15 @@ def _statistics(score: O.Score, rule: P.TransferRule) -> list[O.Statistic]:
         corpora.append(score.ability.control)
     tokenizer = score.target
     modules = "all" if _may_select_residual(rule) else "default"
+    raw = tuple(dict.fromkeys(t for sign, t in rule.channels.terms
+                              if sign > 0 and isinstance(t, P.RawModule)))
     method = SCORES[score.score.name]
     if method.inputs == "paired":
         local = method.statistic == "sum_local"
-        return [O.Statistic(score.target, c, tokenizer, score.donor, modules, local)
+        return [O.Statistic(score.target, c, tokenizer, score.donor, modules, local, raw)
                 for c in corpora]
     if method.inputs == "unpaired":
-        return [O.Statistic(m, c, tokenizer, None, modules) for c in corpora
+        return [O.Statistic(m, c, tokenizer, None, modules, raw=raw) for c in corpora
                 for m in (score.target, score.donor)]
     return []
 

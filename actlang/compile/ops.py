@@ -53,6 +53,9 @@ class Statistic:
     modules: str = "default"
     # paired only: also each module's own change on real inputs (local_absdiff)
     local: bool = False
+    # the rule's module(...) selectors: their raw entries are hooked too (only those, since
+    # a raw entry's axis need not be its module's output axis)
+    raw: tuple[P.RawModule, ...] = ()
     kind = "statistic"
 
     @property

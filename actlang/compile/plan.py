@@ -16,6 +16,7 @@ together is an error before any forward pass.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import json
 import math
@@ -29,15 +30,17 @@ from typing import Any
 import networkx as nx
 
 from actlang import __version__
-from actlang.arch.adapters import ChannelSpace, Entry
-from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
+from actlang.arch.adapters import ChannelSpace, Entry, RawSelector
+from actlang.arch.errors import RuntimeUserError, SelectionWarning
 from actlang.arch.files import has_tokenizer, pickle_files, safetensors_files
 from actlang.arch.gguf import read_gguf_header
-from actlang.arch.registry import SCORES
+from actlang.arch.registry import SCORES, ScoreMethod
 from actlang.arch.safetensors import Headers, check_compatible
+from actlang.arch.selection import measures_outputs, output_axis, raw_twin
 from actlang.compile import ops as O
 from actlang.compile.bind import (
     candidate_entries,
+    raw_entries,
     raw_selectors,
     runtime_corpus,
     unit_groups,
@@ -221,6 +224,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
             raise PlanError(error, None) from None
     graph = fuse_captures(lower(program))
     models = {m.name: _model_info(m, cache, dry_run, builders) for m in _models(graph)}
+    _add_raw_entries(graph, models)
     selectable, rule_warnings = _validate_rules(graph, models)
     corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
     keys = _cache_keys(graph, models, corpus_digests)
@@ -402,21 +406,21 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
     channels in a selection) are collected, each located at its rule."""
     selectable: dict[O.Select, Selectable] = {}
     found: list[PlanWarning] = []
-    for op in sorted((op for op in graph.nodes if isinstance(op, O.Select)), key=O.op_id):
+    for op in _selects(graph):
         rule = op.rule
         target, donor = models[op.scores.target.name], models[rule.donor.name]
         if target.space is None:
             continue  # zoo not built: resolved when it is
         try:
-            if raw_selectors(rule):
-                raise RuntimeUserError("module(...) selectors are not supported by the "
-                                       "planner yet", hint="use canonical module kinds")
             _check_pair(target, donor)
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", GlobalChannelWarning)
+                warnings.simplefilter("always", SelectionWarning)
                 entries = candidate_entries(target.space, rule)
-            _check_scorable(rule, entries)
-            groups = unit_groups(target.space, rule)
+            for info in (target, donor):
+                _check_raw_axes(rule, info)
+            _check_raw_units(rule, entries)
+            _check_scorable(rule, target.space, entries)
+            groups = unit_groups(target.space, rule, entries)
         except RuntimeUserError as error:
             raise PlanError(error, rule.span) from None
         selectable[op] = Selectable(units=sum(g.n_units for g in groups),
@@ -428,15 +432,141 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
     return selectable, found
 
 
-def _check_scorable(rule: P.TransferRule, entries: list[Entry]) -> None:
-    """A rule's score must be able to measure every channel it may select."""
-    method = SCORES[rule.score.name]
-    refused = sorted({e.kind for e in entries
-                      if any(fnmatch.fnmatchcase(e.kind, glob) for glob in method.refuses)})
-    if refused:
+def _selects(graph: nx.DiGraph) -> list[O.Select]:
+    """The graph's selections, in a stable order (errors name the same rule every time)."""
+    return sorted((op for op in graph.nodes if isinstance(op, O.Select)), key=O.op_id)
+
+
+def _add_raw_entries(graph: nx.DiGraph, models: dict[str, ModelInfo]) -> None:
+    """Give each model's channel space the raw entries of every ``module(...)`` selector a
+    rule names on it, as target or donor (from safetensors headers, no tensor data).
+
+    Raises:
+        PlanError: at the rule, a selector that matches no module or names an axis its
+            tensors lack, or a model without safetensors headers to read.
+    """
+    wanted: dict[str, dict[RawSelector, None]] = {}
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for op in _selects(graph):
+        for name in dict.fromkeys((op.scores.target.name, op.rule.donor.name)):
+            info = models[name]
+            if info.space is None:
+                continue  # a zoo not built yet: bound once it is
+            for selector in raw_selectors(op.rule):
+                if selector in wanted.setdefault(name, {}):
+                    continue
+                try:
+                    if name not in shapes:
+                        shapes[name] = _tensor_shapes(info)
+                    _check_raw_selector(selector, shapes[name], name)
+                except RuntimeUserError as error:
+                    raise PlanError(error, op.rule.span) from None
+                wanted[name][selector] = None
+    for name, selectors in wanted.items():
+        if selectors:
+            info = models[name]
+            assert info.space is not None
+            info.space = ChannelSpace.from_config(
+                info.space.config, raw=list(selectors), shapes=shapes[name],
+                trust_remote_code=info.spec.trust_remote_code)
+
+
+def _tensor_shapes(info: ModelInfo) -> dict[str, tuple[int, ...]]:
+    """Checkpoint tensor name -> shape, from the model's safetensors headers."""
+    if not info.built or not safetensors_files(info.directory):
         raise RuntimeUserError(
-            f"`{method.name}` cannot score {', '.join(refused)} channels",
-            hint=f"exclude them (exclude = [{', '.join(refused)}]) or use paired_absdiff")
+            f"module(...) selectors read tensor shapes from safetensors headers, and the "
+            f"model `{info.spec.name}` has none ({info.directory})",
+            hint="`actc run` converts a GGUF file first; plan it then" if info.gguf else
+            "module(...) needs the model's weights as .safetensors files")
+    return {name: tuple(i.shape) for name, i in Headers.open(info.directory).infos.items()}
+
+
+def _check_raw_selector(selector: RawSelector, shapes: dict[str, tuple[int, ...]],
+                        model: str) -> None:
+    """A ``module(...)`` selector matches a module with a weight, along an axis it has."""
+    suffix = "." + selector.param
+    modules = [n.removesuffix(suffix) for n in shapes if n.endswith(suffix)]
+    matched = [m for m in modules if fnmatch.fnmatchcase(m, selector.pattern)]
+    if not matched:
+        close = difflib.get_close_matches(selector.pattern, modules, n=3, cutoff=0.0)
+        raise RuntimeUserError(
+            f'module("{selector.pattern}") matches no module of the model `{model}`',
+            hint="module paths here look like " + ", ".join(close or sorted(modules)[:3]))
+    for module in matched:
+        shape = shapes[module + suffix]
+        if selector.axis >= len(shape):
+            raise RuntimeUserError(
+                f"axis {selector.axis} is out of range for {module}{suffix}, of shape "
+                f"{list(shape)}", hint=f"its axes are 0..{len(shape) - 1}" +
+                (" (0: a Linear's output rows, 1: its input columns)" if len(shape) == 2
+                 else ""))
+
+
+def _check_raw_axes(rule: P.TransferRule, info: ModelInfo) -> None:
+    """A module has one channel axis per model: two ``module(...)`` selectors naming it
+    along different axes (in any rules on the model) would silently share the first."""
+    if info.space is None:
+        return  # a zoo not built yet
+    for _, term in (*rule.channels.terms, *rule.exclude.terms):
+        if not isinstance(term, P.RawModule):
+            continue
+        for entry in raw_entries(info.space, [term]):
+            if entry.parts[0].axis != term.axis:
+                raise RuntimeUserError(
+                    f'module("{term.glob}", axis = {term.axis}) names {entry.key[4:]}, '
+                    f"which another module(...) selector on the model `{info.spec.name}` "
+                    f"takes along axis {entry.parts[0].axis}",
+                    hint="a module has one channel axis per model: name it along one axis")
+
+
+def _check_raw_units(rule: P.TransferRule, entries: list[Entry]) -> None:
+    """Neurons and heads (granularity, tie) exist only for the adapter's MLP and attention
+    kinds, not for ``module(...)`` channels."""
+    raw = [e.key[4:] for e in entries if e.kind == "raw"]
+    grouped = ([f"granularity = {rule.granularity}"] if rule.granularity in ("neuron", "head")
+               else []) + ([f"tie = {rule.tie}"] if rule.tie != "none" else [])
+    if raw and grouped:
+        raise RuntimeUserError(
+            f"{' and '.join(grouped)} cannot apply to module(...) channels ({raw[0]}): "
+            "neurons and heads are known only for the adapter's MLP and attention kinds",
+            hint="use granularity = channel, module or layer and tie = none, or select "
+                 "those modules by kind (mlp.up, attn.q, ...)")
+
+
+def _check_scorable(rule: P.TransferRule, space: ChannelSpace, entries: list[Entry]) -> None:
+    """A rule's score must be able to measure every channel it may select: the registry's
+    refusals go by kind (a raw entry has the kind of the module it names again, if the
+    space describes it), and scores of activations measure raw channels only along their
+    module's output axis (see :func:`actlang.compile.bind.raw_selectors`)."""
+    method = SCORES[rule.score.name]
+    refused = {e: kind for e in entries if (kind := _refused_kind(method, space, e))}
+    if refused:
+        kinds = ", ".join(sorted(set(refused.values())))
+        raw = sorted(e.key[4:] for e in refused if e.kind == "raw")
+        hint = f"exclude them (exclude = [{kinds}])" if not raw else \
+            f"leave {raw[0]}{' and the like' if len(raw) > 1 else ''} out of module(...)"
+        raise RuntimeUserError(f"`{method.name}` cannot score {kinds} channels",
+                               hint=hint + " or use paired_absdiff")
+    if method.inputs not in ("paired", "unpaired"):
+        return  # weight_delta reads weights along any axis; random reads nothing
+    entry = next((e for e in entries if e.kind == "raw" and not measures_outputs(space, e)),
+                 None)
+    if entry is not None:
+        axis = output_axis(space, entry)
+        raise RuntimeUserError(
+            f"`{method.name}` measures module outputs, but the channels of {entry.key[4:]} "
+            f"run along axis {entry.parts[0].axis} of its weight, and its outputs along "
+            f"axis {axis}",
+            hint=f"score them with weight_delta or random, which read the weights, or "
+                 f"select output channels (axis = {axis})")
+
+
+def _refused_kind(method: ScoreMethod, space: ChannelSpace, entry: Entry) -> str | None:
+    """The kind by which ``method`` refuses ``entry``, if it does."""
+    twin = raw_twin(space, entry)
+    return next((kind for kind in (entry.kind, *([twin.kind] if twin else []))
+                 if any(fnmatch.fnmatchcase(kind, glob) for glob in method.refuses)), None)
 
 
 def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
@@ -448,6 +578,8 @@ def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
             f"{target.model_type} model", hint="channels move only between models of one "
             "architecture (a base model and its fine-tunes)")
     for entry in target.space:
+        if entry.kind == "raw" and entry.key not in donor.space:
+            continue  # another rule's module(...) on the target; the headers check all
         other = donor.space[entry.key] if entry.key in donor.space else None
         if other is None or other.size != entry.size:
             raise RuntimeUserError(
@@ -523,7 +655,8 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
                 continue
             keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, op.modules, "paired" if op.partner
                               else "unpaired", identities, corpus, op.corpus.options.max_tokens,
-                              *(["local"] if op.local else []))
+                              *(["local"] if op.local else []),
+                              *([[(m.glob, m.axis) for m in op.raw]] if op.raw else []))
         elif isinstance(op, O.Save):
             identities = [info.identity for info in models.values()
                           if _uses(op.surgery, info.spec)]

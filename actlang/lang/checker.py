@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from actlang.arch.registry import MERGE_METHODS
+from actlang.arch.registry import MERGE_METHODS, budget_mode, scope_words
 from actlang.lang import ast, schema
 from actlang.lang import program as P
 from actlang.lang.diagnostics import (
@@ -228,11 +228,14 @@ class _Checker:
             return None
         # Check every declaration of every file (so an unused broken one is still an error),
         # then build the main file's surgeries.
+        declared: list[P.ModelSpec] = []
         for scope in self.scopes.values():
             assert scope.file.module is not None
             for item in scope.file.module.items:
                 if isinstance(item, ast.ModelDecl):
-                    self.model_decl(item, scope)
+                    model = self.model_decl(item, scope)
+                    if scope is main and isinstance(model, P.ModelSpec):
+                        declared.append(model)
                 elif isinstance(item, ast.CorpusDecl):
                     self.corpus_expr(item.value, scope)
                 elif isinstance(item, ast.AbilityDecl):
@@ -255,7 +258,7 @@ class _Checker:
         abilities = {a.name: a for s in surgeries for a in _abilities_of(s)}
         return P.Program(file=self.loaded.main, surgeries=tuple(surgeries),
                          models=tuple(models.values()), abilities=tuple(abilities.values()),
-                         files=tuple(self.loaded.files))
+                         files=tuple(self.loaded.files), declared=tuple(declared))
 
     def _check_outputs(self, surgeries: list[P.SurgerySpec]) -> None:
         seen: dict[str, P.SurgerySpec] = {}
@@ -528,21 +531,23 @@ class _Checker:
     def typed(self, expr: ast.Expr, spec: FieldSpec, scope: _Scope) -> Any:
         """Evaluate a field or parameter value against its spec (type, bounds, scope)."""
         if isinstance(expr, ast.Scoped):
+            words = scope_words(expr.scope)
             if not spec.scopes:
-                return self.error("E207", f"`{spec.name}` takes no `{_scope_words(expr.scope)}`",
+                return self.error("E207", f"`{spec.name}` takes no `{words}`",
                                   expr.span, hint="remove the scope", site=scope.recipe_site)
             if expr.scope not in spec.scopes:
-                return self.error("E207", f"unknown scope `{_scope_words(expr.scope)}`",
+                return self.error("E207", f"unknown scope `{words}`",
                                   expr.span, hint=did_you_mean(expr.scope, spec.scopes) or
-                                  "scopes: global, per module, per layer",
+                                  "scopes: " + ", ".join(map(scope_words, spec.scopes)),
                                   site=scope.recipe_site)
             value = self.typed(expr.value, replace(spec, scopes=()), scope)
-            if isinstance(value, P.Budget) and value.kind != "fraction" and \
-                    expr.scope != "global":
-                return self.error("E207", f"a {value.kind} budget is global; it takes no "
-                                  f"`{_scope_words(expr.scope)}`", expr.span,
-                                  hint=f"use a percentage {_scope_words(expr.scope)}, e.g. "
-                                  f"2% {_scope_words(expr.scope)}", site=scope.recipe_site)
+            if isinstance(value, P.Budget) and budget_mode(value.kind, expr.scope) is None:
+                kind_scopes = [s for s in spec.scopes if budget_mode(value.kind, s)]
+                return self.error("E207", f"a {value.kind} budget is "
+                                  f"{' or '.join(map(scope_words, kind_scopes))}; it takes no "
+                                  f"`{words}`", expr.span,
+                                  hint=f"use a percentage {words}, e.g. 2% {words}",
+                                  site=scope.recipe_site)
             return value if value is INVALID else replace(value, scope=expr.scope)
         if isinstance(expr, ast.Call) and expr.func.dotted == "sweep":
             return self.sweep_value(expr, spec, scope)
@@ -1172,10 +1177,6 @@ def _path_safe(label: str) -> str:
 
 def _a(word: str) -> str:
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-
-def _scope_words(scope: str) -> str:
-    return "global" if scope == "global" else f"per {scope}"
 
 
 def _stmt_word(stmt: ast.Stmt) -> str:

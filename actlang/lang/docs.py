@@ -28,8 +28,7 @@ def _type(spec: FieldSpec) -> str:
         high = "" if spec.high is None else f"≤ {spec.high:g}"
         text += " (" + ", ".join(b for b in (low, high) if b) + ")"
     if spec.scopes:
-        text += "; scopes: " + ", ".join("global" if s == "global" else f"per {s}"
-                                         for s in spec.scopes)
+        text += "; scopes: " + ", ".join(map(R.scope_words, spec.scopes))
     return text
 
 
@@ -72,6 +71,13 @@ def scores_table() -> str:
     return "\n".join(rows)
 
 
+def budget_modes_table() -> str:
+    rows = ["| budget mode | written | value | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{m.name}` | `{m.written}` | {m.value_doc} | {_cell(m.doc)} |"
+             for m in R.BUDGET_MODES]
+    return "\n".join(rows)
+
+
 def codes_table() -> str:
     rows = ["| code | meaning |", "|---|---|"]
     rows += [f"| `{code}` | {title} |" for code, title in CODES.items()]
@@ -88,6 +94,7 @@ SECTIONS = {
         for m in R.MERGE_METHODS),
     "scores": scores_table,
     "normalizations": lambda: options_table(R.NORMALIZATIONS),
+    "budget-modes": budget_modes_table,
     "granularities": lambda: options_table(R.GRANULARITIES),
     "ties": lambda: options_table(R.TIES),
     "overlap-policies": lambda: options_table(R.OVERLAP_POLICIES),

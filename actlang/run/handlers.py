@@ -18,12 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from actlang.arch.adapters import Entry
 from actlang.arch.corpus import TokenizedCorpus, jsonl_records
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.files import has_tokenizer
 from actlang.arch.registry import SCORES
 from actlang.compile import ops as O
-from actlang.compile.bind import candidate_entries, runtime_budget, runtime_corpus
+from actlang.compile.bind import (
+    candidate_entries,
+    raw_entries,
+    runtime_budget,
+    runtime_corpus,
+)
 from actlang.compile.resolve import built_zoo, zoo_corpus, zoo_ref
 from actlang.lang import program as P
 from actlang.run import stats as S
@@ -88,7 +94,7 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
     for model in op.models:
         _check_same_tokens(ctx, op, model, data)
     space = ctx.space(op.models[0])
-    entries = None if op.modules == "default" else [e for e in space if e.hook is not None]
+    entries = _hooked(ctx, op)
     batches = data.n_batches()
     produced: dict[tuple[P.ModelSpec, P.ModelSpec | None], S.ChannelStats] = {}
     for models in op.passes():
@@ -122,6 +128,18 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
         if key is not None:
             ctx.cache.store("stats", key, value.save)
     return Outcome(values, {"forward_passes": op.pass_count(), "tokens": data.n_tokens})
+
+
+def _hooked(ctx: RunContext, op: O.Capture) -> list[Entry]:
+    """The entries a capture hooks: the kinds its statistics ask for (those selectable by
+    default, or every kind), and the raw entries of their rules' ``module(...)`` selectors,
+    each looked up in its statistic's model's space (the plan gives a model the raw entries
+    of the rules on it; the first model of the capture may not be on every rule)."""
+    space = ctx.space(op.models[0])
+    kinds = S.default_stat_entries(space) if op.modules == "default" else \
+        [e for e in space if e.hook is not None and e.kind != "raw"]
+    raw = {e.key: e for s in op.statistics for e in raw_entries(ctx.space(s.model), s.raw)}
+    return [*kinds, *raw.values()]
 
 
 def _check_scored(data: TokenizedCorpus, op: O.Capture) -> None:
@@ -178,10 +196,12 @@ def score(ctx: RunContext, op: O.Score, inputs: Inputs, cached: bool) -> Outcome
 
     def on(corpus: P.Corpus) -> Scores:
         # Rules that differ only in what they may select share this score op; each of their
-        # statistics is a predecessor. The widest (every hooked module) serves them all.
-        found = {(s.model, s.partner): v for s, v in
-                 sorted(inputs.items(), key=lambda item: item[0].modules == "all")
-                 if s.corpus == corpus}
+        # statistics is a predecessor. Together they cover every module any of them hooked.
+        found: dict[tuple[P.ModelSpec, P.ModelSpec | None], S.ChannelStats] = {}
+        for s, v in sorted(inputs.items(), key=lambda item: O.op_id(item[0])):
+            if s.corpus == corpus:
+                pair = (s.model, s.partner)
+                found[pair] = found[pair].cover(v) if pair in found else v
         if method.inputs == "paired":
             return R.compute_scores(method.name, paired=found[(op.target, op.donor)],
                                     normalize=op.normalize)
@@ -217,7 +237,11 @@ def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outco
     moving = sum(int((mask.selected(key) & differs).sum()) for key, differs in changed[0].items()
                  if key in mask.channels)
     ranked = None if SCORES[rule.score.name].inputs == "none" else scores
-    details = {"channels_selected": mask.n_channels, "channels_moving": moving}
+    # per kind, raw entries each by name: what moved, readable without the mask file
+    per_kind = {kind: counts["selected"] for kind, counts in mask.summary()["per_kind"].items()
+                if counts["selected"]}
+    details = {"channels_selected": mask.n_channels, "channels_moving": moving,
+               "selected_per_kind": per_kind}
     if mask.meta["units_short"]:
         details["units_short"] = mask.meta["units_short"]
     if mask.n_channels == 0:

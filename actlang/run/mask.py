@@ -17,13 +17,14 @@ and the loaded mask re-applies without the statistics that produced it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from actlang.arch.adapters import ChannelSpace, Entry, parse_entry_key
+from actlang.arch.adapters import ChannelSpace, Entry, Hook, TensorPart, parse_entry_key
 from actlang.arch.errors import RuntimeUserError
 from actlang.run.checkpoint import Checkpoint
 
@@ -206,11 +207,11 @@ class ChannelMask:
         per_kind: dict[str, int] = {}
         kind_total: dict[str, int] = {}
         for key, size in self.sizes.items():
-            layer, kind = parse_entry_key(key)
+            layer, kind = self._layer_kind(key)
             kind_total[kind] = kind_total.get(kind, 0) + size
         for key, v in self.channels.items():
             n = int(v.sum())
-            layer, kind = parse_entry_key(key)
+            layer, kind = self._layer_kind(key)
             per_kind[kind] = per_kind.get(kind, 0) + n
             if n:
                 per_layer.setdefault("global" if layer is None else str(layer), {})[kind] = n
@@ -227,6 +228,13 @@ class ChannelMask:
             "tensors": {_tkey(n, a): int(m.sum()) for n, ax in self.tensors.items() for a, m in ax.items() if bool(m.any())},
             "meta": self.meta,
         }
+
+    def _layer_kind(self, key: str) -> tuple[int | None, str]:
+        """An entry's layer and the kind the summary counts it under: a raw entry (whose
+        key names no layer) has its own row, in the layer its module path names."""
+        if self.space is not None and key in self.space and self.space[key].kind == "raw":
+            return self.space[key].layer, key
+        return parse_entry_key(key)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -254,6 +262,9 @@ class ChannelMask:
             "meta": json.dumps(self.meta, sort_keys=True, default=str),
             "sizes": json.dumps(self.sizes),
             "config": json.dumps(self.space.config if self.space else {}, sort_keys=True, default=str),
+            # config.json gives every entry but those of module(...) selectors
+            "raw_entries": json.dumps([dataclasses.asdict(e) for e in self.space or ()
+                                       if e.kind == "raw"]),
         }
         save_tensors(path, tensors, meta)
         summary = path.with_suffix(".json")
@@ -294,19 +305,39 @@ class ChannelMask:
             raise
         except Exception as err:  # noqa: BLE001
             raise RuntimeUserError(f"cannot read mask file {path}: {err}") from None
-        space = None
-        config = json.loads(meta.get("config", "{}"))
-        if config:
-            try:
-                space = ChannelSpace.from_config(config)
-            except RuntimeUserError:
-                space = None
+        space = _saved_space(json.loads(meta.get("config", "{}")),
+                             json.loads(meta.get("raw_entries", "[]")))
         return cls(channels, inputs, tensors, scores=scores, space=space,
                    meta=json.loads(meta.get("meta", "{}")), sizes=json.loads(meta.get("sizes", "{}")))
 
     def __repr__(self) -> str:
         return (f"ChannelMask({self.n_channels} channels in {len(self.tensor_names())} tensors"
                 f"{', ' + str(self.meta.get('budget')) if 'budget' in self.meta else ''})")
+
+
+def _saved_space(config: dict[str, Any], raw: list[dict[str, Any]]) -> ChannelSpace | None:
+    """The channel space a saved mask was made in: its config's entries and its raw ones
+    (None when the config gives no space)."""
+    if not config:
+        return None
+    try:
+        space = ChannelSpace.from_config(config)
+    except RuntimeUserError:
+        return None
+    if not raw:
+        return space
+    return ChannelSpace([*space, *map(_raw_entry, raw)], config=space.config,
+                        adapter=space.adapter, dims=space.dims, tied=space.tied,
+                        naming=space.naming)
+
+
+def _raw_entry(data: dict[str, Any]) -> Entry:
+    """An entry from its saved fields (:func:`dataclasses.asdict`)."""
+    def parts(key: str) -> tuple[TensorPart, ...]:
+        return tuple(TensorPart(**p) for p in data[key])
+
+    return Entry(**{**data, "parts": parts("parts"), "inputs": parts("inputs"),
+                    "hook": Hook(**data["hook"]) if data["hook"] else None})
 
 
 def _tensor_masks(

@@ -226,9 +226,10 @@ def precision_recall(mask: ChannelMask, space: ChannelSpace,
 
 
 def candidate_scores(selection: Selection, space: ChannelSpace) -> dict[str, torch.Tensor]:
-    """The selection's scores of the entries it chose among: those of the module kinds its
-    mask records as ``meta["candidates"]`` (as :func:`~actlang.run.select.select_channels`
-    does), or all its scores when the mask does not say. Empty without scores."""
+    """The selection's scores of the entries it chose among: those of the module kinds (and
+    raw entries, by key) its mask records as ``meta["candidates"]`` (as
+    :func:`~actlang.run.select.select_channels` does), or all its scores when the mask does
+    not say. Empty without scores."""
     if selection.scores is None:
         return {}
     kinds = selection.mask.meta.get("candidates")
@@ -236,7 +237,8 @@ def candidate_scores(selection: Selection, space: ChannelSpace) -> dict[str, tor
         return dict(selection.scores.items())
     wanted = set(kinds)
     return {key: values for key, values in selection.scores.items()
-            if (e := _entry(space, selection.mask, key)) is not None and e.kind in wanted}
+            if key in wanted or
+            ((e := _entry(space, selection.mask, key)) is not None and e.kind in wanted)}
 
 
 def _threshold(selection: Selection, candidates: Mapping[str, torch.Tensor],

@@ -24,13 +24,12 @@ channels' scores:
 * ``module``: every channel of one (layer, kind);
 * ``layer``: every candidate channel of one layer (global entries: one unit each).
 
-**Budget** (:class:`Budget`), counted in units of the granularity: ``global`` top-p over all
-candidate units (paper default), ``per_module`` and ``per_layer`` top-p, ``count`` (top-n)
-and ``threshold`` (score >= t). Fractions round to the nearest unit. With ``global`` and
-``count`` budgets exactly that many units are selected, also under the guards
-``min_per_module`` / ``max_per_module`` (an int, or a fraction of the module's units),
-which take each module's best units first and skip full modules. A budget larger than the
-selectable units is an error.
+**Budget** (:class:`Budget`, one of the modes of
+:data:`~actlang.arch.registry.BUDGET_MODES`), counted in units of the granularity. Fractions
+round to the nearest unit. With ``global`` and ``count`` budgets exactly that many units are
+selected, also under the guards ``min_per_module`` / ``max_per_module`` (an int, or a
+fraction of the module's units), which take each module's best units first and skip full
+modules. A budget larger than the selectable units is an error.
 
 **Tying** (``tie=``) moves groups together once selected: ``neuron`` (``gate[i]``,
 ``up[i]``, ``down[:, i]``), ``head`` (a q channel brings its head's q rows, its o columns and
@@ -41,7 +40,6 @@ every head sharing it). Tying may move channels of kinds that are not candidates
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -216,8 +214,8 @@ def _select_flat(score: np.ndarray, block: np.ndarray, group: np.ndarray, sizes:
     starts = np.searchsorted(sorted_blocks, np.arange(sizes.size))
     rank[order_b] = np.arange(U) - starts[sorted_blocks]
 
-    if budget.mode in ("global", "count"):
-        k = int(math.floor(budget.value * U + 0.5)) if budget.mode == "global" else int(budget.value)
+    k = budget.units(U)
+    if k is not None:  # exactly k units, under the guards
         if k > U:
             raise RuntimeUserError(
                 f"the budget of {k} units exceeds the {U} selectable units",
@@ -240,12 +238,13 @@ def _select_flat(score: np.ndarray, block: np.ndarray, group: np.ndarray, sizes:
         sel = mandatory.copy()
         sel[chosen] = True
         return sel
-    if budget.mode == "threshold":
+    if budget.kind == "threshold":
         sel = score >= budget.value
-    elif budget.mode == "per_module":
+    elif budget.scope == "module":
         quota = np.floor(budget.value * sizes + 0.5).astype(np.int64)
         sel = rank < quota[block]
-    else:  # per_layer: rank within each layer group
+    else:  # a share of each layer: rank within each layer group
+        assert budget.scope == "layer", budget  # a new scope ranks its units here
         n_groups = int(group.max()) + 1 if U else 0
         order_g = np.lexsort((idx, -score, group))
         grank = np.empty(U, dtype=np.int64)
@@ -292,7 +291,7 @@ def select_channels(
         raise RuntimeUserError(f"unknown tie {tie!r}", hint="ties: " + ", ".join(TIES.names))
     ents = list(entries) if entries is not None else kind_candidates(space, kinds, layers, exclude)
     blocks = _blocks(space, scores, ents, granularity, changed)
-    if b.mode == "per_module" and granularity in ("module", "layer"):
+    if b.scope == "module" and granularity in ("module", "layer"):
         raise RuntimeUserError(f"a per-module budget needs a granularity finer than {granularity}")
     sizes = np.array([bl.n for bl in blocks], dtype=np.int64)
     score = (torch.cat([bl.scores for bl in blocks]).numpy() if blocks else np.zeros(0)).astype(np.float64)
@@ -343,7 +342,8 @@ def select_channels(
         "units_total": int(sel.size),
         "units_unchanged": int((~movable).sum()),
         "units_short": _shortfall(b, sel, movable),
-        "candidates": sorted({e.kind for e in ents}),
+        # raw entries by name: a score shared with other rules may cover other modules
+        "candidates": sorted({e.key if e.kind == "raw" else e.kind for e in ents}),
         "model_type": space.model_type,
     }
     return ChannelMask.from_channels(space, ch, ins, channel_scores=ch_sc, input_scores=in_sc, meta=meta)
@@ -351,10 +351,9 @@ def select_channels(
 
 def _shortfall(budget: Budget, sel: np.ndarray, movable: np.ndarray) -> int:
     """Units a global or count budget asked for that no changed unit could fill."""
-    if budget.mode not in ("global", "count"):
+    wanted = budget.units(sel.size)
+    if wanted is None:
         return 0
-    wanted = int(math.floor(budget.value * sel.size + 0.5)) if budget.mode == "global" \
-        else int(budget.value)
     return max(0, wanted - int(sel.sum())) if not movable.all() else 0
 
 

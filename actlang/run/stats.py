@@ -50,6 +50,7 @@ from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.corpus import TokenizedCorpus
 from actlang.arch.errors import RuntimeUserError
 from actlang.run.corpus import Batch, batches
+from actlang.run.experts import expert_local_deltas, expert_projections, routed_rows
 from actlang.run.reduce import Reducer, ScoredRows
 
 __all__ = [
@@ -193,6 +194,14 @@ class ChannelStats:
 
     __add__ = merge
 
+    def cover(self, other: "ChannelStats") -> "ChannelStats":
+        """These statistics, plus those of the modules only ``other`` has: two collections
+        of the same model on the same corpus that hooked different modules (rules sharing a
+        score but selecting differently)."""
+        if self.kind != other.kind:
+            raise RuntimeUserError(f"cannot combine {self.kind} with {other.kind} statistics")
+        return ChannelStats(self.kind, {**other.data, **self.data}, self.meta)
+
     def all_reduce(self, group: Any = None) -> "ChannelStats":
         """Sum the statistics of every ``torch.distributed`` rank, in place (one call per
         tensor; a no-op when no process group is initialised). Returns ``self``."""
@@ -275,8 +284,10 @@ class PairedResult:
 
 
 def default_stat_entries(space: ChannelSpace) -> list[Entry]:
-    """Entries with a hook that are selectable by default (not embed / lm_head / norms)."""
-    return [e for e in space if e.hook is not None and not e.default_excluded]
+    """Entries with a hook that are selectable by default (not embed / lm_head / norms).
+    Raw entries are hooked only when named: their axis need not be the output's."""
+    return [e for e in space if e.hook is not None and not e.default_excluded
+            and e.kind != "raw"]
 
 
 class _Capture:
@@ -287,11 +298,17 @@ class _Capture:
         self.entries = list(entries)
         self.unpaired = unpaired
         self.sites: dict[tuple[str, int], list[Entry]] = {}
+        # experts: module path -> expert -> its entries (recomputed from the module's inputs)
+        self.expert_sites: dict[str, dict[int, list[Entry]]] = {}
         for e in self.entries:
             if e.hook is None:
                 raise RuntimeUserError(f"{e.key} has no forward hook site; it has no activation statistics",
                                        hint="use a weight_delta or random score for it")
-            self.sites.setdefault((e.hook.module, e.hook.seq_axis), []).append(e)
+            if e.hook.expert is not None:
+                self.expert_sites.setdefault(e.hook.module, {}).setdefault(
+                    e.hook.expert, []).append(e)
+            else:
+                self.sites.setdefault((e.hook.module, e.hook.seq_axis), []).append(e)
         self.handles: list[Any] = []
         self.B = self.T = 0
         self.mask: torch.Tensor | None = None  # [B*T] bool on CPU, None when every position is scored
@@ -309,15 +326,22 @@ class _Capture:
 
     def __enter__(self) -> "_Capture":
         for (module_path, seq_axis), entries in self.sites.items():
-            try:
-                module = self.model.get_submodule(module_path)
-            except AttributeError:
-                raise RuntimeUserError(
-                    f"module {module_path} (for {entries[0].key}) does not exist in this model",
-                    hint="the model does not match its config.json or adapter",
-                ) from None
+            module = self._module(module_path, entries[0])
             self.handles.append(module.register_forward_hook(self._make_hook(module_path, seq_axis, entries)))
+        for module_path, experts in self.expert_sites.items():
+            module = self._module(module_path, next(iter(experts.values()))[0])
+            self.handles.append(module.register_forward_hook(
+                self._make_expert_hook(module_path, experts)))
         return self
+
+    def _module(self, module_path: str, entry: Entry) -> nn.Module:
+        try:
+            return self.model.get_submodule(module_path)
+        except AttributeError:
+            raise RuntimeUserError(
+                f"module {module_path} (for {entry.key}) does not exist in this model",
+                hint="the model does not match its config.json or adapter",
+            ) from None
 
     def __exit__(self, *exc: Any) -> None:
         for h in self.handles:
@@ -344,6 +368,8 @@ class _Capture:
             if not isinstance(x, torch.Tensor):
                 raise RuntimeUserError(f"module {module_path} does not return a tensor; it cannot be hooked")
             B, T = self.B, self.T
+            if x.dim() == 2 and x.shape[0] == B * T:  # tokens flattened (inside an MoE block)
+                x = x.view(B, T, x.shape[1])
             if seq_axis != 1 and x.dim() > seq_axis:
                 x = x.movedim(seq_axis, 1)
             if x.dim() < 2 or x.shape[1] != T or x.shape[0] not in (B, 1):
@@ -380,12 +406,73 @@ class _Capture:
 
         return hook
 
+    def _make_expert_hook(self, module_path: str, experts: dict[int, list[Entry]]
+                          ) -> Callable[..., None]:
+        """A hook on a module holding every expert (:mod:`actlang.run.experts`): each
+        expert's projections, recomputed on the tokens routed to it. Paired statistics use
+        the anchor's routing in both models; unpaired ones each model's own."""
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            hidden, index = inputs[0], inputs[1]
+            if hidden.dim() != 2 or hidden.shape[0] != self.B * self.T or \
+                    index.shape[0] != hidden.shape[0]:
+                raise RuntimeUserError(
+                    f"the experts of {module_path} got inputs of shapes {list(hidden.shape)} "
+                    f"and {list(index.shape)}, not [tokens, hidden] and [tokens, top_k]",
+                    hint="this mixture-of-experts layout is not one statistics know; use a "
+                         "weight_delta score for its experts")
+            for expert, entries in experts.items():
+                slot = f"{module_path}\0expert{expert}"
+                if self.unpaired is not None or self.mode == "stash":
+                    own = routed_rows(index, expert, self.mask)
+                    outputs = expert_projections(module, hidden[own], expert)
+                    for e in entries:
+                        xs = self._expert_slice(outputs, e)
+                        if self.unpaired is not None and own.numel():
+                            self.reducer.unpaired(self.unpaired.data[e.key], xs,
+                                                  ScoredRows.of(None, own.numel()))
+                        if self.mode == "stash":
+                            self.stash[e.key] = xs.clone()
+                    if self.mode == "stash":
+                        self.stash[slot] = own
+                        self.stash[slot + "\0hidden"] = hidden[own].clone()
+                        self.anchor_modules[module_path] = module
+                if self.mode != "diff":
+                    continue
+                take = (lambda key: self.stash[key]) if self.keep else self.stash.pop
+                rows, anchor_hidden = take(slot), take(slot + "\0hidden")
+                anchors = [take(e.key) for e in entries]
+                if rows.numel() == 0:
+                    continue
+                outputs = expert_projections(module, hidden[rows.to(hidden.device)], expert)
+                every = ScoredRows.of(None, rows.numel())
+                for e, other in zip(entries, anchors):
+                    self.reducer.paired(self.paired.data[e.key], other.to(hidden.device),
+                                        self._expert_slice(outputs, e), every)
+                if self.local:
+                    deltas = expert_local_deltas(self.anchor_modules[module_path], module,
+                                                 anchor_hidden.to(hidden.device), expert)
+                    for e in entries:
+                        self.paired.data[e.key][LOCAL_FIELD] += self._expert_slice(
+                            deltas, e).abs().sum(0, dtype=torch.float64)
+
+        return hook
+
+    @staticmethod
+    def _expert_slice(outputs: dict[str, torch.Tensor], entry: Entry) -> torch.Tensor:
+        h = entry.hook
+        assert h is not None and h.role is not None
+        return outputs[h.role][:, h.start:h.stop]
+
     def _scored_inputs(self, inputs: Any) -> torch.Tensor | None:
         """A module's first input on the batch's scored positions, ``[scored, ...]``."""
         x = inputs[0] if isinstance(inputs, (tuple, list)) and inputs else None
-        if not isinstance(x, torch.Tensor) or x.dim() < 2 or tuple(x.shape[:2]) != (self.B, self.T):
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == self.B * self.T:
+            flat = x  # tokens flattened (inside an MoE block)
+        elif not isinstance(x, torch.Tensor) or x.dim() < 2 or \
+                tuple(x.shape[:2]) != (self.B, self.T):
             return None
-        flat = x.reshape(self.B * self.T, *x.shape[2:])
+        else:
+            flat = x.reshape(self.B * self.T, *x.shape[2:])
         return flat.clone() if self.mask is None else flat[self.mask.to(flat.device)]
 
     def _local(self, module_path: str, module: nn.Module, inputs: Any,

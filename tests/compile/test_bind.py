@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from actlang.arch.adapters import ChannelSpace
+from actlang.arch.registry import BUDGET_MODES
+from actlang.arch.selection import Budget
 from actlang.compile import ops as O
-from actlang.compile.bind import candidate_entries, unit_groups
+from actlang.compile.bind import candidate_entries, runtime_budget, unit_groups
 from actlang.compile.cache import Cache
 from actlang.compile.plan import PlanError, make_plan
 from actlang.lang.checker import check_file
@@ -75,6 +77,16 @@ def test_units_per_granularity(spec_for, granularity: str, units: int) -> None:
     space = ChannelSpace.from_config(TINY_LLAMA)
     assert sum(g.n_units for g in unit_groups(space, rule)) == units
     assert sum(g.n_channels for g in unit_groups(space, rule)) == 2 * 256
+
+
+@pytest.mark.parametrize("mode", BUDGET_MODES, ids=lambda m: m.name)
+def test_every_budget_mode_is_a_language_budget(spec_for, mode) -> None:
+    """A mode's language spelling checks, and binds to that mode with the value the runtime
+    reads from the same text: language and runtime share the registry's modes."""
+    budget = _rule(spec_for(f"budget = {mode.written}")).budget
+    assert (budget.kind, budget.scope) == (mode.kind, mode.scope)
+    assert runtime_budget(budget) == Budget.parse(mode.written)
+    assert runtime_budget(budget).mode == mode.name
 
 
 def test_residual_channels_warn_from_a_spec(spec_for, tmp_path) -> None:

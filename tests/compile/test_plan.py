@@ -13,7 +13,7 @@ import os
 import pytest
 
 from actlang.compile.cache import Cache
-from actlang.compile.plan import make_plan
+from actlang.compile.plan import PlanError, make_plan
 from actlang.lang.checker import check_file
 
 from ..conftest import PRELUDE, THREE_RULES
@@ -130,3 +130,95 @@ def test_graph_formats(actc, config_only_pair, tmp_path) -> None:
     assert dot.returncode == 0 and dot.stdout.startswith("digraph actc {") and "->" in dot.stdout
     mermaid = actc("graph", "--format", "mermaid", str(spec))
     assert mermaid.stdout.startswith("flowchart LR") and "-->" in mermaid.stdout
+
+
+# ---- module(glob, axis): raw entries from safetensors headers ---------------------------------
+
+ROWS = 'module("model.layers.*.mlp.up_proj", axis = 0)'
+
+
+def _raw_rule(write_spec, body: str, *more: str):
+    """(checked program, spec path, line of the rule) of a spec whose surgery ``s`` has one
+    transfer rule of ``body``; ``more`` adds surgeries."""
+    spec = write_spec('surgery s -> "o" { target = tuned\n'
+                      f'  transfer sums from base {{ {body} }} }}\n' + "".join(more))
+    line = spec.read_text().splitlines().index(f"  transfer sums from base {{ {body} }} }}")
+    return check_file(spec), spec, line + 1
+
+
+def test_module_selectors_bind_raw_entries_from_headers(write_spec, header_only_safetensors,
+                                                        tmp_path) -> None:
+    program, _, _ = _raw_rule(write_spec, f"channels = [{ROWS}]  budget = 10")
+    plan = make_plan(program, Cache(tmp_path / "cache"))
+    (selectable,) = plan.selectable.values()
+    assert (selectable.units, selectable.channels) == (2 * 64, 2 * 64)
+    for name in ("base", "tuned"):
+        raw = [e for e in plan.models[name].space if e.kind == "raw"]
+        assert [e.key for e in raw] == ["raw.model.layers.0.mlp.up_proj",
+                                        "raw.model.layers.1.mlp.up_proj"]
+        assert raw[1].layer == 1 and raw[1].parts[0].name == "model.layers.1.mlp.up_proj.weight"
+
+
+def test_a_module_selector_matching_nothing_is_located_at_its_rule(actc, write_spec) -> None:
+    _, spec, line = _raw_rule(write_spec, 'channels = module("model.layers.*.mlp.upproj")  '
+                                          'budget = 1%')
+    result = actc("plan", str(spec))
+    assert result.returncode == 1 and "error[E501]" in result.stderr
+    assert 'module("model.layers.*.mlp.upproj") matches no module of the model' in result.stderr
+    assert f"spec.act:{line}:3" in result.stderr
+    assert "module paths here look like model.layers." in result.stderr  # real ones, close
+    assert "mlp.up_proj" in result.stderr
+
+
+def test_a_module_axis_out_of_range_is_located_at_its_rule(actc, write_spec) -> None:
+    _, spec, line = _raw_rule(write_spec, 'channels = module("model.layers.*.input_layernorm", '
+                                          'axis = 1)  score = weight_delta  budget = 1%')
+    result = actc("plan", str(spec))
+    assert result.returncode == 1 and "error[E501]" in result.stderr
+    assert "axis 1 is out of range for model.layers.0.input_layernorm.weight, of shape [32]" \
+        in result.stderr
+    assert f"spec.act:{line}:3" in result.stderr and "its axes are 0..0" in result.stderr
+
+
+@pytest.mark.parametrize("body, units", [
+    ('channels = module("model.layers.*.mlp.down_proj", axis = 1)  score = weight_delta', 128),
+    ('channels = module("model.layers.*.mlp.down_proj", axis = 1)  score = random', 128),
+    (f"channels = [{ROWS}]  score = local_absdiff", 128),  # a Linear's rows: its own change
+    ('channels = module("model.embed_tokens", axis = 1)', 32),  # the embedding's outputs
+    (f"channels = [{ROWS}, mlp.up]  granularity = layer", 2),
+])
+def test_what_module_selectors_may_score(write_spec, tmp_path, body: str, units: int) -> None:
+    program, _, _ = _raw_rule(write_spec, body + "  budget = 1")
+    (selectable,) = make_plan(program, Cache(tmp_path / "cache")).selectable.values()
+    assert selectable.units == units
+
+
+@pytest.mark.parametrize("body, message", [
+    # a Linear's input columns have no activation of their own in its output
+    ('channels = module("model.layers.*.mlp.down_proj", axis = 1)',
+     "`paired_absdiff` measures module outputs, but the channels of model.layers.0.mlp."
+     "down_proj run along axis 1 of its weight, and its outputs along axis 0"),
+    ('channels = module("model.embed_tokens", axis = 0)  score = absmean_diff',
+     "its outputs along axis 1"),
+    ('channels = module("model.layers.*.input_layernorm")  score = local_absdiff',
+     "`local_absdiff` cannot score norm.input channels"),
+    (f"channels = [{ROWS}]  granularity = head", "granularity = head cannot apply"),
+    (f"channels = [{ROWS}]  tie = neuron", "tie = neuron cannot apply"),
+])
+def test_what_module_selectors_cannot_do_is_refused_at_the_rule(write_spec, tmp_path,
+                                                                body: str, message: str):
+    program, _, line = _raw_rule(write_spec, body + "  budget = 1%")
+    with pytest.raises(PlanError) as error:
+        make_plan(program, Cache(tmp_path / "cache"))
+    assert message in error.value.error.message and error.value.span.line == line
+
+
+def test_one_module_is_selected_along_one_axis(write_spec, tmp_path) -> None:
+    program, _, _ = _raw_rule(
+        write_spec, f"channels = [{ROWS}]  budget = 1%",
+        'surgery t -> "p" { target = tuned transfer sums from base {\n'
+        '  channels = module("model.layers.*.mlp.up_proj", axis = 1)  score = random '
+        'budget = 1% } }\n')
+    with pytest.raises(PlanError, match="which another module.* selector on the model `tuned` "
+                                        "takes along axis"):
+        make_plan(program, Cache(tmp_path / "cache"))

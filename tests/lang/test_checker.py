@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from actlang.arch import registry as R
 from actlang.lang import program as P
 from actlang.lang.checker import check, check_source
 from actlang.lang.diagnostics import DiagnosticError
@@ -51,6 +52,31 @@ def test_defaults_follow_the_paper(tmp_path: Path) -> None:
 ])
 def test_budgets(text: str, budget: P.Budget, tmp_path: Path) -> None:
     assert one_rule(f"budget = {text}", tmp_path).budget == budget
+
+
+@pytest.mark.parametrize("text, kind", [("3%", "fraction"), ("500", "count"),
+                                        ("threshold(0.1)", "threshold")])
+@pytest.mark.parametrize("scope", R.BUDGET_SCOPES)
+def test_a_budget_takes_the_scopes_of_its_modes(text: str, kind: str, scope: str,
+                                                tmp_path: Path) -> None:
+    """Every value and scope the grammar can pair is a budget exactly when the registry
+    declares a mode of that kind and scope (so a count per module is refused, located)."""
+    program, diagnostics, _ = check(tmp_path / "s.act", PRELUDE + 'surgery s -> "o" { '
+                                    'target = tuned  transfer math from base { budget = '
+                                    f'{text} {R.scope_words(scope)} }} }}')
+    if R.budget_mode(kind, scope) is not None:
+        assert program is not None and program.surgeries[0].transfers[0].budget.scope == scope
+        return
+    assert program is None
+    assert [(d.code, d.message) for d in diagnostics] == [
+        ("E207", f"a {kind} budget is global; it takes no `{R.scope_words(scope)}`")]
+
+
+def test_an_unknown_budget_scope_lists_the_scopes(tmp_path: Path) -> None:
+    _, diagnostics, _ = check(tmp_path / "s.act", PRELUDE + 'surgery s -> "o" { target = tuned '
+                              'transfer math from base { budget = 3% per head } }')
+    assert [(d.code, d.message, d.hint) for d in diagnostics] == [
+        ("E207", "unknown scope `per head`", "scopes: global, per module, per layer")]
 
 
 def test_selector_algebra_and_layers(tmp_path: Path) -> None:

@@ -39,15 +39,20 @@ DERIVED: dict[str, dict] = {
     "falcon": dict(_DEC),
     "starcoder2": dict(_DEC, num_key_value_heads=2),
     "mixtral": dict(_DEC, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "olmoe": dict(_DEC, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(_DEC, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=24, shared_expert_intermediate_size=32),
 }
 #: Fast in every run; the rest run with the slow tests (CI runs both).
 FAST = {"olmo2", "gpt_neox", "mixtral"}
 
 
-def _model(model_type: str, vocab_size: int):
+def _model(model_type: str, vocab_size: int, **fields):
+    """A tiny model of ``model_type`` (``DERIVED``'s config, else ``_DEC`` and ``fields``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(model_type, **DERIVED[model_type], vocab_size=vocab_size)
+    config = AutoConfig.for_model(model_type, **{**DERIVED.get(model_type, _DEC), **fields},
+                                  vocab_size=vocab_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

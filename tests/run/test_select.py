@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from actlang.arch.adapters import ChannelSpace
 from actlang.arch.errors import GlobalChannelWarning, RuntimeUserError
+from actlang.arch.registry import BUDGET_MODES
 from actlang.arch.selection import Budget
 from actlang.run.scores import Scores, random_scores
 from actlang.run.select import kind_candidates, select_channels
@@ -78,6 +79,19 @@ def test_per_module_per_layer_threshold():
     assert str(Budget.parse("5% per layer")) == "5% per layer"
 
 
+@pytest.mark.parametrize("mode", BUDGET_MODES, ids=lambda m: m.name)
+def test_every_budget_mode_reads_prints_and_selects(mode):
+    """Each mode of the registry is read as a spec writes it, printed so that it reads back,
+    and selected by: a mode declared without its selection (or the reverse) fails here."""
+    space = _space("llama", num_hidden_layers=4)  # more units than the count mode's 500
+    scores = random_scores(space, 1)
+    budget = Budget.parse(mode.written)
+    assert (budget.mode, budget.kind, budget.scope) == (mode.name, mode.kind, mode.scope)
+    assert Budget.parse(str(budget)) == budget
+    mask = select_channels(scores, space, budget)
+    assert mask.meta["budget_mode"] == mode.name and mask.n_channels > 0
+
+
 def test_budget_errors():
     space = _space("llama")
     scores = random_scores(space, 0)
@@ -85,8 +99,17 @@ def test_budget_errors():
         select_channels(scores, space, 10**6)
     with pytest.raises(RuntimeUserError, match="fraction"):
         Budget("global", 1.5)
-    with pytest.raises(RuntimeUserError, match="cannot read the budget"):
-        Budget.parse("lots")
+    with pytest.raises(RuntimeUserError, match="per_layer budget is a fraction .* got -0.1"):
+        Budget("per_layer", -0.1)
+    for count in (2.5, -1, float("nan")):
+        with pytest.raises(RuntimeUserError, match="count budget is a whole number"):
+            Budget("count", count)
+    with pytest.raises(RuntimeUserError, match="unknown budget mode 'top_k'") as error:
+        Budget("top_k", 3)
+    assert error.value.hint == "modes: " + ", ".join(BUDGET_MODES.names)
+    for text in ("lots", "3% per head"):
+        with pytest.raises(RuntimeUserError, match="cannot read the budget"):
+            Budget.parse(text)
     with pytest.raises(RuntimeUserError, match="matches no module"):
         select_channels(scores, space, "3%", kinds=["ffn.*"])
     with pytest.raises(RuntimeUserError, match="max_per_module allows"):

@@ -156,12 +156,20 @@ class Hook:
 
     The output is ``[batch, seq, ..., features]``; ``seq_axis`` says where the sequence
     axis is when it is not 1 (Gemma 3 normalizes q/k as ``[batch, heads, seq, head_dim]``).
+
+    A mixture-of-experts expert has no output of its own: ``module`` is then the module
+    holding every expert in 3-D tensors (``gate_up_proj [E, 2I, H]``, ``down_proj
+    [E, H, I]``), ``expert`` the expert's index and ``role`` its projection (``gate``,
+    ``up`` or ``down``). Statistics recompute that projection from the module's inputs on
+    the tokens routed to the expert.
     """
 
     module: str
     start: int
     stop: int
     seq_axis: int = 1
+    expert: int | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -353,7 +361,8 @@ def checkpoint_naming(model_or_config: Any) -> Naming:
         config = _config_dict(config)
     except TypeError:
         return Naming()
-    return ChannelSpace.from_config(config).naming
+    adapter = adapters().get(config.get("model_type"))
+    return adapter.naming if adapter else ChannelSpace.from_config(config).naming
 
 
 # --------------------------------------------------------------------------- channel space
@@ -445,8 +454,13 @@ class ChannelSpace:
         else:
             from actlang.arch.derived import derive_entries
 
-            entries, dims, tied, names = derive_entries(
-                cfg, directory=directory, trust_remote_code=trust_remote_code, memo=memo)
+            try:
+                entries, dims, tied, names = derive_entries(
+                    cfg, directory=directory, trust_remote_code=trust_remote_code, memo=memo)
+            except RuntimeUserError:
+                if not raw:
+                    raise
+                entries, dims, tied, names = [], {}, False, {}  # the raw selectors suffice
             space = cls(entries, config=cfg, adapter=None, dims=dims, tied=tied,
                         naming=Naming(names=tuple(sorted(names.items()))))
         if not raw:
