@@ -384,20 +384,33 @@ def _checkpoint_names(model: Any) -> tuple[dict[str, str], dict[str, tuple[int, 
 def _seq_axes(model: Any, sites: list[ModuleSite]) -> dict[str, int]:
     """Per relative module path, the sequence axis of its output when it is not 1.
 
-    One forward pass on meta tensors; data-dependent code (MoE routing) may stop it early,
-    and the modules it reached still count. Layers share their modules' axes.
+    One forward pass on meta tensors, stopped as soon as every per-layer norm's path has
+    been seen once (a 70B model runs its first layer only); data-dependent code (MoE
+    routing) may stop it earlier, and the modules it reached still count. Layers share
+    their modules' axes.
     """
     import torch
 
     wanted = {site.path: site for site in sites if site.form == "norm" and site.layer is not None}
+    if not wanted:
+        return {}
+    relatives = {site.relative for site in wanted.values()}
+    seen: set[str] = set()
     axes: dict[str, int] = {}
+
+    class Enough(Exception):
+        """Every norm seen: the rest of the pass would add nothing."""
 
     def record(path: str):
         def hook(module: Any, args: Any, output: Any) -> None:
+            relative = wanted[path].relative
             if torch.is_tensor(output):
                 found = [i for i, n in enumerate(output.shape) if n == _PROBE_LENGTH]
                 if len(found) == 1 and found[0] != 1:
-                    axes.setdefault(wanted[path].relative, found[0])
+                    axes.setdefault(relative, found[0])
+            seen.add(relative)
+            if seen == relatives:
+                raise Enough
         return hook
 
     modules = dict(model.named_modules())

@@ -224,7 +224,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
             raise PlanError(error, None) from None
     graph = fuse_captures(lower(program))
     models = {m.name: _model_info(m, cache, dry_run, builders) for m in _models(graph)}
-    _add_raw_entries(graph, models)
+    _add_raw_entries(graph, models, cache)
     selectable, rule_warnings = _validate_rules(graph, models)
     corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
     keys = _cache_keys(graph, models, corpus_digests)
@@ -315,6 +315,12 @@ def _unconverted_note(name: str, info: ModelInfo, tokenizes: bool) -> str:
             f"cache ({'; '.join(what)})")
 
 
+def derived_memo(cache: Cache) -> Path:
+    """Where derived channel spaces are kept (:func:`actlang.arch.derived.derive_entries`):
+    a derived space is derived once, then read back without importing torch."""
+    return cache.root / "derived"
+
+
 def _directory_info(spec: P.ModelSpec, directory: Path | None, cache: Cache,
                     dry_run: bool) -> ModelInfo:
     """A model with a directory (or a zoo model not built yet: ``directory`` None)."""
@@ -325,7 +331,8 @@ def _directory_info(spec: P.ModelSpec, directory: Path | None, cache: Cache,
         raise RuntimeUserError(f"no config.json in {directory}",
                                hint="a model directory is what save_pretrained() writes")
     _check_remote_code(spec, directory)
-    info.space = ChannelSpace.from_pretrained(directory)
+    info.space = ChannelSpace.from_pretrained(directory, trust_remote_code=spec.trust_remote_code,
+                                              memo=derived_memo(cache))
     info.model_type = info.space.model_type
     info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space, spec.allow_pickle)
     if info.has_weights:
@@ -437,7 +444,7 @@ def _selects(graph: nx.DiGraph) -> list[O.Select]:
     return sorted((op for op in graph.nodes if isinstance(op, O.Select)), key=O.op_id)
 
 
-def _add_raw_entries(graph: nx.DiGraph, models: dict[str, ModelInfo]) -> None:
+def _add_raw_entries(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache) -> None:
     """Give each model's channel space the raw entries of every ``module(...)`` selector a
     rule names on it, as target or donor (from safetensors headers, no tensor data).
 
@@ -468,7 +475,8 @@ def _add_raw_entries(graph: nx.DiGraph, models: dict[str, ModelInfo]) -> None:
             assert info.space is not None
             info.space = ChannelSpace.from_config(
                 info.space.config, raw=list(selectors), shapes=shapes[name],
-                trust_remote_code=info.spec.trust_remote_code)
+                directory=info.directory, trust_remote_code=info.spec.trust_remote_code,
+                memo=derived_memo(cache))
 
 
 def _tensor_shapes(info: ModelInfo) -> dict[str, tuple[int, ...]]:
