@@ -149,6 +149,17 @@ MODULE_KINDS: Registry[ModuleKind] = Registry(
     ModuleKind("mlp.gate", "MLP gate projection"),
     ModuleKind("mlp.up", "MLP up projection"),
     ModuleKind("mlp.down", "MLP down projection"),
+    ModuleKind("attn.qkv", "fused q/k/v projection whose layout is not split (GPT-NeoX, Falcon, "
+               "Bloom: interleaved per head); selectable only whole"),
+    ModuleKind("mlp.gate_up", "fused gate and up projection whose layout is not split"),
+    ModuleKind("mlp.router", "mixture-of-experts router (a channel is an expert); weight "
+               "scores only"),
+    ModuleKind("mlp.experts.*.gate", "gate projection of expert E (mlp.experts.3.gate)"),
+    ModuleKind("mlp.experts.*.up", "up projection of expert E"),
+    ModuleKind("mlp.experts.*.down", "down projection of expert E"),
+    ModuleKind("mlp.shared.gate", "gate projection of the shared expert (Qwen2-MoE)"),
+    ModuleKind("mlp.shared.up", "up projection of the shared expert"),
+    ModuleKind("mlp.shared.down", "down projection of the shared expert"),
     ModuleKind("norm.input", "norm before attention", residual=True),
     ModuleKind("norm.post_attn", "norm after attention (before the MLP in Llama)",
                residual=True),

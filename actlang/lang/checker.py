@@ -820,7 +820,9 @@ class _Checker:
             glob = "*"
         elif len(expr.parts) == 1 and glob not in schema.MODULE_KINDS:
             glob += ".*"  # a namespace: attn means attn.*
-        if not any(fnmatch.fnmatchcase(kind, glob) for kind in schema.MODULE_KINDS):
+        # a registered kind may itself be a pattern (mlp.experts.*.up names every expert's)
+        if not any(fnmatch.fnmatchcase(kind, glob) or fnmatch.fnmatchcase(glob, kind)
+                   for kind in schema.MODULE_KINDS):
             return self.error("E206", f"`{expr.dotted}` matches no module kind", expr.span,
                               hint=did_you_mean(expr.dotted, schema.MODULE_KINDS) or
                               "kinds: " + ", ".join(schema.MODULE_KINDS), site=scope.recipe_site)

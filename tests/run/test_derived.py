@@ -178,3 +178,43 @@ def test_derived_kinds_name_what_a_user_expects():
     mixtral = ChannelSpace.from_config(_model("mixtral", 32).config.to_dict())
     assert mixtral.heads() == (4, 2, 8)
     assert "layers.0.attn.q" in mixtral
+
+
+def test_every_derived_kind_is_one_a_spec_can_name():
+    """The conventions' kinds are registered module kinds (so `actc check` accepts them)."""
+    import fnmatch
+
+    from actlang.arch.derived import conventions
+    from actlang.arch.registry import MODULE_KINDS
+
+    rules = conventions()
+    kinds = [*rules.layer_kinds, *rules.global_kinds,
+             *(f"mlp.experts.7.{role}" for role in set(rules.expert_leaves.values()))]
+    for kind in kinds:
+        assert any(fnmatch.fnmatchcase(kind, name) for name in MODULE_KINDS.names), kind
+
+
+def test_experts_and_router_through_actc(tmp_path, actc):
+    """Per-expert budgets move channels of every expert; the router needs a weight score."""
+    root = _pair(tmp_path / "pair", "mixtral")
+
+    def run(rule: str, name: str):
+        spec = tmp_path / f"{name}.act"
+        spec.write_text(PRELUDE.format(root=root) + (
+            f'surgery s -> "{name}" {{ target = base  transfer sums from tuned {{ {rule} }}  '
+            'eval = [] }\n'))
+        return actc("run", str(spec))
+
+    experts = run("channels = mlp.experts.*  budget = 10% per module", "experts")
+    assert experts.returncode == 0, experts.stderr[-2000:]
+    mask = ChannelMask.load(next((tmp_path / "experts" / "masks").glob("*.safetensors")))
+    per_expert = mask.summary()
+    moved = {k for k in mask.channels if mask.selected(k).any()}
+    assert moved and all(".mlp.experts." in k for k in moved), sorted(moved)
+    assert len(moved) == 2 * 4 * 3, per_expert  # 10% of each expert's gate, up and down
+    named = run("channels = mlp.router  budget = 1", "router")
+    assert named.returncode == 1 and "measures activations" in named.stderr
+    weights = run("channels = mlp.router  budget = 1  score = weight_delta", "router_w")
+    assert weights.returncode == 0, weights.stderr[-2000:]
+    everything = run("budget = 5%", "all")
+    assert everything.returncode == 0 and "cannot measure" in everything.stderr
