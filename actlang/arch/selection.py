@@ -276,16 +276,18 @@ def unit_groups(space: ChannelSpace, entries: Sequence[Entry], granularity: str)
     groups: list[UnitGroup] = []
     taken: set[str] = set()
     candidates = {e.key for e in entries}
+    mlps = mlp_prefixes(space)
     for layer in sorted({e.layer for e in entries if e.layer is not None}):
         pre = f"layers.{layer}."
         if granularity == "neuron":
-            scored = tuple(k for k in (pre + "mlp.gate", pre + "mlp.up") if k in candidates)
-            if scored:
-                movers = [k for k in (pre + "mlp.gate", pre + "mlp.up") if k in space]
-                size = space[scored[0]].size
-                groups.append(UnitGroup(pre + "mlp.neuron", layer, "neuron", scored, size,
-                                        size * len(movers)))
-                taken.update(scored)
+            for mlp in mlps.get(layer, ()):
+                scored = tuple(k for k in (mlp + "gate", mlp + "up") if k in candidates)
+                if scored:
+                    movers = [k for k in (mlp + "gate", mlp + "up") if k in space]
+                    size = space[scored[0]].size
+                    groups.append(UnitGroup(mlp + "neuron", layer, "neuron", scored, size,
+                                            size * len(movers)))
+                    taken.update(scored)
             continue
         heads, kv, head_dim = space.heads()
         if pre + "attn.q" in candidates:
@@ -298,6 +300,22 @@ def unit_groups(space: ChannelSpace, entries: Sequence[Entry], granularity: str)
                                     kv * head_dim * len(kvs)))
             taken.update(kvs)
     return groups + [_channel_group(e) for e in entries if e.key not in taken]
+
+
+def mlp_prefixes(space: ChannelSpace) -> dict[int, list[str]]:
+    """Per layer, the key prefix of each of its MLPs, in the space's order: the dense MLP
+    (``layers.3.mlp.``), each expert (``layers.3.mlp.experts.5.``) and a shared expert
+    (``layers.3.mlp.shared.``) — each with ``gate`` / ``up`` / ``down`` entries, whose
+    neuron ``i`` is row ``i`` of gate and up and column ``i`` of down."""
+    found: dict[int, dict[str, None]] = {}
+    for e in space:
+        role = e.kind.rpartition(".")[2]
+        mlp = e.kind[: -len(role)]
+        if e.layer is None or role not in ("gate", "up", "down") or not (
+                mlp == "mlp." or mlp == "mlp.shared." or mlp.startswith("mlp.experts.")):
+            continue
+        found.setdefault(e.layer, {})[f"layers.{e.layer}.{mlp}"] = None
+    return {layer: list(prefixes) for layer, prefixes in found.items()}
 
 
 def _channel_group(e: Entry) -> UnitGroup:

@@ -55,6 +55,7 @@ from actlang.arch.selection import (
     Term,
     UnitGroup,
     candidate_entries,
+    mlp_prefixes,
     unit_groups,
 )
 from actlang.run.mask import ChannelMask
@@ -143,7 +144,7 @@ def _movable(space: ChannelSpace, group: UnitGroup, channels: Mapping[str, torch
         return np.array([any(bool(r.any()) for r in rows)])
     pre = f"layers.{group.layer}."
     if group.kind == "neuron":
-        down = inputs.get(pre + "mlp.down")
+        down = inputs.get(group.name.removesuffix("neuron") + "down")
         return torch.stack(rows + ([down] if down is not None else [])).any(0).numpy()
     per_unit = [r.view(n, -1).any(1) for r in rows]
     if group.kind == "q_head" and pre + "attn.o" in inputs:
@@ -163,10 +164,10 @@ def _block(space: ChannelSpace, scores: Scores, group: UnitGroup) -> _Block:
                       else [], group.n_channels)
     pre = f"layers.{group.layer}."
     if group.kind == "neuron":
+        mlp = group.name.removesuffix("neuron")
         s = torch.stack([_score_of(scores, k, group.n_units) for k in keys]).mean(0)
-        movers = [k for k in (pre + "mlp.gate", pre + "mlp.up") if k in space]
-        down = pre + "mlp.down" if (pre + "mlp.down") in space and space[pre + "mlp.down"].inputs \
-            else None
+        movers = [k for k in (mlp + "gate", mlp + "up") if k in space]
+        down = mlp + "down" if (mlp + "down") in space and space[mlp + "down"].inputs else None
 
         def neuron(j: np.ndarray) -> list:
             return [("ch", k, j) for k in movers] + ([("in", down, j)] if down else [])
@@ -365,33 +366,12 @@ def _get(d: dict[str, torch.Tensor], key: str, size: int, fill: Any) -> torch.Te
 
 def _apply_tie(space: ChannelSpace, tie: str, ch: dict, ch_sc: dict, ins: dict, in_sc: dict) -> None:
     ninf = float("-inf")
+    mlps = mlp_prefixes(space)
     for layer in range(space.n_layers):
         pre = f"layers.{layer}."
         if tie == "neuron":
-            keys = [k for k in (pre + "mlp.gate", pre + "mlp.up") if k in space]
-            down = pre + "mlp.down" if pre + "mlp.down" in space and space[pre + "mlp.down"].inputs else None
-            if not keys:
-                continue
-            n = space[keys[0]].size
-            sel = torch.zeros(n, dtype=torch.bool)
-            grp = torch.full((n,), ninf, dtype=torch.float64)
-            for k in keys:
-                if k in ch:
-                    sel |= ch[k]
-                    grp = torch.maximum(grp, ch_sc.get(k, torch.full((n,), ninf, dtype=torch.float64)))
-            if down and down in ins:
-                sel |= ins[down]
-                grp = torch.maximum(grp, in_sc.get(down, torch.full((n,), ninf, dtype=torch.float64)))
-            if not bool(sel.any()):
-                continue
-            for k in keys:
-                _get(ch, k, n, False).__ior__(sel)
-                s = _get(ch_sc, k, n, ninf)
-                s.copy_(torch.where(sel, torch.maximum(s, grp), s))
-            if down:
-                _get(ins, down, n, False).__ior__(sel)
-                s = _get(in_sc, down, n, ninf)
-                s.copy_(torch.where(sel, torch.maximum(s, grp), s))
+            for mlp in mlps.get(layer, ()):
+                _tie_neurons(space, mlp, ch, ch_sc, ins, in_sc)
             continue
         # head / kv_group
         q, k, v, o = (pre + x for x in ("attn.q", "attn.k", "attn.v", "attn.o"))
@@ -446,3 +426,34 @@ def _apply_tie(space: ChannelSpace, tie: str, ch: dict, ch_sc: dict, ins: dict, 
                 xs = _get(ch_sc, x, kv * hd, ninf)
                 xs.copy_(torch.where(g_on, torch.maximum(xs, g_sc), xs))
                 xm |= g_on
+
+
+def _tie_neurons(space: ChannelSpace, mlp: str, ch: dict, ch_sc: dict, ins: dict,
+                 in_sc: dict) -> None:
+    """``tie = neuron`` in one MLP (key prefix ``mlp``: a layer's dense MLP, or one
+    expert): a selected gate or up row, or down column, brings its neuron's three slices."""
+    ninf = float("-inf")
+    keys = [k for k in (mlp + "gate", mlp + "up") if k in space]
+    down = mlp + "down" if mlp + "down" in space and space[mlp + "down"].inputs else None
+    if not keys:
+        return
+    n = space[keys[0]].size
+    sel = torch.zeros(n, dtype=torch.bool)
+    grp = torch.full((n,), ninf, dtype=torch.float64)
+    for k in keys:
+        if k in ch:
+            sel |= ch[k]
+            grp = torch.maximum(grp, ch_sc.get(k, torch.full((n,), ninf, dtype=torch.float64)))
+    if down and down in ins:
+        sel |= ins[down]
+        grp = torch.maximum(grp, in_sc.get(down, torch.full((n,), ninf, dtype=torch.float64)))
+    if not bool(sel.any()):
+        return
+    for k in keys:
+        _get(ch, k, n, False).__ior__(sel)
+        s = _get(ch_sc, k, n, ninf)
+        s.copy_(torch.where(sel, torch.maximum(s, grp), s))
+    if down:
+        _get(ins, down, n, False).__ior__(sel)
+        s = _get(in_sc, down, n, ninf)
+        s.copy_(torch.where(sel, torch.maximum(s, grp), s))

@@ -82,3 +82,30 @@ def test_expert_statistics_count_the_routed_tokens(tokenizer):
     for e in experts:  # a model against itself: no difference, and none of its own
         assert not same.paired[e.key]["sum_absdiff"].any()
         assert not same.paired[e.key][LOCAL_FIELD].any()
+
+
+@pytest.mark.parametrize("granularity, tie", [("neuron", None), ("channel", "neuron")])
+def test_neurons_and_their_ties_stay_inside_each_expert(granularity, tie):
+    """An expert's neuron i is row i of its gate and up and column i of its down; units and
+    ties never cross from one expert (or the dense MLP) into another."""
+    from actlang.arch.adapters import ChannelSpace
+    from actlang.arch.selection import unit_groups
+    from actlang.run.scores import random_scores
+    from actlang.run.select import select_channels
+
+    space = ChannelSpace.from_config(_model("mixtral", 32).config.to_dict())
+    experts = [e for e in space if e.kind.startswith("mlp.experts.")]
+    names = {g.name for g in unit_groups(space, experts, "neuron") if g.kind == "neuron"}
+    assert names == {f"layers.{layer}.mlp.experts.{expert}.neuron"
+                     for layer in (0, 1) for expert in range(4)}
+    mask = select_channels(random_scores(space, 7), space, 0.2, kinds=["mlp.experts.*"],
+                           granularity=granularity, tie=tie)
+    picked = 0
+    for layer in (0, 1):
+        for expert in range(4):
+            pre = f"layers.{layer}.mlp.experts.{expert}."
+            gate, up = mask.channels[pre + "gate"], mask.channels[pre + "up"]
+            assert torch.equal(gate, up)
+            assert torch.equal(mask.inputs[pre + "down"], gate)
+            picked += int(gate.sum())
+    assert picked > 0
