@@ -227,12 +227,14 @@ def inspect_command(
     from actlang.arch.errors import RuntimeUserError
     from actlang.compile.cache import Cache
     from actlang.compile.inspect import inspect_model, render_inspection, resolve_target
+    from actlang.compile.plan import derived_memo
 
     models = _checked_program(spec, json_output)[0].declared if spec else None
+    cache = Cache(cache_dir)
     try:
-        target = resolve_target(model, spec_models=models, cache=Cache(cache_dir),
+        target = resolve_target(model, spec_models=models, cache=cache,
                                 zoo_profile=zoo_profile, trust_remote_code=trust_remote_code)
-        info = inspect_model(target)
+        info = inspect_model(target, memo=derived_memo(cache))
     except RuntimeUserError as error:
         _print_error(error, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None

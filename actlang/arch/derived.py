@@ -441,7 +441,8 @@ def derive_entries(config: Mapping[str, Any], *, directory: str | Path | None = 
         ``(entries, dims, tied, checkpoint_names)`` for
         :class:`actlang.arch.adapters.ChannelSpace`.
     """
-    file = None if memo is None else memo / f"{_memo_key(config, trust_remote_code)}.json"
+    file = None if memo is None else \
+        memo / f"{_memo_key(config, directory, trust_remote_code)}.json"
     if file is not None and file.is_file():
         try:
             return _from_json(json.loads(file.read_text()))
@@ -453,14 +454,19 @@ def derive_entries(config: Mapping[str, Any], *, directory: str | Path | None = 
     return derived
 
 
-def _memo_key(config: Mapping[str, Any], trust_remote_code: bool) -> str:
+def _memo_key(config: Mapping[str, Any], directory: str | Path | None,
+              trust_remote_code: bool) -> str:
+    """What a derived space depends on: the config, the conventions and this module, the
+    transformers version, and — for trusted remote code — the code files themselves."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         transformers_version = version("transformers")
     except PackageNotFoundError:
         transformers_version = "none"
-    text = json.dumps([config, trust_remote_code, transformers_version,
+    code = sorted((p.name, p.read_text(errors="replace")) for p in Path(directory).glob("*.py")) \
+        if trust_remote_code and directory is not None and Path(directory).is_dir() else []
+    text = json.dumps([config, trust_remote_code, transformers_version, code,
                        _CONVENTIONS.read_text(), Path(__file__).read_text()],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -109,10 +109,11 @@ def _path_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def inspect_model(target: Target) -> dict[str, Any]:
-    """The channel space of ``target`` as data (what ``--json`` prints)."""
+def inspect_model(target: Target, memo: Path | None = None) -> dict[str, Any]:
+    """The channel space of ``target`` as data (what ``--json`` prints); ``memo`` keeps a
+    derived space for the plans that follow (:func:`actlang.compile.plan.derived_memo`)."""
     space = ChannelSpace.from_config(target.config, directory=target.directory,
-                                     trust_remote_code=target.trust_remote_code)
+                                     trust_remote_code=target.trust_remote_code, memo=memo)
     shared = _shared_tensors(space)
     kinds: dict[str, list[Entry]] = {}
     for entry in space:

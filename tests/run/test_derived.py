@@ -218,3 +218,27 @@ def test_experts_and_router_through_actc(tmp_path, actc):
     assert weights.returncode == 0, weights.stderr[-2000:]
     everything = run("budget = 5%", "all")
     assert everything.returncode == 0 and "cannot measure" in everything.stderr
+
+
+def test_a_derived_space_is_kept_and_read_back_without_torch(tmp_path):
+    """Planning a derived architecture again reads its space back (no torch import); a
+    damaged memo is derived again and rewritten whole."""
+    import json
+    import subprocess
+    import sys
+
+    config = _model("olmo2", 32).config.to_dict()
+    memo = tmp_path / "memo"
+    first = ChannelSpace.from_config(config, memo=memo)
+    (file,) = memo.glob("*.json")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code = ("import sys; from pathlib import Path; "
+            "from actlang.arch.adapters import ChannelSpace; "
+            f"s = ChannelSpace.from_pretrained(Path({str(tmp_path)!r}), memo=Path({str(memo)!r})); "
+            "print(len(s), s.derived, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(len(first)), "True", "False"]
+    file.write_text('{"entries": [')
+    again = ChannelSpace.from_config(config, memo=memo)
+    assert list(again) == list(first)
+    assert json.loads(file.read_text())["dims"] == first.dims
