@@ -242,3 +242,34 @@ def test_a_derived_space_is_kept_and_read_back_without_torch(tmp_path):
     again = ChannelSpace.from_config(config, memo=memo)
     assert list(again) == list(first)
     assert json.loads(file.read_text())["dims"] == first.dims
+
+
+def test_module_escape_hatch_on_a_derived_architecture(tmp_path, actc):
+    """`module(glob, axis)` names checkpoint tensors on an architecture without adapter as
+    on any other: only the named rows move, each equal to the donor's."""
+    root = _pair(tmp_path / "pair", "olmo2")
+    spec = tmp_path / "spec.act"
+    spec.write_text(PRELUDE.format(root=root) + (
+        'surgery s -> "out" { target = base  transfer sums from tuned {\n'
+        '  channels = [module("model.layers.*.self_attn.k_proj", axis = 0)]  budget = 25% per module }\n'
+        '  eval = [] }\n'))
+    result = actc("run", str(spec))
+    assert result.returncode == 0, result.stderr[-3000:]
+    base, tuned = load_file(root / "base" / "model.safetensors"), \
+        load_file(root / "tuned" / "model.safetensors")
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    for name, original in base.items():
+        if ".self_attn.k_proj." not in name:
+            assert torch.equal(out[name], original), name
+            continue
+        changed = (out[name] != original).any(1)
+        assert 0 < int(changed.sum()) < original.shape[0], name
+        assert torch.equal(out[name][changed], tuned[name][changed]), name
+    missing = tmp_path / "missing.act"
+    missing.write_text(PRELUDE.format(root=root) + (
+        'surgery s -> "out2" { target = base  transfer sums from tuned {\n'
+        '  channels = [module("model.layers.*.attn.nothing", axis = 0)]  budget = 5% }\n'
+        '  eval = [] }\n'))
+    refused = actc("plan", str(missing))
+    assert refused.returncode == 1 and "missing.act:11:" in refused.stderr, refused.stderr
+    assert "matches no module" in refused.stderr and "self_attn" in refused.stderr
