@@ -32,7 +32,13 @@ from actlang.arch.errors import RuntimeUserError
 from actlang.compile import ops as O
 from actlang.compile.cache import Cache, remove_stale
 from actlang.compile.passes import last_uses
-from actlang.compile.plan import Plan, output_conflict, protected_paths, replace_problem
+from actlang.compile.plan import (
+    Plan,
+    PlanError,
+    output_conflict,
+    protected_paths,
+    replace_problem,
+)
 from actlang.run import stats as S
 from actlang.run.context import Progress, RunContext, quiet_libraries
 from actlang.run.handlers import HANDLERS
@@ -115,25 +121,32 @@ class Executor:
         for op in self.plan.order:
             if not isinstance(op, O.Save) or op in self.plan.cached:
                 continue
-            output = Path(op.surgery.output)
-            problem = output_conflict(output, protected)
-            if problem is not None:
-                raise RuntimeUserError(f"refusing to write the output to {output}: {problem}",
-                                       hint="choose an output directory outside every input")
-            if not (output.exists() or output.is_symlink()):
-                continue
-            problem = replace_problem(output)
-            if not self.force:
-                raise RuntimeUserError(
-                    f"output {output} already exists" +
-                    (", made by an earlier run with other inputs" if problem is None else ""),
-                    hint="replace it with --force, or write elsewhere with --output"
-                    if problem is None else "write elsewhere with --output")
-            if problem is not None:
-                raise RuntimeUserError(
-                    f"--force refuses to replace {output}: it {problem}",
-                    hint="--force replaces only outputs of earlier actc runs; delete it "
-                    "yourself if you mean it, or write elsewhere with --output")
+            error = self._output_error(Path(op.surgery.output), protected)
+            if error is not None:  # located at the surgery that writes it
+                raise PlanError(error, op.surgery.span)
+
+    def _output_error(self, output: Path, protected: list[tuple[Path, str]]
+                      ) -> RuntimeUserError | None:
+        """Why ``output`` may not be written (``None``: it may)."""
+        problem = output_conflict(output, protected)
+        if problem is not None:
+            return RuntimeUserError(f"refusing to write the output to {output}: {problem}",
+                                    hint="choose an output directory outside every input")
+        if not (output.exists() or output.is_symlink()):
+            return None
+        problem = replace_problem(output)
+        if not self.force:
+            return RuntimeUserError(
+                f"output {output} already exists" +
+                (", made by an earlier run with other inputs" if problem is None else ""),
+                hint="replace it with --force, or write elsewhere with --output"
+                if problem is None else "write elsewhere with --output")
+        if problem is not None:
+            return RuntimeUserError(
+                f"--force refuses to replace {output}: it {problem}",
+                hint="--force replaces only outputs of earlier actc runs; delete it "
+                "yourself if you mean it, or write elsewhere with --output")
+        return None
 
 
 def _work_dir(outputs: list[Path]) -> Path:

@@ -86,9 +86,12 @@ def test_existing_output_needs_force(actc, write_spec, tmp_path) -> None:
     refused = actc("run", str(spec))
     assert refused.returncode == 1 and "already exists" in refused.stderr
     assert "Traceback" not in refused.stderr
+    line = PRELUDE.count("\n") + 1  # located at the surgery that writes the output
+    assert f"spec.act:{line}:1" in refused.stderr and "^" in refused.stderr, refused.stderr
     assert (tmp_path / "out/s/keep.txt").read_text() == "mine"
     forced = actc("run", "--force", str(spec))  # --force replaces only what actc wrote
     assert forced.returncode == 1 and "no actc marker" in forced.stderr
+    assert f"spec.act:{line}:1" in forced.stderr
     assert (tmp_path / "out/s/keep.txt").read_text() == "mine"
 
 
