@@ -142,7 +142,6 @@ class ModuleSite:
 class Derived:
     """What derivation learned of one config: the modules, the dims, tying and naming."""
 
-    model_type: str
     sites: tuple[ModuleSite, ...]
     dims: Mapping[str, int]
     tied: bool
@@ -204,7 +203,7 @@ def _derive_cached(config_json: str, directory: str | None, trust_remote_code: b
         rules = conventions()
         copied = [p for p in copied if p.rpartition(".")[2] not in rules.expert_containers]
     return Derived(
-        model_type=str(config.model_type), sites=tuple(sites), dims=dims,
+        sites=tuple(sites), dims=dims,
         tied=_is_tied(model), output_embedding=output_embedding,
         input_embedding=input_embedding, checkpoint_names=renamed, converted=converted,
         seq_axes=_seq_axes(model, sites), copied=tuple(copied),

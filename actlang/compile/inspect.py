@@ -9,18 +9,17 @@ zoo name (``zoo.base``), or by its name in a spec. Only configs and headers are 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actlang.arch.adapters import ChannelSpace, Entry
+from actlang.arch.adapters import ChannelSpace, Entry, read_config
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.gguf import read_gguf_header
 from actlang.compile.cache import Cache
 from actlang.compile.render import human_count
-from actlang.compile.resolve import ZooRef, built_zoo, model_directory
+from actlang.compile.resolve import ZooRef, built_zoo, gguf_file, model_directory
 from actlang.lang import program as P
 
 __all__ = ["Target", "inspect_model", "render_inspection", "resolve_target"]
@@ -71,8 +70,6 @@ def resolve_target(target: str, *, spec_models: tuple[P.ModelSpec, ...] | None =
 
 def _spec_model(model: P.ModelSpec, cache: Cache, trust_remote_code: bool) -> Target:
     if model.source == "gguf":
-        from actlang.compile.resolve import gguf_file
-
         directory = model_directory(model, cache)
         source = directory if directory is not None else gguf_file(model)
         return Target(model.name, _path_config(source), trust_remote_code)
@@ -96,17 +93,7 @@ def _path_config(path: Path) -> dict[str, Any]:
                 f"{path} is a {header.architecture} GGUF file: only llama headers map to a "
                 "config without converting", hint="`actc run` converts it into the cache once")
         return header.hf_config()
-    file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
-        raise RuntimeUserError(f"no config.json in {path}",
-                               hint="a model directory is what save_pretrained() writes")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RuntimeUserError(f"{file} is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise RuntimeUserError(f"{file} does not hold a JSON object")
-    return config
+    return read_config(path)
 
 
 def inspect_model(target: Target, memo: Path | None = None) -> dict[str, Any]:

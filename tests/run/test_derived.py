@@ -79,6 +79,15 @@ def test_derived_space_equals_the_curated_adapter(family):
     assert {k: derived.dims[k] for k in curated.dims} == curated.dims
 
 
+def _surgery(path, root, rule: str, output: str = "out"):
+    """Write a spec at ``path``: ``PRELUDE`` over the pair in ``root`` and one surgery that
+    moves ``sums`` from ``tuned`` into ``base`` by ``rule`` (the transfer block's body)."""
+    path.write_text(PRELUDE.format(root=root) + (
+        f'surgery s -> "{output}" {{ target = base  transfer sums from tuned {{\n'
+        f'  {rule} }}\n  eval = [] }}\n'))
+    return path
+
+
 def _pair(root, model_type: str):
     from actlang.zoo.tokenizer import build_tokenizer
 
@@ -90,10 +99,7 @@ def _pair(root, model_type: str):
     pytest.param(f, marks=() if f in FAST else pytest.mark.slow) for f in DERIVED])
 def test_transfer_on_an_architecture_without_adapter(family, tmp_path, actc):
     root = _pair(tmp_path / "pair", family)
-    spec = tmp_path / "spec.act"
-    spec.write_text(PRELUDE.format(root=root) + (
-        'surgery s -> "out" { target = base  transfer sums from tuned { budget = 5% }  '
-        'eval = [] }\n'))
+    spec = _surgery(tmp_path / "spec.act", root, "budget = 5%")
     result = actc("run", str(spec))
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
@@ -199,11 +205,7 @@ def test_experts_and_router_through_actc(tmp_path, actc):
     root = _pair(tmp_path / "pair", "mixtral")
 
     def run(rule: str, name: str):
-        spec = tmp_path / f"{name}.act"
-        spec.write_text(PRELUDE.format(root=root) + (
-            f'surgery s -> "{name}" {{ target = base  transfer sums from tuned {{ {rule} }}  '
-            'eval = [] }\n'))
-        return actc("run", str(spec))
+        return actc("run", str(_surgery(tmp_path / f"{name}.act", root, rule, name)))
 
     experts = run("channels = mlp.experts.*  budget = 10% per module", "experts")
     assert experts.returncode == 0, experts.stderr[-2000:]
@@ -248,11 +250,8 @@ def test_module_escape_hatch_on_a_derived_architecture(tmp_path, actc):
     """`module(glob, axis)` names checkpoint tensors on an architecture without adapter as
     on any other: only the named rows move, each equal to the donor's."""
     root = _pair(tmp_path / "pair", "olmo2")
-    spec = tmp_path / "spec.act"
-    spec.write_text(PRELUDE.format(root=root) + (
-        'surgery s -> "out" { target = base  transfer sums from tuned {\n'
-        '  channels = [module("model.layers.*.self_attn.k_proj", axis = 0)]  budget = 25% per module }\n'
-        '  eval = [] }\n'))
+    spec = _surgery(tmp_path / "spec.act", root, 'channels = [module('
+                    '"model.layers.*.self_attn.k_proj", axis = 0)]  budget = 25% per module')
     result = actc("run", str(spec))
     assert result.returncode == 0, result.stderr[-3000:]
     base, tuned = load_file(root / "base" / "model.safetensors"), \
@@ -265,11 +264,8 @@ def test_module_escape_hatch_on_a_derived_architecture(tmp_path, actc):
         changed = (out[name] != original).any(1)
         assert 0 < int(changed.sum()) < original.shape[0], name
         assert torch.equal(out[name][changed], tuned[name][changed]), name
-    missing = tmp_path / "missing.act"
-    missing.write_text(PRELUDE.format(root=root) + (
-        'surgery s -> "out2" { target = base  transfer sums from tuned {\n'
-        '  channels = [module("model.layers.*.attn.nothing", axis = 0)]  budget = 5% }\n'
-        '  eval = [] }\n'))
+    missing = _surgery(tmp_path / "missing.act", root, 'channels = [module('
+                       '"model.layers.*.attn.nothing", axis = 0)]  budget = 5%', "out2")
     refused = actc("plan", str(missing))
     assert refused.returncode == 1 and "missing.act:11:" in refused.stderr, refused.stderr
     assert "matches no module" in refused.stderr and "self_attn" in refused.stderr

@@ -66,6 +66,14 @@ def test_bad_targets_are_clear_errors(actc, tmp_path):
     (tmp_path / "bad" / "config.json").write_text("{not json")
     result = actc("inspect", str(tmp_path / "bad"))
     assert result.returncode == 1 and "not valid JSON" in result.stderr
+    (tmp_path / "bad" / "config.json").write_text("[1, 2]")  # JSON, but not an object
+    spec = tmp_path / "spec.act"
+    spec.write_text('model m = local("bad")\nability a { probe = lines(["x"]) }\n'
+                    'surgery s -> "out" { target = m  transfer a from m { budget = 1% } }\n')
+    for result in (actc("inspect", str(tmp_path / "bad")), actc("plan", str(spec))):
+        assert result.returncode == 1 and "does not hold a JSON object" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert "spec.act:1:" in result.stderr  # the plan locates it at the model
 
 
 REMOTE_CONFIG = '''

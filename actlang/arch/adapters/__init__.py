@@ -79,6 +79,7 @@ __all__ = [
     "checkpoint_naming",
     "entry_key",
     "parse_entry_key",
+    "read_config",
 ]
 
 _DATA_DIR = Path(__file__).resolve().parent
@@ -374,16 +375,29 @@ def _config_dict(config: Any) -> dict[str, Any]:
     if hasattr(config, "to_dict"):
         return config.to_dict()
     if isinstance(config, (str, Path)):
-        path = Path(config)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise RuntimeUserError(f"no config.json at {path}", hint="point at a Hugging Face model directory")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise RuntimeUserError(f"{path} is not valid JSON: {err}") from None
+        return read_config(Path(config))
     raise TypeError(f"cannot read a config from {type(config).__name__}")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The JSON object of a model directory's ``config.json`` (or of that file itself).
+
+    Raises:
+        RuntimeUserError: no such file, not JSON, or JSON that is not an object.
+    """
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise RuntimeUserError(f"no config.json at {path}",
+                               hint="a model directory is what save_pretrained() writes")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RuntimeUserError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise RuntimeUserError(f"{path} does not hold a JSON object",
+                               hint="config.json is what save_pretrained() writes")
+    return config
 
 
 def _flag(value: Any, config: Mapping[str, Any]) -> bool:
