@@ -16,6 +16,7 @@ import fnmatch
 import functools
 import itertools
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from actlang.lang.diagnostics import (
 )
 from actlang.lang.loader import LoadedFile, LoadResult, load
 from actlang.lang.parser import parse, too_deep
-from actlang.lang.schema import FieldSpec
+from actlang.lang.schema import LIMITS, FieldSpec
 
 
 class _Invalid:
@@ -103,10 +104,25 @@ class _SweepChooser:
     def __init__(self, assignment: dict[int, int] | None = None):
         self.assignment = assignment or {}
         self.axes: dict[int, tuple[str, list[str]]] = {}  # id(call) -> (label, value labels)
+        self.spans: dict[int, ast.Span | None] = {}  # id(call) -> where the sweep is written
+        self.choices = 0  # how many times a value was chosen: nested sweeps are not memoized
 
     def choose(self, call: ast.Call, label: str, value_labels: list[str]) -> int:
         self.axes.setdefault(id(call), (label, value_labels))
+        self.spans.setdefault(id(call), call.span)
+        self.choices += 1
         return self.assignment.get(id(call), 0)
+
+
+class _LimitExceeded(Exception):
+    """Checking would do more work than :data:`schema.LIMITS` allows; carries the error."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+_CHECK_RECURSION_LIMIT = 10_000
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,11 +146,27 @@ def check(path: Path | str, text: str | None = None) -> tuple[P.Program | None, 
     """
     loaded = load(path, text)
     checker = _Checker(loaded)
+    depth = sys.getrecursionlimit()
+    # Lets that refer to lets recurse a few frames per level: room for ~1,500 levels
+    # (a spec needs a handful), well inside the C stack of any supported Python.
+    sys.setrecursionlimit(max(depth, _CHECK_RECURSION_LIMIT))
     try:
         program = checker.run()
     except RecursionError:  # values nested beyond Python's stack: one clear error instead
         program = None
-        checker.diagnostics.append(too_deep(loaded.files[loaded.main].display))
+        deepest = checker.last_reference
+        checker.diagnostics.append(replace(
+            too_deep(loaded.files[loaded.main].display),
+            span=deepest.span if deepest is not None else None,
+            label="the reference at which the checker ran out of depth"
+            if deepest is not None else None,
+            hint="a spec needs a few levels: write long chains of lets, or deeply nested "
+                 "values, out flat"))
+    except _LimitExceeded as exceeded:
+        program = None
+        checker.diagnostics.append(exceeded.diagnostic)
+    finally:
+        sys.setrecursionlimit(depth)
     diagnostics = _dedupe(loaded.diagnostics + checker.diagnostics)
     has_errors = any(d.severity == "error" for d in diagnostics)
     return (None if has_errors else program), diagnostics, loaded.sources
@@ -176,6 +208,12 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         self.scopes: dict[str, _Scope] = {}
         self.sweep = _SweepChooser()
+        self.expansions = 0  # references to lets and parameters followed (LIMITS["expansions"])
+        self.variants = 0  # surgeries expanded from sweeps so far (LIMITS["surgery_variants"])
+        self.last_reference: ast.Path | None = None  # where a too-deep error is located
+        # A sweep's values, evaluated once per surgery rather than once per variant:
+        # (id(call), id(scope)) -> (values, labels).
+        self._sweep_values: dict[tuple[int, int], tuple[list[Any], list[str]]] = {}
         for key, file in loaded.files.items():
             if file.module is not None:
                 self.scopes[key] = self._collect(file)
@@ -313,24 +351,44 @@ class _Checker:
 
     def value_of(self, expr: ast.Expr, scope: _Scope, type_: str,
                  evaluate: Callable[[ast.Expr, _Scope], Any],
-                 builtins: tuple[str, ...] = ()) -> Any:
+                 builtins: tuple[str, ...] = (), namespaces: tuple[str, ...] = ()) -> Any:
         """Evaluate a reference (let, recipe parameter, or member of an ability) or hand
         anything else to ``evaluate``. ``builtins`` are bare names that mean themselves in
-        this context (``paired_absdiff`` for a score) unless a declaration takes the name."""
-        if builtins and isinstance(expr, ast.Path) and len(expr.parts) == 1 and \
-                scope.lookup(expr.parts[0]) is None:
-            return evaluate(expr, scope)  # a builtin name, or an unknown one to report as such
+        this context (``paired_absdiff`` for a score), ``namespaces`` the heads of dotted
+        ones (``attn`` of ``attn.q`` for a selector), unless a declaration takes the name."""
+        if isinstance(expr, ast.Path) and scope.lookup(expr.parts[0]) is None and (
+                builtins and len(expr.parts) == 1 or expr.parts[0] in namespaces):
+            return evaluate(expr, scope)  # a builtin, or an unknown name to report as such
         if isinstance(expr, ast.Path) and not expr.is_glob:
             binding, where, rest = self._follow(expr, scope)
             if binding is INVALID:
                 return INVALID
             if isinstance(binding, _Thunk) and not rest:
-                return self.value_of(binding.expr, binding.scope, type_, evaluate, builtins)
+                self._count_expansion(expr)
+                return self.value_of(binding.expr, binding.scope, type_, evaluate, builtins,
+                                     namespaces)
             if isinstance(binding, ast.Let) and not rest:
-                return self.value_of(binding.value, where, type_, evaluate, builtins)
+                self._count_expansion(expr)
+                return self.value_of(binding.value, where, type_, evaluate, builtins,
+                                     namespaces)
             if rest:
                 return self._member(expr, binding, where, rest, type_, scope)
         return evaluate(expr, scope)
+
+    def _count_expansion(self, reference: ast.Path) -> None:
+        """Count one reference followed to its let or recipe parameter; past the limit, stop
+        checking at this reference (a chain of lets that each use the one before twice
+        would otherwise double the work at every step)."""
+        self.expansions += 1
+        self.last_reference = reference
+        limit = LIMITS["expansions"]
+        if self.expansions > limit.value:
+            raise _LimitExceeded(Diagnostic(
+                "E405", f"checking this spec follows more than {limit.value:,} references to "
+                "lets and recipe parameters", reference.span,
+                label="the reference at which the limit was reached",
+                hint="a let that uses the one before it twice doubles the work at each step: "
+                     "write the value out, or use fewer levels"))
 
     def _member(self, expr: ast.Path, binding: Any, where: _Scope, rest: tuple[str, ...],
                 type_: str, scope: _Scope) -> Any:
@@ -806,7 +864,8 @@ class _Checker:
             if expr.parts[0] in schema.MODULE_NAMESPACES and scope.lookup(expr.parts[0]) is None:
                 return self._kind_pattern(expr, sign, scope)
             value = self.value_of(expr, scope, "selector",
-                                  lambda e, s: self._selector_terms(e, s, 1))
+                                  lambda e, s: self._selector_terms(e, s, 1),
+                                  namespaces=schema.MODULE_NAMESPACES)
             if value is INVALID:
                 return INVALID
             return [(sign * s, term) for s, term in value]
@@ -889,10 +948,23 @@ class _Checker:
         if len(items) < 2 or call.kwargs:
             return self.error("E404", "a sweep needs at least two values", call.span,
                               hint="e.g. budget = sweep(1%, 2%, 5%)", site=scope.recipe_site)
-        values = [self.typed(item, spec, item_scope) for item in items]
-        if INVALID in values:
-            return INVALID
-        labels = [_path_safe(self._source_text(item)) for item in items]
+        limit = LIMITS["sweep_values"]
+        if len(items) > limit.value:
+            return self.error("E405", f"a sweep of {len(items):,} values; a sweep takes at "
+                              f"most {limit.value:,}", call.span, site=scope.recipe_site,
+                              hint="each value is a surgery of its own: sweep a coarse grid "
+                                   "first, then a finer one around the best point")
+        key = (id(call), id(item_scope))
+        memo = self._sweep_values.get(key)
+        if memo is None:
+            choices = self.sweep.choices
+            values = [self.typed(item, spec, item_scope) for item in items]
+            if INVALID in values:
+                return INVALID
+            memo = values, [_path_safe(self._source_text(item)) for item in items]
+            if self.sweep.choices == choices:  # no sweep inside: the same in every variant
+                self._sweep_values[key] = memo
+        values, labels = memo
         return values[self.sweep.choose(call, spec.name, labels)]
 
     def _list_literal(self, expr: ast.Expr, scope: _Scope) -> tuple[ast.ListExpr, _Scope] | None:
@@ -935,12 +1007,15 @@ class _Checker:
             body = item.body or ()
         # Evaluate once to discover the sweeps, then once per point of their product.
         self.sweep = _SweepChooser()
+        self._sweep_values = {}
         first = self.surgery_body(item, body, scope, output)
         axes = list(self.sweep.axes.items())
         if first is INVALID:
             return []
         if not axes:
             return [first]
+        if not self._within_variant_limit(item, self.sweep):
+            return []
         variants = []
         for choice in itertools.product(*(range(len(labels)) for _, (_, labels) in axes)):
             self.sweep = _SweepChooser({key: i for (key, _), i in zip(axes, choice)})
@@ -953,6 +1028,26 @@ class _Checker:
                                     sweep_group=item.name, sweep_point=point))
         self.sweep = _SweepChooser()
         return variants
+
+    def _within_variant_limit(self, item: ast.Surgery, sweeps: _SweepChooser) -> bool:
+        """Count a surgery's sweep variants against the spec's limit before expanding them;
+        an error at its longest sweep when they would exceed it."""
+        lengths = {key: len(labels) for key, (_, labels) in sweeps.axes.items()}
+        count = 1
+        for length in lengths.values():
+            count *= length
+        self.variants += count
+        limit = LIMITS["surgery_variants"]
+        if self.variants <= limit.value:
+            return True
+        longest = max(lengths, key=lengths.__getitem__)
+        sizes = " x ".join(str(n) for n in lengths.values())
+        self.error("E405", f"surgery `{item.name}` expands to {count:,} variants ({sizes}); a "
+                   f"spec expands to at most {limit.value:,}", sweeps.spans[longest],
+                   label="the longest sweep", notes=(("in this surgery", _header_span(item)),),
+                   hint="each variant is a surgery run: sweep fewer values, or one field at "
+                        "a time")
+        return False
 
     def surgery_body(self, item: ast.Surgery, body: tuple[ast.Stmt, ...], scope: _Scope,
                      output: str) -> Any:

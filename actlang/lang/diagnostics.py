@@ -57,6 +57,7 @@ CODES: dict[str, str] = {
     "E402": "recipe application error",
     "E403": "duplicate output path",
     "E404": "invalid sweep",
+    "E405": "limit exceeded",
     "E501": "model, corpus or selection problem found while planning",
     "E502": "problem found while running",
     "W001": "setting with side effects",

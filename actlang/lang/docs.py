@@ -78,6 +78,13 @@ def budget_modes_table() -> str:
     return "\n".join(rows)
 
 
+def limits_table() -> str:
+    rows = ["| limit | at most | of |", "|---|---|---|"]
+    rows += [f"| `{limit.name}` | {limit.value:,} | {_cell(limit.doc)} |"
+             for limit in schema.LIMITS.values()]
+    return "\n".join(rows)
+
+
 def codes_table() -> str:
     rows = ["| code | meaning |", "|---|---|"]
     rows += [f"| `{code}` | {title} |" for code, title in CODES.items()]
@@ -102,6 +109,7 @@ SECTIONS = {
     "functions": functions_table,
     "module-kinds": lambda: ", ".join(f"`{k}`" for k in schema.MODULE_KINDS),
     "codes": codes_table,
+    "limits": limits_table,
 }
 
 

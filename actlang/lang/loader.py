@@ -26,6 +26,7 @@ from actlang.lang.diagnostics import (
     did_you_mean,
 )
 from actlang.lang.parser import parse
+from actlang.lang.schema import LIMITS
 from actlang.resources import stdlib_dir
 
 
@@ -68,19 +69,29 @@ class NotRegularFile(OSError):
     """A path that names something other than a regular file (a FIFO, a device, ...)."""
 
 
+class SpecTooLarge(OSError):
+    """A spec file larger than ``LIMITS["spec_bytes"]``: refused before it is read."""
+
+
 def read_spec_text(path: Path) -> str:
     """A spec's text (universal newlines). The file is opened without blocking and checked
     to be a regular file before anything is read: a FIFO never hangs the reader.
 
     Raises:
         NotRegularFile: it is not a regular file.
+        SpecTooLarge: it is larger than a spec may be.
         OSError, UnicodeDecodeError: it cannot be read, or is not UTF-8.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     with open(fd, encoding="utf-8", closefd=True) as handle:  # closes fd, whatever happens
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise NotRegularFile(0, "not a regular file")
-        return handle.read()
+        limit = LIMITS["spec_bytes"].value
+        if status.st_size > limit:
+            raise SpecTooLarge(0, f"{status.st_size:,} bytes; a spec file has at most "
+                               f"{limit:,}")
+        return handle.read(limit + 1)  # a file that grows while being read stops at the limit
 
 
 def stdlib_modules() -> list[str]:
@@ -127,10 +138,13 @@ class _Loader:
                 hint = None
                 if isinstance(error, NotRegularFile):
                     hint = f"a spec is a regular {SPEC_SUFFIX} file"
+                elif isinstance(error, SpecTooLarge):
+                    hint = "keep data in corpus files (jsonl(...), lines(...) of a file)"
                 elif via is not None:
                     hint = "check the path; file imports are relative to the importing file"
                 self.diagnostics.append(Diagnostic(
-                    "E005", f"cannot read `{display}`: {reason}",
+                    "E405" if isinstance(error, SpecTooLarge) else "E005",
+                    f"cannot read `{display}`: {reason}",
                     via.span if via is not None else None, hint=hint))
                 self.files[key] = LoadedFile(key, display, None)
                 return key
@@ -167,6 +181,13 @@ class _Loader:
             if target is None:
                 return None
         key = str(target)
+        limit = LIMITS["files"]
+        if key not in self.files and len(self.files) >= limit.value:
+            self.diagnostics.append(Diagnostic(
+                "E405", f"this import would make the spec read more than {limit.value} "
+                "files", use.span, hint="a spec reads itself and its imports, transitively; "
+                "merge small modules"))
+            return None
         if key in self._stack:
             chain = self._stack[self._stack.index(key):] + [key]
             names = " -> ".join(display_name(Path(k)) for k in chain)

@@ -238,3 +238,24 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
     FunctionSpec("sweep", "sweep", "one surgery per value (in surgery and rule fields)",
                  variadic="any"),
 )}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A bound on the work one spec can ask of ``actc check`` and ``actc plan``, checked
+    before the work is done, so no input makes either run longer than a few seconds."""
+
+    name: str
+    value: int
+    doc: str
+
+
+LIMITS: dict[str, Limit] = {limit.name: limit for limit in (
+    Limit("spec_bytes", 1 << 20, "bytes in one spec file (corpora live in their own files)"),
+    Limit("files", 256, "spec files one spec reads: itself and its imports, transitively"),
+    Limit("sweep_values", 1000, "values in one `sweep(...)`"),
+    Limit("surgery_variants", 1000, "surgeries one spec's sweeps expand to: the product of "
+          "each swept surgery's sweep lengths, summed over its surgeries"),
+    Limit("expansions", 50_000, "references to lets and recipe parameters followed while "
+          "checking one spec (a let written as `a + a` of the let before it doubles them)"),
+)}

@@ -63,6 +63,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from actlang.arch.bounds import check_config_bounds
 from actlang.arch.errors import RuntimeUserError
 
 __all__ = [
@@ -462,6 +463,7 @@ class ChannelSpace:
         ``trust_remote_code``; ``memo``, a directory, keeps derived spaces).
         """
         cfg = _config_dict(config)
+        check_config_bounds(cfg, f"{directory}/config.json" if directory else "config.json")
         adapter = adapters().get(cfg.get("model_type"))
         if adapter is not None:
             space = cls._curated(adapter, cfg)
