@@ -241,6 +241,22 @@ def inspect_command(
     typer.echo(json_module.dumps(info, indent=2) if json_output else render_inspection(info))
 
 
+@app.command("explain")
+def explain_command(
+    code: str = typer.Argument(..., help="A diagnostic code, e.g. E205.", show_default=False),
+) -> None:
+    """Explain a diagnostic code: what it means, how to fix it, and every message it has
+    (ERRORS.md lists them all)."""
+    from actlang.lang.catalogue import explain
+    from actlang.lang.diagnostics import CODES
+
+    text = explain(code)
+    if text is None:
+        typer.echo(f"error: unknown code `{code}`; codes: {', '.join(CODES)}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    typer.echo(text)
+
+
 def _print_error(error, json_output: bool) -> None:
     """A user error that belongs to no spec line (E502), as a diagnostic."""
     from actlang.lang.diagnostics import Diagnostic

@@ -29,6 +29,16 @@ def test_version_and_help() -> None:
         assert command in help_text
 
 
+def test_explain_prints_a_codes_entry_and_refuses_an_unknown_code() -> None:
+    result = actc("explain", "E205")
+    assert result.returncode == 0
+    assert result.stdout.startswith("E205: value out of range")
+    assert "Fix:" in result.stdout and "Messages (" in result.stdout
+    unknown = actc("explain", "E999")
+    assert unknown.returncode == 1 and "unknown code `E999`" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
 def test_check_examples_succeeds() -> None:
     result = actc("check", *sorted(str(p) for p in (ROOT / "examples").glob("*.act")))
     assert result.returncode == 0, result.stderr

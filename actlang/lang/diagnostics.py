@@ -25,43 +25,147 @@ from typing import Iterable, Sequence
 
 from actlang.lang.ast import Span
 
-# Code → one-line title. LANGUAGE.md carries the same table (a test keeps them in sync).
-CODES: dict[str, str] = {
-    "E001": "syntax error: unexpected token",
-    "E002": "syntax error: unexpected character",
-    "E003": "syntax error: unexpected end of file",
-    "E004": "invalid literal",
-    "E005": "file cannot be read",
-    "E006": "nesting too deep",
-    "E007": "positional argument after a keyword argument",
-    "E101": "unknown name",
-    "E102": "duplicate definition",
-    "E103": "unknown import",
-    "E104": "import cycle",
-    "E105": "unknown member of an imported module",
-    "E106": "name shadows a builtin",
-    "E201": "unknown field",
-    "E202": "missing required field",
-    "E203": "duplicate field",
-    "E204": "wrong type",
-    "E205": "value out of range",
-    "E206": "unknown option",
-    "E207": "scope not allowed here",
-    "E208": "statement not allowed here",
-    "E301": "unknown function",
-    "E302": "wrong number of arguments",
-    "E303": "unknown keyword argument",
-    "E304": "missing argument",
-    "E305": "duplicate keyword argument",
-    "E401": "wrong kind of declaration",
-    "E402": "recipe application error",
-    "E403": "duplicate output path",
-    "E404": "invalid sweep",
-    "E405": "limit exceeded",
-    "E501": "model, corpus or selection problem found while planning",
-    "E502": "problem found while running",
-    "W001": "setting with side effects",
-    "W501": "a selection the spec may not mean, found while planning",
+@dataclass(frozen=True)
+class Code:
+    """What a diagnostic code means and how a user gets past it (``actc explain CODE``;
+    ERRORS.md lists every message of each code, generated from the source)."""
+
+    title: str
+    meaning: str
+    fix: str
+
+
+# Code → title, meaning and fix. LANGUAGE.md and ERRORS.md carry them (tests keep both current).
+CODES: dict[str, Code] = {
+    "E001": Code("syntax error: unexpected token",
+                 "The parser met a token where the grammar allows none of that kind, e.g. a "
+                 "missing `=` or `}` or a keyword used as a name.",
+                 "Compare the line with LANGUAGE.md; the help line lists what was expected."),
+    "E002": Code("syntax error: unexpected character",
+                 "A character that starts no token of the language (`@`, `$`, a stray quote).",
+                 "Remove it, or put it inside a string."),
+    "E003": Code("syntax error: unexpected end of file",
+                 "The file ends inside a block, a call or a string.",
+                 "Close the bracket or string that the caret points after."),
+    "E004": Code("invalid literal",
+                 "A number, percentage, size or string that cannot be read: an unknown "
+                 "escape, a unit that does not exist, a number out of range.",
+                 "Write it as LANGUAGE.md's literal table shows (`3%`, `1e-4`, `5GB`)."),
+    "E005": Code("file cannot be read",
+                 "A spec or an imported spec is missing, unreadable, not UTF-8 or not a "
+                 "regular file.",
+                 "Check the path (imports are relative to the importing file) and the "
+                 "file's permissions and encoding."),
+    "E006": Code("nesting too deep",
+                 "Expressions, blocks or chains of lets nest deeper than the parser or "
+                 "checker follows.",
+                 "Write the value flat, or name its parts with `let`."),
+    "E007": Code("positional argument after a keyword argument",
+                 "In a call, an argument without a name follows one with a name.",
+                 "Put positional arguments first, or name every argument."),
+    "E101": Code("unknown name",
+                 "A reference to something no declaration, import or builtin defines.",
+                 "Check the spelling (the help line suggests the closest name) or add the "
+                 "declaration or `use`."),
+    "E102": Code("duplicate definition",
+                 "Two declarations in one file share a name.",
+                 "Rename one of them."),
+    "E103": Code("unknown import",
+                 "`use` names a stdlib module that does not exist, or a file that is "
+                 "missing, is not a `.act` spec or cannot be resolved.",
+                 "Use `std.` for stdlib modules and a relative path to a `.act` file for "
+                 "your own."),
+    "E104": Code("import cycle",
+                 "Files import each other in a circle.",
+                 "Move what both need into a third file that both import."),
+    "E105": Code("unknown member of an imported module",
+                 "`module.name` where the module defines no `name`.",
+                 "Check the spelling; the help line lists what the module defines."),
+    "E106": Code("name shadows a builtin",
+                 "A declaration takes the name of a module namespace (`attn`, `mlp`, ...) or "
+                 "a builtin function.",
+                 "Rename the declaration."),
+    "E201": Code("unknown field",
+                 "A block has a field its kind of block does not take.",
+                 "Check the spelling; the help line lists the block's fields."),
+    "E202": Code("missing required field",
+                 "A block lacks a field it needs (an ability without `probe`, a surgery "
+                 "without `target` or without a rule).",
+                 "Add the field; the help line shows an example."),
+    "E203": Code("duplicate field",
+                 "A field is set twice in one block.",
+                 "Keep one of them."),
+    "E204": Code("wrong type",
+                 "A value of one kind where another is expected: a number for a model, a "
+                 "call for a budget.",
+                 "Write a value of the expected kind; the help line gives an example."),
+    "E205": Code("value out of range",
+                 "A value of the right kind outside what the field accepts: a budget over "
+                 "100%, a negative step count, an empty output path.",
+                 "Use a value within the bounds LANGUAGE.md's field tables give."),
+    "E206": Code("unknown option",
+                 "A name where the field takes one of a fixed set (a score, a granularity, "
+                 "a module kind).",
+                 "Pick one of the options the help line lists."),
+    "E207": Code("scope not allowed here",
+                 "`per ...` or `global` on a value, or with a scope, that does not take it.",
+                 "Remove the scope, or use one the field lists."),
+    "E208": Code("statement not allowed here",
+                 "A statement in a block that does not take it (two finetune blocks, a "
+                 "merge beside transfers).",
+                 "Move it into its own block or surgery, as the help line says."),
+    "E301": Code("unknown function",
+                 "A call to a function that is not a builtin here.",
+                 "Check the spelling; the help line lists the functions of this context."),
+    "E302": Code("wrong number of arguments",
+                 "A call with more positional arguments than the function takes, or with "
+                 "arguments that exclude each other.",
+                 "Compare with the function's parameters in LANGUAGE.md."),
+    "E303": Code("unknown keyword argument",
+                 "A call names a parameter the function does not have.",
+                 "Check the spelling; the help line lists the parameters."),
+    "E304": Code("missing argument",
+                 "A call lacks an argument the function needs.",
+                 "Add it; the help line names it."),
+    "E305": Code("duplicate keyword argument",
+                 "A call names one parameter twice.",
+                 "Keep one of them."),
+    "E401": Code("wrong kind of declaration",
+                 "A name used as a kind of declaration it is not (a corpus as a model).",
+                 "Refer to a declaration of the kind the field expects."),
+    "E402": Code("recipe application error",
+                 "A recipe applied with wrong or missing parameters.",
+                 "Compare the application with the recipe's parameter list."),
+    "E403": Code("duplicate output path",
+                 "Two surgeries write to the same directory.",
+                 "Give each surgery its own output path."),
+    "E404": Code("invalid sweep",
+                 "A sweep with fewer than two values, or in a field that cannot be swept.",
+                 "Sweep at least two values, in a field LANGUAGE.md marks as sweepable."),
+    "E405": Code("limit exceeded",
+                 "The spec asks for more work than `actc` bounds: too many sweep values or "
+                 "variants, lets that expand exponentially, too many imports, a spec file "
+                 "over 1 MiB (LANGUAGE.md, Limits).",
+                 "Sweep a coarser grid, write expanding lets out flat, keep data in corpus "
+                 "files."),
+    "E501": Code("model, corpus or selection problem found while planning",
+                 "An input the spec names is missing, damaged or does not fit: a model "
+                 "directory, a checkpoint, a tokenizer, a corpus, an output path, or a "
+                 "selection that the models' channels cannot satisfy. Located at the "
+                 "declaration or rule that names it.",
+                 "The message names the file or setting; the help line says what to change."),
+    "E502": Code("problem found while running",
+                 "Something only a run can find: a corpus with no scored tokens, weights "
+                 "that are not finite, a cache or output that cannot be written.",
+                 "The message names the file or setting; the help line says what to change."),
+    "W001": Code("setting with side effects",
+                 "A valid setting that probably does not do what was meant (a 0% budget "
+                 "moves nothing).",
+                 "Change the setting, or keep it if it is what you mean."),
+    "W501": Code("a selection the spec may not mean, found while planning",
+                 "A rule's candidates include channels it may not mean to move (global "
+                 "residual channels) or leave out some it cannot measure.",
+                 "Narrow or widen the rule's `channels`, as the warning says."),
 }
 
 

@@ -87,7 +87,7 @@ def limits_table() -> str:
 
 def codes_table() -> str:
     rows = ["| code | meaning |", "|---|---|"]
-    rows += [f"| `{code}` | {title} |" for code, title in CODES.items()]
+    rows += [f"| `{code}` | {code_.title} |" for code, code_ in CODES.items()]
     return "\n".join(rows)
 
 
