@@ -1,6 +1,7 @@
 """Benchmark: statistics capture with forward hooks vs the same forward passes without hooks.
 
     python bench/bench_stats.py [--write] [--repeats N] [--shapes 1b-width,tiny]
+                                [--device cuda --dtype bfloat16]
 
 Llama-shaped models are built from configs (random weights, fp32); the same batches run
 (a) plainly, (b) with unpaired statistics (all five fields) hooked on every default module,
@@ -52,7 +53,8 @@ SHAPES = {
 }
 
 
-def measure(name: str, shape: Shape, repeats: int) -> tuple[list[str], float]:
+def measure(name: str, shape: Shape, repeats: int, device: torch.device = torch.device("cpu"),
+            dtype: torch.dtype = torch.float32) -> tuple[list[str], float]:
     """Run the variants on one shape; return report lines and the unpaired wall ratio."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -70,9 +72,9 @@ def measure(name: str, shape: Shape, repeats: int) -> tuple[list[str], float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        m1 = LlamaForCausalLM(cfg).eval()
+        m1 = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
         torch.manual_seed(1)
-        m2 = LlamaForCausalLM(cfg).eval()
+        m2 = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
     space = ChannelSpace.from_config(cfg)
     entries = default_stat_entries(space)
     g = torch.Generator().manual_seed(0)
@@ -81,7 +83,7 @@ def measure(name: str, shape: Shape, repeats: int) -> tuple[list[str], float]:
         ids = torch.randint(0, cfg.vocab_size, (shape.batch, shape.seq), generator=g)
         att = torch.ones_like(ids)
         att[: shape.batch // 2, -shape.seq // 8 :] = 0  # some padding, as real corpora have
-        batches.append(Batch(ids, att, att.bool()))
+        batches.append(Batch(ids, att, att.bool()).to(device))
     tokens = sum(b.n_scored for b in batches)
 
     def plain(model):
@@ -106,6 +108,8 @@ def measure(name: str, shape: Shape, repeats: int) -> tuple[list[str], float]:
         for k, fn in runs.items():
             t, c = time.perf_counter(), time.process_time()
             fn()
+            if device.type == "cuda":  # kernels run asynchronously: time their end
+                torch.cuda.synchronize()
             took[k] = time.perf_counter() - t
             best[k] = min(best[k], took[k])
             cpu[k] = min(cpu[k], time.process_time() - c)
@@ -116,7 +120,8 @@ def measure(name: str, shape: Shape, repeats: int) -> tuple[list[str], float]:
     n_params = sum(p.numel() for p in m1.model.layers.parameters())
     lines = [
         f"[{name}] Llama config, hidden {shape.hidden}, MLP {shape.intermediate}, {shape.layers} layers "
-        f"({n_params / 1e6:.0f}M parameters in layers), fp32; {len(entries)} hooked modules "
+        f"({n_params / 1e6:.0f}M parameters in layers), {str(dtype)[6:]} on {device}; "
+        f"{len(entries)} hooked modules "
         f"({space.n_channels(entries)} channels)",
         f"data: {shape.batches} batches x {shape.batch} x {shape.seq} tokens ({tokens} scored, padding excluded)",
         "                     wall (best)          process CPU time (best)",
@@ -137,12 +142,15 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)}")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--write", action="store_true", help="record the result in BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     blocks, ratios = [], {}
     for name in args.shapes.split(","):
-        lines, ratios[name] = measure(name, SHAPES[name], args.repeats)
+        lines, ratios[name] = measure(name, SHAPES[name], args.repeats, torch.device(args.device),
+                                      getattr(torch, args.dtype))
         print("\n".join(lines) + "\n", flush=True)
         blocks.append("\n".join(lines))
     if args.write:
