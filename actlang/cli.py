@@ -137,7 +137,31 @@ def _checked_program(spec: Path, json_output: bool):
     return program, sources
 
 
-def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[Path]):
+def _max_memory(text: Optional[str]) -> Optional[int]:
+    """``--max-memory``, in bytes (None: the machine's memory); a bad size exits 1."""
+    from actlang.arch.errors import RuntimeUserError
+    from actlang.arch.sizes import parse_size
+
+    if text is None:
+        return None
+    try:
+        value = parse_size(text)
+    except RuntimeUserError as error:
+        typer.echo(f"error: --max-memory: {error}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    if value <= 0:
+        typer.echo("error: --max-memory must be positive, e.g. 16GB", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    return value
+
+
+_MAX_MEMORY_OPTION = typer.Option(
+    None, "--max-memory", help="Memory a capture's models may take together before it is "
+    "streamed a layer at a time, e.g. 16GB (default: this machine's memory).")
+
+
+def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[Path],
+             max_memory: Optional[int] = None):
     """Check and plan a spec; planning problems print as located diagnostics (exit 1)."""
     from actlang.compile.cache import Cache
     from actlang.compile.plan import PlanError, make_plan
@@ -145,14 +169,28 @@ def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[P
 
     program, sources = _checked_program(spec, json_output)
     try:
-        plan = make_plan(program, Cache(cache_dir), dry_run=dry_run)
+        plan = make_plan(program, Cache(cache_dir), dry_run=dry_run, max_memory=max_memory)
     except PlanError as error:
         diagnostic = Diagnostic("E501", error.error.message, error.span, hint=error.error.hint)
         _print_diagnostics([diagnostic], sources, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None
+    except OSError as error:  # the cache directory refuses a write
+        _print_diagnostics([_environment_error(error)], sources, json_output)
+        raise typer.Exit(EXIT_USER_ERROR) from None
     if not json_output:
         _print_plan_warnings(plan, sources)
     return plan
+
+
+def _environment_error(error: OSError):
+    """A write the machine refused (full disk, read-only or unusable directory, a file where
+    a directory should be) as an E502 naming the path; atomic writes left nothing behind."""
+    from actlang.lang.diagnostics import Diagnostic
+
+    path = f" {error.filename}" if error.filename else ""
+    return Diagnostic("E502", f"cannot write{path}: {error.strerror or error}", None,
+                      hint="check that the output and cache directories are writable and have "
+                           "free space (the cache: $ACTLANG_CACHE_DIR or --cache-dir)")
 
 
 def _print_plan_warnings(plan, sources) -> None:
@@ -172,6 +210,7 @@ def plan_command(
     spec: Path = typer.Argument(..., help="The spec to plan.", show_default=False),
     json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
+    max_memory: Optional[str] = _MAX_MEMORY_OPTION,
 ) -> None:
     """Dry run: what `actc run` would do, what is cached, and what it will cost.
 
@@ -181,7 +220,8 @@ def plan_command(
     """
     from actlang.compile.render import render_plan
 
-    plan = _planned(spec, json_output, dry_run=True, cache_dir=cache_dir)
+    plan = _planned(spec, json_output, dry_run=True, cache_dir=cache_dir,
+                    max_memory=_max_memory(max_memory))
     typer.echo(plan.dumps() if json_output else render_plan(plan))
 
 
@@ -278,6 +318,7 @@ def run_command(
                                "up-to-date ones; cached statistics are still used)."),
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
+    max_memory: Optional[str] = _MAX_MEMORY_OPTION,
 ) -> None:
     """Run a spec: capture statistics, select channels, transfer, fine-tune, evaluate, save.
 
@@ -309,7 +350,8 @@ def run_command(
         with console.status("planning (the first use of the zoo builds it, of a GGUF file "
                             "converts it: seconds to minutes)"):
             builders = Builders(zoo_builder=build_zoo, gguf_converter=convert_gguf)
-            plan = make_plan(program, cache, dry_run=False, rebuild=force, builders=builders)
+            plan = make_plan(program, cache, dry_run=False, rebuild=force, builders=builders,
+                             max_memory=_max_memory(max_memory))
         if not json_output:
             _print_plan_warnings(plan, sources)
         with BarsProgress(console) as progress:
@@ -322,6 +364,9 @@ def run_command(
     except RuntimeUserError as error:
         _print_diagnostics([Diagnostic("E502", error.message, None, hint=error.hint)], sources,
                            json_output)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except OSError as error:  # the disk or the directories refuse a write: not a bug
+        _print_diagnostics([_environment_error(error)], sources, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None
     lock = plan.lock(stdlib_digest())
     write_atomically(spec.with_name(spec.name + ".lock"),
@@ -441,7 +486,11 @@ def main() -> None:
     """Console entry point."""
     try:
         app()
-    except KeyboardInterrupt:
+    except SystemExit as exit_:
+        if exit_.code == 130:  # typer turns KeyboardInterrupt into a silent exit 130
+            typer.echo("interrupted", err=True)
+        raise
+    except KeyboardInterrupt:  # one that typer did not see
         typer.echo("interrupted", err=True)
         sys.exit(130)
 

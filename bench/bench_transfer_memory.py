@@ -72,14 +72,15 @@ print(json.dumps({"base": base, "peak": peak, "extra": peak - base, "seconds": s
 """
 
 
-def make_models(root: Path, seed_trg: int = 0, seed_src: int = 1) -> tuple[Path, Path, int, object]:
+def make_models(root: Path, seed_trg: int = 0, seed_src: int = 1,
+                layers: int = 24) -> tuple[Path, Path, int, object]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from actlang.run.checkpoint import natural_key
     from actlang.run.output import OutTensor, write_safetensors
 
-    cfg = LlamaConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=4,
+    cfg = LlamaConfig(hidden_size=1024, num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=4,
                       intermediate_size=2816, vocab_size=32000, tie_word_embeddings=False)
     with torch.device("meta"):
         meta = LlamaForCausalLM(cfg)

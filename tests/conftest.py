@@ -10,13 +10,15 @@ profile (SmolLM2-135M scenarios, about two minutes; skipped without the llm-smol
 ``write_spec`` writes a spec over a model pair: ``PRELUDE`` declares the pair's ``base`` and
 ``tuned`` models and its corpora. The pair is the ``pair`` fixture of the test's own folder —
 ``tests/compile`` writes weights with numpy (planning never runs them: no torch), ``tests/run``
-saves real torch models. ``actc`` runs the installed command line with a private cache.
+saves real torch models. ``actc`` runs the installed command line with a private cache
+(``actc_in`` anywhere, ``run_actc`` with other options); ``hashes`` fingerprints inputs.
 
 Nothing here imports torch: ``tests/lang`` and ``tests/compile`` run without it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -76,21 +78,59 @@ def write_spec(pair: Path, tmp_path: Path):
     return write
 
 
-@pytest.fixture
-def actc(tmp_path: Path):
-    """actc(*args) -> the CompletedProcess of the installed `actc`, run in ``tmp_path`` with
-    the cache ``tmp_path / "cache"`` (``actc.env``, ``actc.executable``: for running it
+def actc_in(where: Path):
+    """actc(*args) -> the CompletedProcess of the installed `actc`, run in ``where`` with
+    the cache ``where / "cache"`` (``actc.env``, ``actc.executable``: for running it
     another way)."""
     executable = shutil.which("actc", path=str(Path(sys.executable).parent))
     assert executable, "actc is not installed next to this Python"
-    env = {**os.environ, "ACTLANG_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "ACTLANG_CACHE_DIR": str(where / "cache")}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([executable, *args], cwd=tmp_path, env=env, text=True,
+        return subprocess.run([executable, *args], cwd=where, env=env, text=True,
                               capture_output=True, timeout=600)
     run.env = env
     run.executable = executable
     return run
+
+
+@pytest.fixture
+def actc(tmp_path: Path):
+    """The installed `actc` in ``tmp_path``, with the cache ``tmp_path / "cache"``
+    (:func:`actc_in`)."""
+    return actc_in(tmp_path)
+
+
+def run_actc(actc, *args: str, env: dict | None = None, timeout: float = 600,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``actc *args`` with stdin closed (nothing may wait for an answer)."""
+    return subprocess.run([actc.executable, *args], cwd=cwd, env=env or actc.env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
+                          check=False)
+
+
+def assert_located_error(result: subprocess.CompletedProcess, code: str, line: int) -> None:
+    """``result`` failed with the error ``code`` located at ``line`` of ``spec.act``."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"error[{code}]" in result.stderr, result.stderr[-3000:]
+    assert f"spec.act:{line}:" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+def surgery_line(spec: Path) -> int:
+    """The line of the first ``surgery`` of ``spec``."""
+    return next(i for i, line in enumerate(spec.read_text().splitlines(), 1)
+                if line.startswith("surgery"))
+
+
+def hashes(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under ``roots`` (or of each root that is a file)."""
+    found = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            found[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,11 @@ them into tensors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import random
+import stat
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,18 +173,37 @@ class TokenizedCorpus:
 
 def _read_lines(path: str | Path) -> list[str]:
     p = Path(path)
-    if not p.is_file():
-        raise RuntimeUserError(f"corpus file not found: {p}")
+    try:
+        kind = p.stat().st_mode
+    except OSError as err:  # missing, a dangling link, a symbolic link loop, no permission
+        what = "not found" if err.errno == errno.ENOENT else err.strerror
+        raise RuntimeUserError(f"corpus file {p}: {what}") from None
+    if not stat.S_ISREG(kind):  # a FIFO would block the read, a device never end
+        what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
+        raise RuntimeUserError(f"corpus file {p} is {what}",
+                               hint="a corpus is a text or JSON-lines file")
     try:
         return p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise RuntimeUserError(f"corpus file {p} is not UTF-8 text: {err}") from None
+    except OSError as err:
+        raise RuntimeUserError(f"cannot read corpus file {p}: {err.strerror}") from None
+
+
+def _nonempty(items: list[T], path: str | Path, what: str) -> list[T]:
+    """``items`` (a file's documents or records) unless there are none: statistics,
+    fine-tunes and evaluations over no document measure nothing."""
+    if not items:
+        raise RuntimeUserError(f"corpus file {path} holds no {what}: it is empty or blank",
+                               hint="point the corpus at a file with data")
+    return items
 
 
 def text_file(path: str | Path, *, limit: int | None = None, seed: int | None = None) -> Corpus:
     """One document per non-empty line of a UTF-8 text file; every token is scored."""
     docs = [Document(line) for line in _read_lines(path) if line.strip()]
-    return Corpus(tuple(_take(docs, limit, seed)), name=Path(path).name)
+    return Corpus(tuple(_take(_nonempty(docs, path, "document"), limit, seed)),
+                  name=Path(path).name)
 
 
 def inline(lines: Sequence[str], *, limit: int | None = None, seed: int | None = None,
@@ -257,7 +278,7 @@ def _records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         if not isinstance(rec, dict):
             raise RuntimeUserError(f"{path}:{n}: expected a JSON object per line")
         out.append((n, rec))
-    return out
+    return _nonempty(out, path, "record")
 
 
 def jsonl_records(path: str | Path, *, limit: int | None = None,

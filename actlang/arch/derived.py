@@ -187,14 +187,28 @@ def _derive_cached(config_json: str, directory: str | None, trust_remote_code: b
         raise RuntimeUserError(
             "deriving the channel space of an architecture without a curated adapter needs "
             "torch and transformers", hint="pip install torch transformers") from None
-    config = _hf_config(json.loads(config_json), directory, trust_remote_code, transformers)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(
-            config, trust_remote_code=trust_remote_code)
+    raw = json.loads(config_json)
+    try:
+        config = _hf_config(raw, directory, trust_remote_code, transformers)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(
+                config, trust_remote_code=trust_remote_code)
+    except RuntimeUserError:
+        raise
+    # A config.json that transformers refuses (a field of the wrong type, an unknown
+    # activation, an encoder-decoder, a token id outside the vocabulary) fails in whatever
+    # way its config or model class checks it: each is a problem with the user's file.
+    except Exception as error:  # noqa: BLE001
+        reason = " ".join(str(error).split())[:300]
+        raise RuntimeUserError(
+            f"transformers cannot build a {raw.get('model_type')!r} causal LM from this "
+            f"config.json: {type(error).__name__}: {reason}",
+            hint="is config.json complete and unedited? the one save_pretrained() writes "
+                 "builds") from None
     model.eval()
     text = config.get_text_config()
     dims = _dims(text)
-    decoder_path, layers_path, layer_list = _layer_list(model, dims.get("layers"))
+    decoder_path, layers_path, layer_list = decoder_layers(model, dims.get("layers"))
     input_embedding = _module_path(model, model.get_input_embeddings())
     output_embedding = _module_path(model, model.get_output_embeddings())
     sites, copied = _sites(model, decoder_path, layers_path, len(layer_list), output_embedding)
@@ -252,7 +266,7 @@ def _dims(text_config: Any) -> dict[str, int]:
     return dims
 
 
-def _layer_list(model: Any, n_layers: int | None) -> tuple[str, str, Any]:
+def decoder_layers(model: Any, n_layers: int | None) -> tuple[str, str, Any]:
     """``(decoder path, layer-list path, layer list)``: the ``ModuleList`` of layers inside
     ``get_decoder()``, of the config's length (the longest list when the config does not
     say)."""

@@ -464,10 +464,14 @@ def _vocab_size(header: GGUFHeader) -> int:
     meta = header.metadata
     if "llama.vocab_size" in meta:
         return meta["llama.vocab_size"]
-    if "tokenizer.ggml.tokens" in meta:
-        return len(meta["tokenizer.ggml.tokens"])
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, (list, SkippedArray)):
+        return len(tokens)
+    if tokens is not None:
+        raise RuntimeUserError(f"{header.path}: tokenizer.ggml.tokens is not an array of tokens",
+                               hint=_TRUNCATED_HINT)
     embedding = header.tensors.get("token_embd.weight")
-    if embedding is None:
+    if embedding is None or not embedding.shape:  # a scalar has no rows to count
         raise RuntimeUserError(f"{header.path} says nothing of its vocabulary size",
                                hint="the file is incomplete; convert the model again with llama.cpp")
     return embedding.shape[0]

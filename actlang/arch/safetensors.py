@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from actlang.arch.adapters import read_config
 from actlang.arch.errors import RuntimeUserError
-from actlang.arch.files import pickle_files
+from actlang.arch.files import pickle_files, safetensors_files
 
 __all__ = [
     "DTYPE_BYTES",
@@ -69,10 +70,14 @@ class TensorInfo:
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     """Parse a safetensors header: ``(header dict, offset of the data section)``.
 
-    Raises :class:`RuntimeUserError` for a missing, truncated or malformed file.
+    Raises :class:`RuntimeUserError` for a missing, truncated or malformed file, or one that
+    is not a regular file (a FIFO would block the read forever).
     """
-    if not path.is_file():
+    if not path.exists():
         raise RuntimeUserError(f"checkpoint file is missing: {path}")
+    if not path.is_file():
+        raise RuntimeUserError(f"{path} is not a regular file",
+                               hint="weights are the .safetensors files save_pretrained() writes")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -87,10 +92,18 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    # ValueError: not UTF-8, not JSON, or an integer past Python's digit limit;
+    # RecursionError: arrays nested thousands deep
+    except (ValueError, RecursionError):
         raise RuntimeUserError(f"{path} has a corrupt safetensors header") from None
     if not isinstance(header, dict):
         raise RuntimeUserError(f"{path} has a corrupt safetensors header (not a JSON object)")
+    metadata = header.get("__metadata__")  # optional: absent or null
+    if metadata is not None and not (isinstance(metadata, dict) and
+                                     all(isinstance(v, str) for v in metadata.values())):
+        raise RuntimeUserError(
+            f"{path} has a corrupt safetensors header (__metadata__ is not a map of strings)",
+            hint="the file is corrupt; download or save it again")
     data_start = 8 + n
     end = 0
     for name, meta in header.items():
@@ -119,11 +132,17 @@ def _valid_entry(meta: Any) -> bool:
     naturals = [*shape, *offsets]
     if len(offsets) != 2 or not all(type(x) is int and x >= 0 for x in naturals):
         return False
-    numel = 1
+    span, size = offsets[1] - offsets[0], DTYPE_BYTES.get(dtype)
+    if span < 0:
+        return False
+    if size is None:  # an unknown dtype is refused, by name, where the tensor is read
+        return True
+    numel = 0 if 0 in shape else 1
     for d in shape:
         numel *= d
-    size = DTYPE_BYTES.get(dtype)
-    return offsets[0] <= offsets[1] and (size is None or offsets[1] - offsets[0] == numel * size)
+        if numel * size > span:  # stop early: a long shape of huge dimensions costs no time
+            return False
+    return numel * size == span
 
 
 @dataclass
@@ -195,22 +214,8 @@ class Headers:
             raise RuntimeUserError(f"tensor {name} is not in the checkpoint {self.path}") from None
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    """``config.json`` of a model directory, as a dict."""
-    cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
-        raise RuntimeUserError(
-            f"no config.json in {directory}",
-            hint="a model directory is what save_pretrained() writes: config.json plus *.safetensors",
-        )
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RuntimeUserError(f"{cfg_path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise RuntimeUserError(f"{cfg_path} is not a JSON object",
-                               hint="config.json maps setting names to values")
-    return config
+#: The file names ``save_pretrained`` gives the shards of a checkpoint.
+_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -219,13 +224,17 @@ def _weight_files(path: Path) -> list[Path]:
     single = path / "model.safetensors"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = set(weight_map.values())
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        # ValueError: not UTF-8 or not JSON; the others: JSON of another shape
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
             raise RuntimeUserError(f"{index} is not a valid safetensors index") from None
+        if not all(isinstance(s, str) and s == Path(s).name and s not in ("", "..")
+                   for s in shards):
+            raise RuntimeUserError(f"{index} is not a valid safetensors index: its shards "
+                                   "must be file names in the model directory")
         files = [path / f for f in sorted(shards, key=natural_key)]
         for f in files:
-            if not f.is_file():
+            if not f.exists():  # one that is not a regular file is refused where it is read
                 raise RuntimeUserError(
                     f"shard {f.name} listed in {index.name} is missing from {path}",
                     hint="the download is incomplete",
@@ -233,7 +242,14 @@ def _weight_files(path: Path) -> list[Path]:
         return files
     if single.is_file():
         return [single]
-    return sorted(path.glob("*.safetensors"), key=natural_key)
+    files = sorted(safetensors_files(path), key=lambda f: natural_key(f.name))
+    shards = [f.name for f in files if _SHARD.fullmatch(f.name)]
+    if shards:  # transformers loads shards through their index: without it, no checkpoint
+        raise RuntimeUserError(
+            f"{path} holds shards ({', '.join(shards[:2])}{', ...' if len(shards) > 2 else ''}) "
+            f"but no {index.name}",
+            hint="the download is incomplete: fetch the index with the shards")
+    return files
 
 
 def check_compatible(target: Headers, donors: Sequence[Headers]) -> None:

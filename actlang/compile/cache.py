@@ -81,8 +81,12 @@ def temporary_name(name: str) -> str:
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary)`` then rename it to ``path``; nothing is left on failure."""
+    """Call ``write(temporary)`` then rename it to ``path``; nothing is left on failure.
+
+    The temporaries that killed writers left for ``path`` are removed first, so a file
+    written here (a spec's lock file, the digest memo) never gathers them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, prefix=f".{path.name}.tmp-")  # see temporary_name
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_name(path.name))
     os.close(fd)
     try:

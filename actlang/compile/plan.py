@@ -63,6 +63,7 @@ from actlang.compile.resolve import (
     model_identity,
     zoo_refs,
 )
+from actlang.compile.strategy import CaptureStrategy, choose, host_memory
 from actlang.lang import program as P
 from actlang.lang.ast import Span
 from actlang.lang.diagnostics import output_span
@@ -150,6 +151,8 @@ class Plan:
     estimates: Estimates = field(default_factory=Estimates)
     notes: list[str] = field(default_factory=list)
     warnings: list[PlanWarning] = field(default_factory=list)
+    strategies: dict[O.Capture, CaptureStrategy] = field(default_factory=dict)
+    max_memory: int | None = None  # the memory limit the strategies were chosen for
 
     def to_json(self) -> dict[str, Any]:
         ids = {op: O.op_id(op) for op in self.order}
@@ -168,6 +171,10 @@ class Plan:
                           "exact": self.estimates.exact},
             "notes": self.notes,
             "warnings": [w.message for w in self.warnings],
+            "max_memory_bytes": self.max_memory,
+            "captures": [{"id": ids[op], "strategy": "streamed" if s.streamed else "in memory",
+                          "reason": s.reason, "peak_memory_bytes": s.peak_bytes}
+                         for op, s in self.strategies.items() if op in ids],
         }
 
     def dumps(self) -> str:
@@ -196,7 +203,8 @@ class Plan:
 
 
 def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
-              rebuild: bool = False, builders: Builders | None = None) -> Plan:
+              rebuild: bool = False, builders: Builders | None = None,
+              max_memory: int | None = None) -> Plan:
     """Plan a checked program.
 
     Args:
@@ -211,6 +219,8 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
             that are not in the cache yet (the CLI passes
             :func:`actlang.zoo.build.build_zoo` and :func:`actlang.run.gguf.convert_gguf`).
             Without one, an unbuilt zoo or an unconverted file is an error in run mode.
+        max_memory: the memory a capture's models may take together before it is streamed
+            a layer at a time (:mod:`actlang.compile.strategy`); default: this machine's.
 
     Raises:
         PlanError: a problem with the models, data or selection, located in the spec.
@@ -226,15 +236,25 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
     models = {m.name: _model_info(m, cache, dry_run, builders) for m in _models(graph)}
     _add_raw_entries(graph, models, cache)
     selectable, rule_warnings = _validate_rules(graph, models)
-    corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run)
+    corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run, program)
     keys = _cache_keys(graph, models, corpus_digests)
+    limit = max_memory if max_memory is not None else host_memory()
+    strategies = {op: choose(op, models, corpus_tokens.get((op.corpus, op.tokenizer)), limit)
+                  for op in graph.nodes if isinstance(op, O.Capture)}
+    graph = _stream(graph, strategies)
     graph, cached = drop_cached(graph, lambda op: op in keys and not (
         rebuild and isinstance(op, O.Save)) and _in_cache(cache, op, keys[op]))
     graph = eliminate_dead_ops(graph)
     order = schedule(graph)
     plan = Plan(program, graph, order, cached & set(graph.nodes), models, keys, corpus_tokens,
-                corpus_digests, selectable, warnings=rule_warnings)
+                corpus_digests, selectable, warnings=rule_warnings,
+                strategies={op: s for op, s in strategies.items() if op in graph},
+                max_memory=limit)
     plan.estimates = _estimate(plan)
+    for op, strategy in plan.strategies.items():
+        if strategy.streamed or strategy.reason.startswith("in memory although"):
+            how = "streamed a decoder layer at a time" if strategy.streamed else "in memory"
+            plan.notes.append(f"{op.label}: {how}: {strategy.reason}")
     for name, info in models.items():
         if info.gguf is not None and not info.built:
             tokenizes = any(tokenizer.name == name for _, tokenizer in corpus_tokens)
@@ -600,9 +620,10 @@ def _check_pair(target: ModelInfo, donor: ModelInfo) -> None:
         check_compatible(Headers.open(target.directory), [Headers.open(donor.directory)])
 
 
-def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
-             dry_run: bool) -> tuple[dict[tuple, int | None], dict[tuple, str]]:
-    """Token counts and content digests of every (corpus, tokenizer) the graph reads."""
+def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache, dry_run: bool,
+             program: P.Program) -> tuple[dict[tuple, int | None], dict[tuple, str]]:
+    """Token counts and content digests of every (corpus, tokenizer) the graph reads; a
+    corpus that cannot be read is an error at the ability that reads it."""
     needed: set[tuple[P.Corpus, P.ModelSpec]] = set()
     for op in graph.nodes:
         if isinstance(op, O.Statistic):
@@ -623,19 +644,35 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache,
         try:
             documents = runtime_corpus(corpus, cache)
         except RuntimeUserError as error:
-            raise PlanError(error, None) from None
+            raise PlanError(error, _corpus_span(program, corpus)) from None
         if documents is None:
             tokens[(corpus, tokenizer)] = None
             continue
         try:
-            tokenized = documents.tokenize(_tokenizer(directory, tokenizer.trust_remote_code),
-                                           max_length=corpus.options.max_tokens)
-        except (OSError, ValueError) as error:
-            raise PlanError(RuntimeUserError(f"cannot load the tokenizer of {directory}: "
-                                             f"{error}"), tokenizer.span) from None
+            loaded = _tokenizer(directory, tokenizer.trust_remote_code)
+        # A damaged tokenizer file fails in whatever way its loader trips over it.
+        except Exception as error:  # noqa: BLE001
+            reason = " ".join(str(error).split())[:300]
+            raise PlanError(RuntimeUserError(
+                f"cannot load the tokenizer of {directory}: {type(error).__name__}: {reason}",
+                hint="the tokenizer files save_pretrained() writes load; are they edited?"),
+                tokenizer.span) from None
+        try:
+            tokenized = documents.tokenize(loaded, max_length=corpus.options.max_tokens)
+        except RuntimeUserError as error:
+            raise PlanError(error, _corpus_span(program, corpus)) from None
         tokens[(corpus, tokenizer)] = tokenized.n_tokens
         digests[(corpus, tokenizer)] = tokenized.digest()
     return tokens, digests
+
+
+def _corpus_span(program: P.Program, corpus: P.Corpus) -> Span | None:
+    """Where the spec reads a corpus: the ability whose probe, control or eval it is."""
+    for ability in program.abilities:
+        if corpus in (ability.probe, ability.control) or \
+                any(spec.corpus == corpus for spec in ability.evals):
+            return ability.span
+    return None
 
 
 def _tokenizer(directory: Path, trust_remote_code: bool):
@@ -890,6 +927,16 @@ def _output_span(surgery: P.SurgerySpec, program: P.Program) -> Span | None:
     return output_span(span, line)
 
 
+def _stream(graph: nx.DiGraph, strategies: dict[O.Capture, CaptureStrategy]) -> nx.DiGraph:
+    """A streamed capture reads its models' files itself: it does not need them loaded."""
+    graph = graph.copy()
+    for op, strategy in strategies.items():
+        if strategy.streamed:
+            graph.remove_edges_from([(load, op) for load in list(graph.predecessors(op))
+                                     if isinstance(load, O.LoadModel)])
+    return graph
+
+
 # ---- estimates ----------------------------------------------------------------------------
 
 
@@ -906,6 +953,10 @@ def _estimate(plan: Plan) -> Estimates:
         elif isinstance(op, O.Capture):
             tokens = plan.corpus_tokens.get((op.corpus, op.tokenizer))
             est.exact &= tokens is not None
+            strategy = plan.strategies.get(op)
+            if strategy is not None and strategy.streamed and strategy.peak_bytes:
+                est.peak_memory_bytes = max(est.peak_memory_bytes,
+                                            sum(live.values()) + strategy.peak_bytes)
             for model in (m for models in op.passes() for m in models):  # each runs once
                 est.forward_passes += 1
                 est.tokens += tokens or 0

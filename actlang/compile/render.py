@@ -59,7 +59,9 @@ def _detail(plan: Plan, op: O.Op) -> str:
         tokens = plan.corpus_tokens.get((op.corpus, op.tokenizer))
         passes = op.pass_count()
         shown = f"{tokens:,} tokens" if tokens is not None else "tokens unknown"
-        return f"  [{passes} forward pass{'es' if passes != 1 else ''}, {shown}]"
+        streamed = plan.strategies.get(op)
+        how = ", a layer at a time" if streamed is not None and streamed.streamed else ""
+        return f"  [{passes} forward pass{'es' if passes != 1 else ''}, {shown}{how}]"
     if isinstance(op, O.Select) and op in plan.selectable:
         available = plan.selectable[op]
         budget = op.rule.budget

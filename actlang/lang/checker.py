@@ -488,13 +488,27 @@ class _Checker:
             if "package" in args:
                 location, extra = args["file"], {"package": args["package"]}
         if source in ("local", "gguf") and "package" not in extra:
-            location = str((Path(scope.file.key).parent / location).resolve())
+            location = self.file_path(location, scope, call.span)
+            if location is INVALID:
+                return INVALID
         return P.ModelSpec(name=self._qualname(decl.name, scope), source=source,
                            location=location, revision=args.get("revision"),
                            dtype=args["dtype"],
                            trust_remote_code=args.get("trust_remote_code", False),
                            allow_pickle=args.get("allow_pickle", False),
                            span=decl.span, **extra)
+
+    def file_path(self, written: str, scope: _Scope, span: ast.Span | None) -> Any:
+        """A path the spec writes, made absolute relative to the file that writes it (even
+        through a recipe); a NUL byte or a symbolic link loop is an error here, not later."""
+        try:
+            return str((Path(scope.file.key).parent / written).resolve())
+        except (OSError, RuntimeError, ValueError) as error:
+            reason = "holds a NUL byte" if isinstance(error, ValueError) else \
+                "leads into a symbolic link loop" if isinstance(error, RuntimeError) else \
+                f"cannot be resolved ({error.strerror})"
+            return self.error("E205", f"the path {written!r} {reason}", span,
+                              site=scope.recipe_site, hint="name an existing file or directory")
 
     def gguf_args(self, call: ast.Call, args: dict[str, Any], scope: _Scope) -> bool:
         """``gguf(path)`` or ``gguf(package = ..., file = ...)``: one of the two forms, a
@@ -696,7 +710,7 @@ class _Checker:
             return self.eval_expr(expr, scope)
         if type_ == "truth":
             if isinstance(expr, ast.Str):
-                return str((Path(scope.file.key).parent / expr.value).resolve())
+                return self.file_path(expr.value, scope, expr.span)
             if isinstance(expr, ast.Call) and expr.func.dotted == "zoo_truth":
                 args = self.call_args(expr, scope)
                 return INVALID if args is INVALID else \
@@ -804,16 +818,18 @@ class _Checker:
             return INVALID
         options = P.CorpusOptions(limit=args.get("limit"), seed=args["seed"],
                                   max_tokens=args["max_tokens"])
-        base = Path(scope.file.key).parent
         name = call.func.dotted
+        path = self.file_path(args["path"], scope, call.span) if "path" in args else None
+        if path is INVALID:
+            return INVALID
         if name == "text":
-            return P.TextCorpus(str((base / args["path"]).resolve()), options)
+            return P.TextCorpus(path, options)
         if name == "jsonl":
             if args.get("text") is None and args.get("prompt") is None:
                 return self.error("E304", "jsonl needs `text` (a template) or `prompt` and "
                                   "`answer`", call.span, site=scope.recipe_site,
                                   hint='e.g. jsonl("probe.jsonl", text = "{q} {a}", score = "a")')
-            return P.JsonlCorpus(str((base / args["path"]).resolve()), args.get("text"),
+            return P.JsonlCorpus(path, args.get("text"),
                                  args.get("score"), args.get("prompt"), args.get("answer"),
                                  options)
         if name == "lines":
@@ -997,7 +1013,9 @@ class _Checker:
                        hint='name a new directory for the result, e.g. "out/NAME"')
             return []
         # Outputs are relative to the file that names them, even through a recipe.
-        output = str((Path(scope.file.key).parent / item.output).resolve())
+        output = self.file_path(item.output, scope, item.span)
+        if output is INVALID:
+            return []
         if item.apply is not None:
             expanded = self.recipe_application(item, scope)
             if expanded is None:

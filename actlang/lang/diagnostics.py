@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 from actlang.lang.ast import Span
 
+
 @dataclass(frozen=True)
 class Code:
     """What a diagnostic code means and how a user gets past it (``actc explain CODE``;
@@ -217,8 +218,10 @@ class SourceCache:
         text = self._texts.get(file)
         if text is None:
             return None
-        lines = text.splitlines()
-        return lines[line - 1] if 1 <= line <= len(lines) else ""
+        # Lines as the parser counts them: "\n" alone ends one (splitlines() would also
+        # split at a form feed or a vertical tab, and quote the wrong line).
+        lines = text.split("\n")
+        return lines[line - 1].rstrip("\r") if 1 <= line <= len(lines) else ""
 
 
 _OUTPUT = re.compile(r'->\s*("(?:\\.|[^"\\\n])*")')

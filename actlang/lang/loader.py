@@ -167,7 +167,8 @@ class _Loader:
     def _load_import(self, use: ast.Use, importer: Path) -> str | None:
         if use.module is not None:
             target = stdlib_dir().joinpath(*use.module).with_suffix(".act")
-            if use.module[0] != "std" or not target.is_file():
+            # looked up by name: a name too long for a file is unknown, not an OSError
+            if use.module[0] != "std" or ".".join(use.module) not in stdlib_modules():
                 dotted = ".".join(use.module)
                 hint = did_you_mean(dotted, stdlib_modules())
                 if use.module[0] != "std":
@@ -211,18 +212,25 @@ class _Loader:
                 hint="file imports name .act files, relative to the importing file"))
             return None
         problem = None
+        try:
+            exists, regular = target.exists(), target.is_file()
+        except OSError as error:  # a name too long for the filesystem, say
+            self.diagnostics.append(Diagnostic(
+                "E103", f"cannot look up `{written}`: {error.strerror}", use.span,
+                hint="file imports name .act files, relative to the importing file"))
+            return None
         if not written.endswith(SPEC_SUFFIX) or target.suffix != SPEC_SUFFIX:
             problem = (f"`{written}` is not a spec: `use` imports only {SPEC_SUFFIX} files"
                        if not written.endswith(SPEC_SUFFIX) else
                        f"`{written}` leads to {display_name(target)}, which is not a "
                        f"{SPEC_SUFFIX} file")
-        elif not target.exists():
+        elif not exists:
             self.diagnostics.append(Diagnostic(
                 "E103", f"cannot find `{written}`", use.span,
                 label=f"looked for {display_name(target)}",
                 hint="file imports are relative to the importing file"))
             return None
-        elif not target.is_file():
+        elif not regular:
             problem = f"`{written}` is not a regular file"
         if problem is not None:
             self.diagnostics.append(Diagnostic(

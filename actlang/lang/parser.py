@@ -10,13 +10,12 @@ import json
 import re
 from functools import lru_cache
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
     UnexpectedInput,
     UnexpectedToken,
-    VisitError,
 )
 from lark.tree import Meta
 
@@ -85,16 +84,16 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     _COMMENTS.tokens = []
     try:
         tree = _lark().parse(text)
-        comments = tuple(ast.Comment(c.value.rstrip(), c.line, c.column, c.start_pos)
-                         for c in _COMMENTS.tokens)
-        builder = _Builder(file)
-        items = builder.transform(tree)
     except UnexpectedInput as error:
         raise DiagnosticError([_syntax_diagnostic(error, text, file)]) from None
-    except (RecursionError, VisitError) as error:
-        if isinstance(error, VisitError) and not isinstance(error.orig_exc, RecursionError):
-            raise
-        raise DiagnosticError([too_deep(file)]) from None
+    comments = tuple(ast.Comment(c.value.rstrip(), c.line, c.column, c.start_pos)
+                     for c in _COMMENTS.tokens)
+    deep = _first_too_deep(tree)
+    if deep is not None:  # located at its first character: the node may span many lines
+        raise DiagnosticError([too_deep(file, _point_span(file, text, deep.meta.line,
+                                                           deep.meta.column))])
+    builder = _Builder(file)
+    items = builder.transform(tree)
     if builder.errors:
         raise DiagnosticError(builder.errors)
     return ast.Module(items=tuple(items), comments=comments, file=file)
@@ -103,9 +102,32 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
 # ---- syntax errors ----------------------------------------------------------------------------
 
 
-def too_deep(file: str) -> Diagnostic:
-    """Expressions or blocks nested beyond what the parser (or checker) recurses through."""
-    return Diagnostic("E006", f"`{file}` nests expressions or blocks too deeply", None,
+#: How deep a syntax tree may nest (Lark's tree: about one level per expression operator,
+#: two per block). The specs shipped with actlang reach 10. The tree is built without
+#: recursion, but turning it into ``ast`` nodes, and checking those, recurses once or more
+#: per level: this bound keeps both far from Python's recursion limit, whatever the input.
+MAX_DEPTH = 100
+
+
+def _first_too_deep(tree: Tree) -> Tree | None:
+    """The first node (in source order) nested deeper than :data:`MAX_DEPTH`, found without
+    recursion; None when the tree is shallow enough."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return node
+        stack.extend((child, depth + 1) for child in reversed(node.children)
+                     if isinstance(child, Tree))
+    return None
+
+
+def too_deep(file: str, span: ast.Span | None = None) -> Diagnostic:
+    """Expressions or blocks nested beyond :data:`MAX_DEPTH`, located at the first node too
+    deep; the checker, whose guard against recursion catches long chains of lets, gives it
+    its own span."""
+    return Diagnostic("E006", f"`{file}` nests expressions or blocks too deeply", span,
+                      label=f"more than {MAX_DEPTH} levels deep here" if span else None,
                       hint="a spec needs a few levels; split the expression with `let`")
 
 
@@ -256,12 +278,19 @@ class _Builder(Transformer):
 
     def _string(self, token: Token) -> str:
         try:
-            return json.loads(token.value, strict=False)  # a raw tab is a tab
+            value = json.loads(token.value, strict=False)  # a raw tab is a tab
+            value.encode("utf-8")  # `\ud800` alone is half a character: no path or text holds it
+            return value
         except json.JSONDecodeError:
             self.errors.append(Diagnostic(
                 "E004", "invalid escape in string", self._token_span(token),
                 hint=r'escapes are \" \\ \/ \n \t \r \b \f and \uXXXX'))
-            return token.value[1:-1]
+        except UnicodeEncodeError:
+            self.errors.append(Diagnostic(
+                "E004", "a `\\u` escape in this string is half of a surrogate pair",
+                self._token_span(token),
+                hint=r"write the character itself, or both halves: \ud83d\ude00"))
+        return token.value[1:-1]
 
     # items
     @v_args(meta=True)

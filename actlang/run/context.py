@@ -8,6 +8,7 @@ context holds only what is not an op result — resources that are opened once p
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,19 +82,33 @@ class RunContext:
         """The model's weights, opened with the permission its spec gives (pickle or not)."""
         return Checkpoint.open(self.directory(model), allow_pickle=model.allow_pickle)
 
+    def dtype(self, spec: P.ModelSpec | None) -> torch.dtype:
+        """What a model computes in: its spec's dtype on an accelerator, float32 on the CPU
+        (where half precision is slow and statistics would lose bits for nothing)."""
+        if spec is not None and spec.dtype != "auto" and self.device.type != "cpu":
+            return getattr(torch, spec.dtype)
+        return torch.float32
+
     def load(self, directory: Path, spec: P.ModelSpec | None) -> torch.nn.Module:
         """A model in memory, on the run's device, in eval mode."""
         from transformers import AutoModelForCausalLM
 
-        dtype = torch.float32
-        if spec is not None and spec.dtype != "auto" and self.device.type != "cpu":
-            dtype = getattr(torch, spec.dtype)
+        dtype = self.dtype(spec)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, trust_remote_code=self.trusts_code(directory, spec),
                 use_safetensors=not (spec and spec.allow_pickle))
+        except pickle.UnpicklingError as error:  # weights_only refused an object
+            reason = str(error).strip().splitlines()[-1].strip() or "not plain tensors"
+            raise RuntimeUserError(
+                f"cannot load the pickle checkpoint in {directory}: it holds objects other "
+                f"than tensors, which actlang never unpickles ({reason})",
+                hint="such a file can run code when loaded; convert a trusted copy to "
+                     "safetensors (load it and save_pretrained() it)") from None
         except (OSError, ValueError) as error:
             raise RuntimeUserError(f"cannot load the model in {directory}: {error}") from None
+        if spec is not None:  # NaN/Inf weights would poison every activation and score
+            _require_finite_weights(model, spec.name, directory)
         return model.to(self.device).eval()
 
     def model_of(self, state: O.ModelState, directory: Path) -> torch.nn.Module:
@@ -126,8 +141,9 @@ class RunContext:
         try:
             return AutoTokenizer.from_pretrained(
                 directory, trust_remote_code=self.trusts_code(directory))
-        except (OSError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            # malformed tokenizer files surface as any of these inside transformers
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise RuntimeUserError(f"cannot load the tokenizer of {directory}: {reason}",
                                    hint="a model directory needs its tokenizer files "
                                    "(tokenizer.json, tokenizer_config.json) to run") from None
@@ -142,6 +158,19 @@ class RunContext:
             self._tokenized[key] = documents.tokenize(tokenizer,
                                                       max_length=corpus.options.max_tokens)
         return self._tokenized[key]
+
+
+def _require_finite_weights(model: torch.nn.Module, name: str, directory: Path) -> None:
+    """An input model with NaN or Inf weights gives NaN activations, scores and outputs:
+    refuse it where it is loaded, naming the first tensor that holds them."""
+    for tensor_name, tensor in model.named_parameters():  # buffers may hold -inf masks
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise RuntimeUserError(
+                f"the model {name} ({directory}) has {bad:,} NaN/Inf values in tensor "
+                f"{tensor_name}",
+                hint="the checkpoint is broken (a diverged fine-tune, or a bad conversion); "
+                     "use a finite checkpoint")
 
 
 def quiet_libraries() -> None:

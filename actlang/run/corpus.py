@@ -11,14 +11,14 @@ right-padded :class:`Batch` es for forward passes::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from actlang.arch.corpus import TokenizedCorpus
 from actlang.arch.errors import RuntimeUserError
 
-__all__ = ["Batch", "batches"]
+__all__ = ["Batch", "batches", "check_token_ids"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,22 @@ def batches(corpus: TokenizedCorpus, batch_size: int = 8) -> Iterator[Batch]:
             att[r, : len(i)] = 1
             score[r, : len(i)] = torch.tensor(f, dtype=torch.bool)
         yield Batch(ids, att, score)
+
+
+def check_token_ids(sequences: Iterable[Sequence[int]], model: torch.nn.Module, what: str,
+                    model_name: str | None = None) -> None:
+    """Refuse token ids ``model``'s input embedding has no row for (the tokenizer does not
+    belong to the model): fed to it, they would index past the embedding. ``what`` names
+    the token ids in the message (``"the corpus probe.jsonl"``)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    if rows is None:
+        return
+    top = max((max(ids) for ids in sequences if len(ids)), default=-1)
+    if top >= rows:
+        model_words = f"the model {model_name}" if model_name else "the model"
+        raise RuntimeUserError(
+            f"{what} holds token id {top}, but the embedding of {model_words} has {rows:,} "
+            f"rows (ids 0 to {rows - 1:,})",
+            hint="the tokenizer has a larger vocabulary than the model: use the tokenizer "
+                 "saved with the model")

@@ -29,6 +29,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from actlang.run.corpus import check_token_ids
+
 __all__ = ["exact_match", "exact_match_details", "perplexity", "greedy_generate"]
 
 
@@ -125,6 +127,7 @@ def exact_match_details(
     prompts = [str(r[prompt_field]) for r in records]
     answers = [str(r[answer_field]) for r in records]
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    check_token_ids(prompt_ids, model, "the prompts to evaluate")
     if max_new_tokens is None:
         n_new = []
         for p, a, pid in zip(prompts, answers, prompt_ids):
@@ -182,6 +185,7 @@ def perplexity(
     """Token-level perplexity of ``texts`` (``exp`` of the mean NLL over predicted tokens)."""
     encoded = [tokenizer(t)["input_ids"] for t in texts]
     encoded = [e for e in encoded if len(e) >= 2]
+    check_token_ids(encoded, model, "the texts to evaluate")
     if not encoded:
         raise ValueError("perplexity needs at least one text of two or more tokens")
     device = _device(model)

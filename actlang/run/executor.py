@@ -13,7 +13,10 @@ Inputs are sacred: the whole run is guarded (:func:`actlang.run.output.guarded_o
 no directory is written over, inside or around a model, corpus, spec or the cache, and
 ``--force`` replaces only outputs of earlier actc runs (they carry its marker). The
 temporaries of killed runs (work directories, unfinished outputs, cache entries) are
-removed when the next run starts.
+removed when the next run starts; every temporary file of a run, a library's included, lives
+in its work directory. Two runs never write one output at once: a run holds each output's
+lock (:func:`actlang.run.output.locked_output`), and one held by another run is a located
+error at the surgery that writes it.
 
 Progress goes to a :class:`~actlang.run.context.Progress` (rich bars on stderr in the CLI);
 the clock is injectable so tests can check timings without sleeping.
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 import uuid
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from actlang.arch.errors import RuntimeUserError
 from actlang.compile import ops as O
@@ -74,13 +79,35 @@ class Executor:
 
         protected = protected_paths(self.plan.program, self.cache)
         with guarded_outputs(protected):
-            self._check_outputs(protected)
-            self.cache.remove_stale()
-            for op in self.plan.order:  # unfinished writes of these outputs by killed runs
+            self._check_outputs(protected)  # before a lock file is made beside any output
+            with self._locked_outputs():
+                self._check_outputs(protected)  # another run may have written one meanwhile
+                self._remove_stale()
+                return self._run()
+
+    def _remove_stale(self) -> None:
+        """Remove what killed runs left in the cache and beside this run's outputs."""
+        self.cache.remove_stale()
+        for op in self.plan.order:
+            if isinstance(op, O.Save):
+                output = Path(op.surgery.output).absolute()
+                remove_stale(output.parent, prefix=f".{output.name}.")
+
+    @contextmanager
+    def _locked_outputs(self) -> Iterator[None]:
+        """Hold the lock of every output for the run: exclusive where it writes one, shared
+        where it only reads one that is up to date."""
+        from actlang.run.output import locked_output
+
+        with ExitStack() as locks:
+            for op in self.plan.order:
                 if isinstance(op, O.Save):
-                    output = Path(op.surgery.output).absolute()
-                    remove_stale(output.parent, prefix=f".{output.name}.")
-            return self._run()
+                    try:
+                        locks.enter_context(locked_output(
+                            op.surgery.output, exclusive=op not in self.plan.cached))
+                    except RuntimeUserError as error:  # located at the surgery that writes it
+                        raise PlanError(error, op.surgery.span) from None
+            yield
 
     def _run(self) -> RunResult:
         S.COUNTERS.reset()
@@ -89,6 +116,9 @@ class Executor:
                          force=self.force, progress=self.progress, loaded=self.loaded)
         results: dict[O.Op, Any] = {}
         last = last_uses(self.plan.graph, self.plan.order)  # models freed after that op
+        # Temporary files (the masks a transfer stages, a library's scratch files) go into the
+        # work directory, which the next run removes if this one is killed.
+        previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(ctx.work)
         try:
             for index, op in enumerate(self.plan.order):
                 self.progress.op_started(index, len(self.plan.order), op)
@@ -107,6 +137,7 @@ class Executor:
                         self.loaded.pop(load.model.name, None)
                         results.pop(load, None)
         finally:
+            tempfile.tempdir = previous_tempdir
             shutil.rmtree(ctx.work, ignore_errors=True)
         position = {s: i for i, s in enumerate(self.plan.program.surgeries)}
         surgeries = [r for r in results.values() if isinstance(r, SurgeryResult)]

@@ -34,9 +34,11 @@ from actlang.compile.resolve import built_zoo, zoo_corpus, zoo_ref
 from actlang.lang import program as P
 from actlang.run import stats as S
 from actlang.run.context import RunContext
+from actlang.run.corpus import check_token_ids
 from actlang.run.mask import ChannelMask
 from actlang.run.results import GateResult, SurgeryResult
 from actlang.run.scores import Scores
+from actlang.run.streamed import StreamedModel, collect_lockstep_stats_streamed
 
 Inputs = dict[O.Op, Any]
 
@@ -91,9 +93,18 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
     """One forward pass per model over the corpus; every statistic of the op from it."""
     data = ctx.data(op.corpus, op.tokenizer)
     _check_scored(data, op)
+    space = ctx.space(op.models[0])
+    strategy = ctx.plan.strategies.get(op)
+    # A streamed capture reads each model's files a layer at a time (the plan chose it:
+    # the models do not fit in memory together); the others were loaded whole.
+    streamed = {m.name: StreamedModel(ctx.directory(m), space.naming, dtype=ctx.dtype(m),
+                                      device=ctx.device)
+                for m in op.models} if strategy is not None and strategy.streamed else {}
     for model in op.models:
         _check_same_tokens(ctx, op, model, data)
-    space = ctx.space(op.models[0])
+        module = streamed[model.name].model if streamed else ctx.loaded[model.name]
+        check_token_ids((ids for ids, _ in data.sequences), module,
+                        f"the corpus {O.corpus_label(op.corpus)}", model.name)
     entries = _hooked(ctx, op)
     batches = data.n_batches()
     produced: dict[tuple[P.ModelSpec, P.ModelSpec | None], S.ChannelStats] = {}
@@ -108,9 +119,14 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
         labels = [f"{m.name} on {O.corpus_label(op.corpus)}" for m in models]
         if len(models) > 1:
             anchor, *partners = models
-            results = S.collect_lockstep_stats(
-                ctx.loaded[anchor.name], [ctx.loaded[p.name] for p in partners], space,
-                data, entries=entries, labels=labels, progress=advance, local=op.local)
+            if streamed:
+                results = collect_lockstep_stats_streamed(
+                    [streamed[m.name] for m in models], space, data, entries=entries,
+                    labels=labels, progress=advance, local=op.local)
+            else:
+                results = S.collect_lockstep_stats(
+                    ctx.loaded[anchor.name], [ctx.loaded[p.name] for p in partners], space,
+                    data, entries=entries, labels=labels, progress=advance, local=op.local)
             produced[(anchor, None)] = results[0].a
             for partner, result in zip(partners, results):
                 produced[(partner, None)] = result.b
@@ -306,7 +322,10 @@ def finetune(ctx: RunContext, op: O.Finetune, inputs: Inputs, cached: bool) -> O
     source: Stage = inputs[op.source]
     model = ctx.load(source.directory, op.source.target)
     spec = op.spec
-    report = train(model, ctx.tokenizer(source.directory), ctx.data(spec.data, op.source.target),
+    data = ctx.data(spec.data, op.source.target)
+    check_token_ids((ids for ids, _ in data.sequences), model,
+                    f"the fine-tune corpus {O.corpus_label(spec.data)}", op.source.target.name)
+    report = train(model, ctx.tokenizer(source.directory), data,
                    steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed,
                    scope=spec.scope, masks=[selected.mask for _, selected in source.selections],
                    weight_decay=spec.weight_decay,

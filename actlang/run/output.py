@@ -23,13 +23,17 @@ the filesystem root or the home directory — is refused, symlinks resolved, whe
 starts and again right before the rename. Every directory written here carries actc's
 marker (``.actc-output``, listing the files written); under a guard, ``overwrite`` replaces
 only a directory with a valid marker and no file the marker does not list.
+
+Concurrency: :func:`locked_output` holds an output's advisory lock (``flock`` on
+``.<name>.lock`` beside it) — exclusive while a run writes it, shared while one only reads an
+up-to-date one — so two runs never write one output at once; the second is refused at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -41,7 +45,8 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Seque
 import torch
 
 from actlang.arch.errors import RuntimeUserError
-from actlang.compile.cache import remove_stale, temporary_name
+from actlang.arch.sizes import parse_size
+from actlang.compile.cache import pid_alive, remove_stale, temporary_name
 from actlang.compile.plan import (
     OUTPUT_MARKER,
     output_conflict,
@@ -55,8 +60,8 @@ __all__ = [
     "OutTensor",
     "atomic_output_dir",
     "guarded_outputs",
+    "locked_output",
     "model_card",
-    "parse_size",
     "checkpoint_state",
     "save_state_dict",
     "write_model_dir",
@@ -86,19 +91,6 @@ class OutTensor:
         for d in self.shape:
             n *= d
         return n * torch.empty((), dtype=self.dtype).element_size()
-
-
-def parse_size(size: int | str) -> int:
-    """``5GB``, ``500MB``, ``2GiB``, ``1000`` → bytes (decimal units as Hugging Face uses them)."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)\s*", str(size).lower())
-    if not m:
-        raise RuntimeUserError(f"cannot read the size {size!r}", hint="e.g. 5GB, 500MB, 2GiB")
-    value, unit = float(m.group(1)), m.group(2).rstrip("b")
-    mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-            "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
-    return int(value * mult)
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -342,6 +334,83 @@ class atomic_output_dir:
         os.replace(self.tmp, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def locked_output(out_dir: str | Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold the advisory lock of the output ``out_dir`` for the block: ``exclusive`` to write
+    it, shared to read it. Another process holding it in a conflicting mode is a
+    RuntimeUserError at once (a run never waits: it would only find the output changed).
+
+    The lock is ``flock`` on ``.<name>.lock`` beside the output: the kernel releases it when
+    its holder dies, so a killed run never leaves a stale lock, and the last holder removes
+    the file. An exclusive holder writes its pid there, for the error message."""
+    out = Path(out_dir).absolute()
+    path = out.parent / f".{out.name}.lock"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a regular file where a directory should be, a read-only disk
+        raise RuntimeUserError(f"cannot create the lock file {path}: cannot make "
+                               f"{error.filename or out.parent}: {error.strerror}",
+                               hint="the output's directory must be writable") from None
+    fd = _acquire_lock(path, exclusive, out)
+    try:
+        yield
+    finally:
+        _release_lock(path, fd)
+
+
+def _acquire_lock(path: Path, exclusive: bool, out: Path) -> int:
+    while True:
+        try:  # never through a symbolic link: the pid written below would land elsewhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise RuntimeUserError(f"cannot create the lock file {path}: {error.strerror}",
+                                   hint="the output's directory must be writable") from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RuntimeUserError(
+                f"the output {out} is in use by another actc run{holder}",
+                hint="wait for that run to finish, or write elsewhere with --output") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # its last holder removed the file meanwhile: lock the new one
+    if exclusive:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _release_lock(path: Path, fd: int) -> None:
+    """Unlock; the last holder (the only one that can take the lock exclusively) removes the
+    file first, while it still holds it, so no process ever locks a removed file for good."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass  # other readers hold it: the last of them removes it
+    else:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
+
+
+def _lock_holder(fd: int) -> str:
+    """`` (pid N)`` when the lock file names a live writer, else nothing."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return f" (pid {text})" if text.isdigit() and pid_alive(int(text)) else ""
 
 
 def write_model_dir(

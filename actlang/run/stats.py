@@ -41,7 +41,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -503,8 +503,11 @@ class _Capture:
 
 
 def _device_of(model: nn.Module) -> torch.device:
+    """Where a model computes: its first real parameter's device (a model streamed a layer
+    at a time keeps the rest on the meta device)."""
     for p in model.parameters():
-        return p.device
+        if not p.is_meta:
+            return p.device
     return torch.device("cpu")
 
 
@@ -651,53 +654,77 @@ def collect_lockstep_stats(
     ``labels`` names the anchor, then each partner, in ``COUNTERS.passes_by_label``.
     """
     models = [anchor, *partners]
-    if not partners:
+    ents = _resolve_entries(space, entries)
+    devices = [_device_of(m) for m in models]
+    need = [_needs_logits(model, ents) for model in models]
+    with lockstep_captures(models, ents, space, data, unpaired=unpaired, labels=labels,
+                           meta=meta, fields=fields, unpaired_fields=unpaired_fields,
+                           local=local) as (captures, results):
+        for batch in _batches(data, batch_size):
+            for model, capture, device, logits in zip(models, captures, devices, need):
+                on_device = batch.to(device)
+                capture.set_batch(on_device.score_mask, device)
+                _run(model, on_device, logits)
+            check_drained(captures)
+            n = batch.n_scored
+            COUNTERS.tokens_scored += n
+            if progress:
+                progress(n)
+    return results
+
+
+@contextlib.contextmanager
+def lockstep_captures(
+    models: Sequence[nn.Module],
+    entries: Sequence[Entry],
+    space: ChannelSpace,
+    data: Any,
+    *,
+    unpaired: bool = True,
+    labels: Sequence[str] | None = None,
+    meta: Mapping[str, str] | None = None,
+    fields: Sequence[str] | None = None,
+    unpaired_fields: Sequence[str] | None = None,
+    local: bool = False,
+) -> Iterator[tuple[list["_Capture"], list[PairedResult]]]:
+    """The hooks of a lock-step pass over ``models`` (the anchor first), in eval and
+    inference mode: yields each model's capture and a list that holds the results, on the
+    CPU, once the block ends. The caller runs every model on each batch, the anchor first
+    (:func:`collect_lockstep_stats` whole models; :mod:`actlang.run.streamed` a layer at a
+    time)."""
+    if len(models) < 2:
         raise RuntimeUserError("paired statistics need at least one partner model")
     if len({id(m) for m in models}) != len(models):
         raise RuntimeUserError("paired statistics need two different model objects",
                                hint="load the second model separately")
-    ents = _resolve_entries(space, entries)
     devices = [_device_of(m) for m in models]
     m = _meta(space, data, meta)
     if local:
         fields = (*(fields if fields is not None else DEFAULT_PAIRED_FIELDS), LOCAL_FIELD)
-    pairs = [ChannelStats.zeros("paired", ents, meta=m, device=d, fields=fields)
+    pairs = [ChannelStats.zeros("paired", entries, meta=m, device=d, fields=fields)
              for d in devices[1:]]
-    singles = [ChannelStats.zeros("unpaired", ents, meta=m, device=d, fields=unpaired_fields)
+    singles = [ChannelStats.zeros("unpaired", entries, meta=m, device=d, fields=unpaired_fields)
                if unpaired else None for d in devices]
-    need = [_needs_logits(model, ents) for model in models]
     modes = [model.training for model in models]
     for model in models:
         model.eval()
     for label in (labels or [None] * len(models)):
         COUNTERS._pass(label)
     stash: dict[str, torch.Tensor] = {}
+    results: list[PairedResult] = []
     try:
         with contextlib.ExitStack() as stack:
-            captures = [stack.enter_context(_Capture(model, ents, single))
+            captures = [stack.enter_context(_Capture(model, entries, single))
                         for model, single in zip(models, singles)]
             stack.enter_context(torch.inference_mode())
             captures[0].mode, captures[0].stash = "stash", stash
             for index, (capture, paired) in enumerate(zip(captures[1:], pairs), 1):
                 capture.mode, capture.stash, capture.paired = "diff", stash, paired
-                capture.keep = index < len(partners)  # the last partner frees the stash
+                capture.keep = index < len(pairs)  # the last partner frees the stash
                 capture.anchor_modules = captures[0].anchor_modules
             for capture in captures:
                 capture.local = local
-            for batch in _batches(data, batch_size):
-                for model, capture, device, logits in zip(models, captures, devices, need):
-                    on_device = batch.to(device)
-                    capture.set_batch(on_device.score_mask, device)
-                    _run(model, on_device, logits)
-                if stash:
-                    raise RuntimeUserError(
-                        f"a partner never ran the modules {sorted(stash)[:3]} that the first "
-                        "model ran", hint="paired statistics need models of one architecture",
-                    )
-                n = batch.n_scored
-                COUNTERS.tokens_scored += n
-                if progress:
-                    progress(n)
+            yield captures, results
     finally:
         stash.clear()
         for model, mode in zip(models, modes):
@@ -709,5 +736,16 @@ def collect_lockstep_stats(
         return ChannelStats(s.kind, {k: {f: t.cpu() for f, t in d.items()} for k, d in s.data.items()}, s.meta)
 
     anchor_stats = cpu(singles[0])
-    return [PairedResult(cpu(p), anchor_stats, cpu(single))  # type: ignore[arg-type]
-            for p, single in zip(pairs, singles[1:])]
+    results.extend(PairedResult(cpu(p), anchor_stats, cpu(single))  # type: ignore[arg-type]
+                   for p, single in zip(pairs, singles[1:]))
+
+
+def check_drained(captures: Sequence["_Capture"]) -> None:
+    """After every model ran a batch (or a layer of it), no anchor activation is left
+    waiting for a partner: a partner that skipped modules is another architecture."""
+    stash = captures[0].stash
+    if stash:
+        raise RuntimeUserError(
+            f"a partner never ran the modules {sorted(stash)[:3]} that the first model ran",
+            hint="paired statistics need models of one architecture",
+        )

@@ -139,6 +139,13 @@ def merge_tensor(
         assert src is not None, name
         if tuple(src.shape) != tuple(trg.shape):
             raise RuntimeUserError(f"shapes differ at tensor {name}: target {list(trg.shape)}, donor {list(src.shape)}")
+        if trg.is_floating_point() != src.is_floating_point():  # raw codes, not weights
+            donor = labels[i] if labels else f"donor {i}"
+            raise RuntimeUserError(
+                f"tensor {name} holds {str(src.dtype).removeprefix('torch.')} values in "
+                f"{donor} and {str(trg.dtype).removeprefix('torch.')} in the target",
+                hint="a quantized or otherwise converted checkpoint cannot be mixed with "
+                     "real weights; use both models in floating point")
         if lams[i] == 1:
             return src.to(trg.dtype)
         t = trg.to(work)

@@ -46,11 +46,19 @@ def test_plan_on_a_config_only_70b_model(actc, tmp_path) -> None:
         'ability a { probe = lines(["x"]) }\n'
         'surgery s -> "out" { target = tuned transfer a from base { channels = attn + mlp '
         'budget = 1% } }\n')
-    result = actc("plan", "--json", "s.act")
+    result = actc("plan", "--json", "s.act", "--max-memory", "1TB")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["models"]["base"]["parameters"] == 70_553_706_496
     assert plan["estimates"]["peak_memory_bytes"] > 2 * 70e9  # two models in lock-step
+    assert [c["strategy"] for c in plan["captures"]] == ["in memory"]
+    # Under 64 GB the pair (282 GB in float32) is captured a layer at a time, loading
+    # neither model: embeddings, one layer and hidden states of each.
+    streamed = json.loads(actc("plan", "--json", "s.act", "--max-memory", "64GB").stdout)
+    (capture,) = streamed["captures"]
+    assert capture["strategy"] == "streamed" and "over the 64.0 GB limit" in capture["reason"]
+    assert not [op for op in streamed["ops"] if op["kind"] == "load"]
+    assert 4e9 < streamed["estimates"]["peak_memory_bytes"] < 64e9
 
 
 class _HeaderOnly:

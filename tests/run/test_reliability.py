@@ -7,7 +7,6 @@ that writes over an input damages nothing but that copy; each checks the inputs'
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import PRELUDE
+from ..conftest import PRELUDE, assert_located_error, hashes, run_actc, surgery_line
 
 RULE = "{ target = tuned  transfer sums from base { budget = 10% }  eval = [] }"
 
@@ -31,36 +30,6 @@ def spec_over(inputs: Path, body: str, where: Path) -> Path:
     spec = where / "spec.act"
     spec.write_text(PRELUDE.format(root=inputs) + body)
     return spec
-
-
-def hashes(*roots: Path) -> dict[str, str]:
-    """sha256 of every file under ``roots`` (or of each root that is a file)."""
-    found = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for file in files:
-            found[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
-    return found
-
-
-def run_actc(actc, *args: str, env: dict | None = None, timeout: float = 600,
-             cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``actc *args`` with stdin closed (nothing may wait for an answer)."""
-    return subprocess.run([actc.executable, *args], cwd=cwd, env=env or actc.env, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
-                          check=False)
-
-
-def assert_located_error(result: subprocess.CompletedProcess, code: str, line: int) -> None:
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert f"error[{code}]" in result.stderr, result.stderr[-3000:]
-    assert f"spec.act:{line}:" in result.stderr, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-
-
-def surgery_line(spec: Path) -> int:
-    return next(i for i, line in enumerate(spec.read_text().splitlines(), 1)
-                if line.startswith("surgery"))
 
 
 # ---- 1. inputs are sacred ---------------------------------------------------------------------

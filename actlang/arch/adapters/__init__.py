@@ -303,6 +303,13 @@ class Adapter:
                     f"config.json of this {self.family} model lacks what '{name}' needs ({expr})",
                     hint="check that config.json is complete and matches its model_type",
                 )
+            # Each size the config gives is bounded (arch.bounds); one computed from them can
+            # still be 0: a width smaller than the number of heads makes heads of width 0.
+            if value < 1:
+                raise RuntimeUserError(
+                    f"config.json of this {self.family} model makes '{name}' {value} ({expr})",
+                    hint="check that config.json is complete and matches its model_type",
+                )
             dims[name] = value
         return dims
 
@@ -363,8 +370,18 @@ def checkpoint_naming(model_or_config: Any) -> Naming:
         config = _config_dict(config)
     except TypeError:
         return Naming()
-    adapter = adapters().get(config.get("model_type"))
+    adapter = _curated_adapter(config)
     return adapter.naming if adapter else ChannelSpace.from_config(config).naming
+
+
+def _curated_adapter(config: Mapping[str, Any]) -> Adapter | None:
+    """The curated adapter of a config's ``model_type``; None when it has none (or no
+    ``model_type``): its space is derived."""
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise RuntimeUserError(f"config.json: `model_type` is {model_type!r}, not a string",
+                               hint='model_type names the architecture, e.g. "llama"')
+    return adapters().get(model_type)
 
 
 # --------------------------------------------------------------------------- channel space
@@ -393,7 +410,11 @@ def read_config(path: Path) -> dict[str, Any]:
                                hint="a model directory is what save_pretrained() writes")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise RuntimeUserError(f"cannot read {path}: {err.strerror or err}") from None
+    # ValueError: not UTF-8, not JSON, or an integer past Python's digit limit;
+    # RecursionError: arrays or objects nested thousands deep
+    except (ValueError, RecursionError) as err:
         raise RuntimeUserError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise RuntimeUserError(f"{path} does not hold a JSON object",
@@ -464,7 +485,7 @@ class ChannelSpace:
         """
         cfg = _config_dict(config)
         check_config_bounds(cfg, f"{directory}/config.json" if directory else "config.json")
-        adapter = adapters().get(cfg.get("model_type"))
+        adapter = _curated_adapter(cfg)
         if adapter is not None:
             space = cls._curated(adapter, cfg)
         else:

@@ -1,0 +1,22 @@
+"""Sizes written by users: ``5GB``, ``500MB``, ``2GiB``, ``1000`` (torch-free)."""
+
+from __future__ import annotations
+
+import re
+
+from actlang.arch.errors import RuntimeUserError
+
+__all__ = ["parse_size"]
+
+
+def parse_size(size: int | str) -> int:
+    """``5GB``, ``500MB``, ``2GiB``, ``1000`` → bytes (decimal units as Hugging Face uses them)."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)\s*", str(size).lower())
+    if not m:
+        raise RuntimeUserError(f"cannot read the size {size!r}", hint="e.g. 5GB, 500MB, 2GiB")
+    value, unit = float(m.group(1)), m.group(2).rstrip("b")
+    mult = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+            "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}[unit]
+    return int(value * mult)
