@@ -206,21 +206,21 @@ class SourceCache:
     """The text of every file the front end read, so diagnostics can quote their lines."""
 
     def __init__(self) -> None:
-        self._texts: dict[str, str] = {}
+        self._lines: dict[str, list[str]] = {}
 
     def add(self, file: str, text: str) -> None:
-        self._texts[file] = text
+        # Lines as the parser counts them: "\n" alone ends one (splitlines() would also
+        # split at a form feed or a vertical tab, and quote the wrong line). Split once:
+        # rendering thousands of diagnostics quotes thousands of lines.
+        self._lines[file] = text.split("\n")
 
     def update(self, other: "SourceCache") -> None:
-        self._texts.update(other._texts)
+        self._lines.update(other._lines)
 
     def line(self, file: str, line: int) -> str | None:
-        text = self._texts.get(file)
-        if text is None:
+        lines = self._lines.get(file)
+        if lines is None:
             return None
-        # Lines as the parser counts them: "\n" alone ends one (splitlines() would also
-        # split at a form feed or a vertical tab, and quote the wrong line).
-        lines = text.split("\n")
         return lines[line - 1].rstrip("\r") if 1 <= line <= len(lines) else ""
 
 
