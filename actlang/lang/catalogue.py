@@ -70,11 +70,14 @@ def _codes(node: pyast.expr) -> tuple[str, ...]:
     return ()
 
 
-def _hint(call: pyast.Call, position: int) -> str | None:
+def _hint(call: pyast.Call, position: int | None = None) -> str | None:
+    """The call's ``hint=``, or its argument at ``position`` (``RuntimeUserError(msg, hint)``)."""
     for keyword in call.keywords:
         if keyword.arg == "hint":
             return _template(keyword.value)
-    return _template(call.args[position]) if len(call.args) > position else None
+    if position is not None and len(call.args) > position:
+        return _template(call.args[position])
+    return None
 
 
 class _Finder(pyast.NodeVisitor):
@@ -96,7 +99,7 @@ class _Finder(pyast.NodeVisitor):
             node.func.attr if isinstance(node.func, pyast.Attribute) else None
         codes = _codes(node.args[0]) if node.args else ()
         if name in ("Diagnostic", "error", "warning") and codes and len(node.args) > 1:
-            self._add(codes, node.args[1], _hint(node, 99))
+            self._add(codes, node.args[1], _hint(node))
         elif name == "RuntimeUserError" and node.args:
             self._add(_INPUT_CODES, node.args[0], _hint(node, 1))
         elif name is not None and name.endswith("ChannelWarning") and node.args:
