@@ -449,11 +449,19 @@ def derive_entries(config: Mapping[str, Any], *, directory: str | Path | None = 
         memo: a directory keeping derived spaces as JSON, keyed by the config, the
             conventions and the transformers version: a space derived once is read back
             without importing torch or transformers (planning a 70B config stays fast).
+            A type with a shipped template (:mod:`actlang.arch.templates`) that fits the
+            config needs neither.
 
     Returns:
         ``(entries, dims, tied, checkpoint_names)`` for
         :class:`actlang.arch.adapters.ChannelSpace`.
     """
+    if not trust_remote_code:
+        from actlang.arch.templates import expand
+
+        expanded = expand(config)
+        if expanded is not None:
+            return _from_json(expanded)
     file = None if memo is None else \
         memo / f"{_memo_key(config, directory, trust_remote_code)}.json"
     if file is not None and file.is_file():
