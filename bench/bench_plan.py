@@ -6,7 +6,8 @@ attention and MLP channels, for three kinds of architecture:
 - ``llama``: a curated adapter;
 - ``olmo2``: no adapter; its space comes from the shipped template
   (:mod:`actlang.arch.templates`), so nothing imports torch;
-- ``olmo2`` with ``attention_bias = true``: a structure no template was built for, so the
+- ``olmo2`` with q/k/v biases and tied embeddings: a structure no template was built for
+  (templates vary one flag at a time), so the
   first plan derives it from the module tree (importing torch, transformers and the
   modelling code), and later plans read it back from the cache.
 
@@ -42,7 +43,7 @@ SHAPES = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
               num_attention_heads=64, num_key_value_heads=8, vocab_size=128256)
 #: name -> (model_type, fields beyond SHAPES)
 CASES = {"curated": ("llama", {}), "template": ("olmo2", {}),
-         "derived": ("olmo2", {"attention_bias": True})}
+         "derived": ("olmo2", {"attention_bias": True, "tie_word_embeddings": True})}
 
 
 def measure(root: Path, model_type: str, fields: dict) -> dict[str, float]:
@@ -96,10 +97,10 @@ def main() -> None:
                 ("actc plan, empty cache", "actc_plan_cold_seconds", ".2f"),
                 ("actc plan, again", "actc_plan_warm_seconds", ".2f")]
         heads = [("llama", "(curated)"), ("olmo2", "(template)"),
-                 ("olmo2 + bias", "(derived)")]
+                 ("olmo2, 2 flags", "(derived)")]
         table = "\n".join(
-            [f"{'':38}" + "".join(f"{h[i]:>14}" for h in heads) for i in (0, 1)] +
-            [f"{label:38}" + "".join(f"{format(case[key], spec):>12} s"
+            [f"{'':38}" + "".join(f"{h[i]:>16}" for h in heads) for i in (0, 1)] +
+            [f"{label:38}" + "".join(f"{format(case[key], spec):>14} s"
                                      for case in (curated, template, derived))
              for label, key, spec in rows])
         write_section("plan", f"""## `actc plan` latency on a 70B config (`bench/bench_plan.py`)
@@ -107,9 +108,10 @@ def main() -> None:
 Machine: {machine()}. Directories holding only a 70B `config.json`
 ({curated["parameters"]:,} parameters, Llama-3-70B shapes, no weights); 1 % of attention + MLP
 channels. `llama` has a curated adapter. `olmo2` has none: its space comes from the template
-shipped for it (`actlang/arch/templates/`). `olmo2` with `attention_bias = true` is a
-structure no template was built for: its space is derived from the module tree (on the meta
-device) the first time, then read back from the cache.
+shipped for it (`actlang/arch/templates/`). `olmo2` with q/k/v biases and tied embeddings
+(two flags from the defaults) is a structure no template was built for: its space is
+derived from the module tree (on the meta device) the first time, then read back from the
+cache.
 
 ```
 {table}

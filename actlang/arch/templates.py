@@ -31,6 +31,7 @@ Any other config is derived as before.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import random
@@ -75,7 +76,8 @@ _INERT = frozenset({
 #: a role whose default is neither this nor the type's constant default is ``required``).
 _COMPUTED_DEFAULTS = {"kv": lambda v: v.get("heads"),
                       "head_dim": lambda v: v["hidden"] // v["heads"]
-                      if v.get("hidden") and v.get("heads") else None}
+                      if v.get("hidden") and v.get("heads") else None,
+                      "inter": lambda v: 4 * v["hidden"] if v.get("hidden") else None}
 
 _SAMPLES = 16   # random configs a template is solved from; each is also a check
 _LAYER = "{L}"
@@ -91,22 +93,23 @@ def expand(config: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(model_type, str) or config.get("auto_map"):
         return None
     template = _template(model_type)
-    if template is None or template["key"] != _key():
+    if template is None or template.get("key") != _key():
         return None
-    values = _role_values(template, config)
-    if values is None:
-        return None
-    return _instantiate(template, values)
+    for variant in template["variants"]:
+        values = _role_values(variant, config)
+        if values is not None:
+            return _instantiate(variant, values)
+    return None
 
 
 @lru_cache(maxsize=None)
 def _template(model_type: str) -> dict[str, Any] | None:
+    """The template file of a type (gzip-compressed JSON: expert entries repeat)."""
     if not model_type.replace("_", "").replace("-", "").isalnum():
         return None  # not a file name of ours
-    file = TEMPLATES / f"{model_type}.json"
     try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError):
+        return json.loads(gzip.decompress((TEMPLATES / f"{model_type}.json.gz").read_bytes()))
+    except (OSError, ValueError, EOFError):
         return None
 
 
@@ -137,13 +140,17 @@ def _normal(value: Any) -> Any:
 
 def _role_values(template: Mapping[str, Any], config: Mapping[str, Any]
                  ) -> dict[str, int] | None:
-    """The config's sizes by role, or ``None`` when its structure is not the template's."""
+    """The config's sizes by role, or ``None`` when its structure is not the variant's.
+
+    A key the config class does not define is inert unless building the model read it (a
+    ``getattr`` with a default): the class keeps it as a plain attribute, and derivation
+    would build the same modules with or without it."""
     roles: dict[str, str] = template["roles"]
     by_key = {key: role for role, key in roles.items()}
     base, lists = template["base"], template["per_layer_lists"]
     values: dict[str, int] = {}
     for key, value in config.items():
-        if key == "model_type":
+        if key == "model_type" or key in template["inert"]:
             continue
         if key in by_key:
             if type(value) is not int or value <= 0:
@@ -155,7 +162,7 @@ def _role_values(template: Mapping[str, Any], config: Mapping[str, Any]
         elif key in base:
             if _normal(value) != base[key] and not _inert(key, value, base[key]):
                 return None
-        elif not _inert(key, value):
+        elif key in template["probed"] and not _inert(key, value):
             return None
     for role, key in roles.items():
         if role in values:
@@ -225,16 +232,39 @@ class NoTemplate(Exception):
 
 
 def build(model_type: str, *, seed: int = 0) -> dict[str, Any]:
-    """Derive random small configs of ``model_type`` and generalize them into a template.
+    """Derive random small configs of ``model_type`` and generalize them into a template:
+    the type's default structure, and one variant per boolean flag that changes modules
+    (``tie_word_embeddings``, ``attention_bias``, ...) flipped, each also with the sizes
+    the default leaves unset set.
 
     Raises:
-        NoTemplate: the type cannot be derived, its layers differ, or some size follows no
-            formula the samples agree on.
+        NoTemplate: the default structure cannot be generalized (not derivable, layers
+            that differ, a size that follows no formula the samples agree on).
     """
     from transformers import AutoConfig
 
     rng = random.Random(seed)
     base = _normal(AutoConfig.for_model(model_type).to_dict())
+    first = _variant(base, rng)
+    flips = [{}] + [{key: not base[key]} for key in sorted(first["base"])
+                    if type(base[key]) is bool]
+    # A size the default leaves unset (Falcon's num_kv_heads, Mixtral's head_dim) is a
+    # size in configs that set it: each structure also gets a variant with them set.
+    unset = {keys[0]: 1 for keys in ROLES.values() if keys[0] in base and base[keys[0]] is None}
+    variants = [first]
+    for flip in flips:
+        for sizes in ([{}, unset] if unset else [{}]):
+            if not flip and not sizes:
+                continue
+            try:
+                variants.append(_variant({**base, **flip, **sizes}, rng))
+            except NoTemplate:
+                pass  # configs of that structure are derived
+    return {"model_type": model_type, "key": _key(), "variants": variants}
+
+
+def _variant(base: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The template of the configs whose structure is ``base``'s."""
     found = {role: next((k for k in keys if type(base.get(k)) is int), None)
              for role, keys in ROLES.items()}
     roles = {role: key for role, key in found.items() if key is not None}
@@ -252,15 +282,14 @@ def build(model_type: str, *, seed: int = 0) -> dict[str, Any]:
                   if k not in roles.values() and k not in lists and not _inert(k, v)
                   and k != "model_type"}
     template: dict[str, Any] = {
-        "model_type": model_type, "key": _key(), "roles": roles, "per_layer_lists": lists,
-        "base": structural, "defaults": {role: base[key] for role, key in roles.items()},
-        "required": [], "computed": []}
+        "roles": roles, "per_layer_lists": lists, "base": structural,
+        "defaults": {role: base[key] for role, key in roles.items()},
+        "required": [], "computed": [], "inert": [], "probed": []}
 
-    samples = []
+    samples, read = [], set()
     for _ in range(_SAMPLES * 3):
         values = _sample(rng, roles)
-        config = _sample_config(base, template, values, rng=rng)
-        derived = _derive(config)
+        derived = _derive(_sample_config(base, template, values, rng=rng), read)
         if derived is not None:
             samples.append((values, derived))
         if len(samples) == _SAMPLES:
@@ -271,7 +300,9 @@ def build(model_type: str, *, seed: int = 0) -> dict[str, Any]:
     for values, derived in samples:
         if _instantiate(template, values) != derived:
             raise NoTemplate("the template does not reproduce its own samples")
+    template["probed"] = sorted(n for n in read - base.keys() if not n.startswith("_"))
     _learn_defaults(template, base, rng)
+    _learn_inert(template, base, rng)
     return template
 
 
@@ -307,14 +338,28 @@ def _sample_config(base: Mapping[str, Any], template: Mapping[str, Any],
     return config
 
 
-def _derive(config: Mapping[str, Any]) -> dict[str, Any] | None:
-    from actlang.arch.derived import _derive_entries, _to_json
-    from actlang.arch.errors import RuntimeUserError
+def _derive(config: Mapping[str, Any], read: set[str] | None = None) -> dict[str, Any] | None:
+    """What derivation gives for ``config`` (``None`` if it cannot build); ``read`` collects
+    the config attributes building the model looked up."""
+    from transformers import PreTrainedConfig
 
+    from actlang.arch.derived import _derive_cached, _derive_entries, _to_json
+
+    _derive_cached.cache_clear()  # every attribute read happens again
+    original = PreTrainedConfig.__getattribute__
+
+    def recording(self: Any, name: str) -> Any:
+        if read is not None:
+            read.add(name)
+        return original(self, name)
+
+    PreTrainedConfig.__getattribute__ = recording  # type: ignore[method-assign]
     try:
         return _normal(_to_json(*_derive_entries(config, None, False)))
-    except (RuntimeUserError, Exception):  # noqa: BLE001 — a sample that does not build
+    except Exception:  # noqa: BLE001 — a sample that does not build
         return None
+    finally:
+        PreTrainedConfig.__getattribute__ = original  # type: ignore[method-assign]
 
 
 def _generalize_into(template: dict[str, Any], samples: list[tuple[dict, dict]]) -> None:
@@ -484,7 +529,8 @@ def _gauss(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction]:
 def _learn_defaults(template: dict[str, Any], base: Mapping[str, Any],
                     rng: random.Random) -> None:
     """For each size a config may leave out: which default transformers gives it — the
-    computed one (kv heads = heads; head_dim = hidden // heads), the type's constant, or
+    computed one (kv heads = heads; head_dim = hidden // heads; intermediate = 4 * hidden),
+    the type's constant, or
     neither (then the key is ``required``)."""
     for role, key in template["roles"].items():
         if role == "layers":
@@ -506,6 +552,33 @@ def _learn_defaults(template: dict[str, Any], base: Mapping[str, Any],
             template["required"].append(key)
 
 
+def _learn_inert(template: dict[str, Any], base: Mapping[str, Any],
+                 rng: random.Random) -> None:
+    """Flags and counts of the structure that shape no module (``max_window_layers``, a
+    flag read only in the forward pass): changed one at a time, derivation gives the same
+    space in samples of two and three layers. Such keys may then hold any value."""
+    for key, value in sorted(template["base"].items()):
+        if type(value) is bool:
+            changes = [not value]
+        elif type(value) is int:
+            changes = [value + 1, value * 2 + 3]
+        else:
+            continue
+        inert = True
+        for layers in (2, 3):
+            values = {**_sample(rng, template["roles"]), "layers": layers}
+            config = _sample_config(base, template, values, rng=rng)
+            expected = _instantiate(template, values)
+            if _derive(config) != expected:
+                inert = False
+            for change in changes:
+                if _derive({**config, key: change}) != expected:
+                    inert = False
+        if inert:
+            template["inert"].append(key)
+            del template["base"][key]
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
     import warnings
@@ -524,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                            if _curated_adapter({"model_type": t}) is None]
     TEMPLATES.mkdir(exist_ok=True)
     for model_type in types:
-        file = TEMPLATES / f"{model_type}.json"
+        file = TEMPLATES / f"{model_type}.json.gz"
         try:
             template = build(model_type)
         except NoTemplate as reason:
@@ -536,9 +609,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model_type:28} none: {type(error).__name__}: {str(error)[:120]}",
                   flush=True)
             continue
-        file.write_text(json.dumps(template, separators=(",", ":"), sort_keys=True) + "\n")
-        print(f"{model_type:28} {len(template['layer'])} per layer, "
-              f"{len(template['global'])} global", flush=True)
+        text = json.dumps(template, separators=(",", ":"), sort_keys=True)
+        file.write_bytes(gzip.compress(text.encode(), mtime=0))
+        first = template["variants"][0]
+        print(f"{model_type:28} {len(first['layer'])} per layer, {len(first['global'])} global;"
+              f" {len(template['variants'])} variants; inert: {', '.join(first['inert'])}",
+              flush=True)
     return 0
 
 

@@ -224,13 +224,13 @@ def test_experts_and_router_through_actc(tmp_path, actc):
 
 def test_a_derived_space_is_kept_and_read_back_without_torch(tmp_path):
     """Planning a derived architecture again reads its space back (no torch import); a
-    damaged memo is derived again and rewritten whole. (OLMo 2 with q/k/v biases: a
-    structure no shipped template was built for, so it is derived.)"""
+    damaged memo is derived again and rewritten whole. (OLMo 2 with q/k/v biases and tied
+    embeddings: a structure no shipped template was built for, so it is derived.)"""
     import json
     import subprocess
     import sys
 
-    config = _model("olmo2", 32, attention_bias=True).config.to_dict()
+    config = _model("olmo2", 32, attention_bias=True, tie_word_embeddings=True).config.to_dict()
     memo = tmp_path / "memo"
     first = ChannelSpace.from_config(config, memo=memo)
     (file,) = memo.glob("*.json")
