@@ -52,7 +52,7 @@ _HERE = Path(__file__).resolve().parent
 ROLES: dict[str, tuple[str, ...]] = {
     "hidden": ("hidden_size", "n_embd", "d_model"),
     "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
-    "heads": ("num_attention_heads", "n_head"),
+    "heads": ("num_attention_heads", "n_head", "n_heads", "num_heads"),
     "kv": ("num_key_value_heads", "num_kv_heads"),
     "head_dim": ("head_dim",),
     "inter": ("intermediate_size", "n_inner", "ffn_hidden_size"),
@@ -86,6 +86,10 @@ _LAYER = "{L}"
 # -- use --------------------------------------------------------------------------------
 
 
+class NotASize(ValueError):
+    """A formula that gives no size for these values: the template does not apply."""
+
+
 def expand(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The derived space of ``config`` from its type's template, in the JSON form of
     :func:`actlang.arch.derived.derive_entries`' memo; ``None`` when no template applies."""
@@ -97,8 +101,12 @@ def expand(config: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     for variant in template["variants"]:
         values = _role_values(variant, config)
-        if values is not None:
+        if values is None:
+            continue
+        try:
             return _instantiate(variant, values)
+        except NotASize:  # sizes the samples never had (hidden not a multiple of 16)
+            return None
     return None
 
 
@@ -217,7 +225,8 @@ def _fill(node: Any, q: Mapping[str, int], layer: int | None) -> Any:
     if isinstance(node, dict):
         if "=" in node:  # a formula: sum(coefficient * quantity) / denominator
             total = sum(Fraction(c) * q[name] for name, c in node["="])
-            assert total.denominator == 1, (node, total)
+            if total.denominator != 1 or total < 0:
+                raise NotASize(f"{node} gives {total}")
             return int(total)
         return {k: layer if v == _LAYER and k == "layer" else _fill(v, q, layer)
                 for k, v in node.items()}
@@ -544,12 +553,20 @@ def _learn_defaults(template: dict[str, Any], base: Mapping[str, Any],
         candidates.append(("constant", template["defaults"][role]))
         for how, value in candidates:
             if derived is not None and type(value) is int and \
-                    _instantiate(template, {**values, role: value}) == derived:
+                    _instantiate_or_none(template, {**values, role: value}) == derived:
                 if how == "computed":
                     template["computed"].append(role)
                 break
         else:
             template["required"].append(key)
+
+
+def _instantiate_or_none(template: Mapping[str, Any], values: Mapping[str, int]
+                         ) -> dict[str, Any] | None:
+    try:
+        return _instantiate(template, values)
+    except NotASize:
+        return None
 
 
 def _learn_inert(template: dict[str, Any], base: Mapping[str, Any],
@@ -568,8 +585,8 @@ def _learn_inert(template: dict[str, Any], base: Mapping[str, Any],
         for layers in (2, 3):
             values = {**_sample(rng, template["roles"]), "layers": layers}
             config = _sample_config(base, template, values, rng=rng)
-            expected = _instantiate(template, values)
-            if _derive(config) != expected:
+            expected = _instantiate_or_none(template, values)
+            if expected is None or _derive(config) != expected:
                 inert = False
             for change in changes:
                 if _derive({**config, key: change}) != expected:
