@@ -171,7 +171,7 @@ def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[P
     try:
         plan = make_plan(program, Cache(cache_dir), dry_run=dry_run, max_memory=max_memory)
     except PlanError as error:
-        diagnostic = Diagnostic("E501", error.error.message, error.span, hint=error.error.hint)
+        diagnostic = Diagnostic(error.code, error.error.message, error.span, hint=error.error.hint)
         _print_diagnostics([diagnostic], sources, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except OSError as error:  # the cache directory refuses a write
@@ -358,7 +358,7 @@ def run_command(
             result = Executor(plan, cache, spec_text=spec.read_text(), force=force,
                               progress=progress).run()
     except PlanError as error:
-        diagnostic = Diagnostic("E501", error.error.message, error.span, hint=error.error.hint)
+        diagnostic = Diagnostic(error.code, error.error.message, error.span, hint=error.error.hint)
         _print_diagnostics([diagnostic], sources, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except RuntimeUserError as error:

@@ -75,12 +75,14 @@ EVAL_CONFIG = "greedy-exact-match/v2"  # v2: records chosen as the corpus reader
 
 
 class PlanError(Exception):
-    """A problem found while planning, located at a span of the spec when one applies."""
+    """A problem with the inputs, located at a span of the spec when one applies: found
+    while planning (``E501``) or, with ``code="E502"``, while running an operation."""
 
-    def __init__(self, error: RuntimeUserError, span: Span | None):
+    def __init__(self, error: RuntimeUserError, span: Span | None, code: str = "E501"):
         super().__init__(error.message)
         self.error = error
         self.span = span
+        self.code = code
 
 
 @dataclass
@@ -664,6 +666,30 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache, dry_
         tokens[(corpus, tokenizer)] = tokenized.n_tokens
         digests[(corpus, tokenizer)] = tokenized.digest()
     return tokens, digests
+
+
+def op_span(op: O.Op, program: P.Program) -> Span | None:
+    """Where the spec asks for what an operation does, for errors the operation meets: the
+    model it loads, the ability whose corpus it reads, the rule it applies, the surgery it
+    saves."""
+    if isinstance(op, O.LoadModel):
+        return op.model.span
+    if isinstance(op, (O.Capture, O.Statistic)):
+        return _corpus_span(program, op.corpus) or \
+            (op.models[0] if isinstance(op, O.Capture) else op.model).span
+    if isinstance(op, (O.Score, O.Evaluate)):
+        return op.ability.span
+    if isinstance(op, O.Select):
+        return op.rule.span
+    if isinstance(op, O.Transfer):
+        return op.selections[0][0].rule.span if op.selections else op.target.span
+    if isinstance(op, O.MergeModels):
+        return op.merge.span
+    if isinstance(op, O.Finetune):
+        return op.spec.span
+    if isinstance(op, O.Save):
+        return op.surgery.span
+    return None
 
 
 def _corpus_span(program: P.Program, corpus: P.Corpus) -> Span | None:

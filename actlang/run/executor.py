@@ -40,6 +40,7 @@ from actlang.compile.passes import last_uses
 from actlang.compile.plan import (
     Plan,
     PlanError,
+    op_span,
     output_conflict,
     protected_paths,
     replace_problem,
@@ -125,7 +126,11 @@ class Executor:
                 start = self.clock()
                 cached = op in self.plan.cached
                 inputs = {p: results[p] for p in self.plan.graph.predecessors(op)}
-                outcome = HANDLERS[type(op)](ctx, op, inputs, cached)
+                try:
+                    outcome = HANDLERS[type(op)](ctx, op, inputs, cached)
+                except RuntimeUserError as error:  # located where the spec asks for the op
+                    raise PlanError(error, op_span(op, self.plan.program), code="E502") \
+                        from None
                 results[op] = outcome.value
                 record = OpRecord(O.op_id(op), op.kind, op.label,
                                   "cached" if cached else "done", self.clock() - start,

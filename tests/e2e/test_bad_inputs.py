@@ -14,7 +14,9 @@ asserts what every user error must guarantee:
 - a location ``FILE:LINE:COL`` at the line the case names (``at``, in ``spec.act`` unless
   ``in_file`` says otherwise): every spec error has one, and so has every planning error the
   planner can place (a corpus it cannot read, not yet: see "corpus: a file that does not
-  exist"); errors found while running (E502) have none;
+  exist"); so has every error an operation of the run meets (E502), at what the spec asks
+  the operation for (the model it loads, the ability whose corpus it reads, the rule it
+  applies); only the environment's errors (a cache or output the machine refuses) have none;
 - nothing outside the cache changed: every file, link and directory of the case's directory
   (the inputs, the spec, an output that existed) is as it was, and nothing appeared — no
   output, no temporary beside it, no lock file;
@@ -526,7 +528,7 @@ MODEL_CASES = [
          prepare=_donor_missing_a_tensor, at="surgery s"),
     Case("model: a donor tensor of integers", "run", "E502",
          "tensor model.layers.0.mlp.up_proj.weight holds int32 values",
-         prepare=_integer_donor_tensor),
+         prepare=_integer_donor_tensor, at="surgery s"),  # the transfer reads it
     Case("model: a donor of another width", "plan", "E501", "128 vs 64 channels",
          prepare=_wider_donor, at="surgery s"),
     Case("model: a donor of another architecture", "plan", "E501",
@@ -535,10 +537,10 @@ MODEL_CASES = [
     Case("model: no weights", "run", "E501", "has a config but no safetensors weights",
          prepare=_remove("base/model.safetensors"), at="model base"),
     Case("model: a malicious pickle under allow_pickle", "run", "E502",
-         "holds objects other than tensors", prepare=_malicious_pickle),
+         "holds objects other than tensors", prepare=_malicious_pickle, at="model base"),
     Case("model: a target with an infinite weight", "run", "E502",
          "NaN/Inf values in tensor model.layers.1.self_attn.v_proj.weight",
-         prepare=_infinite_target_weight),
+         prepare=_infinite_target_weight, at="model tuned"),
 ]
 
 
@@ -581,11 +583,12 @@ TOKENIZER_CASES = [
                                      lambda t: t.pop("added_tokens")),
          at="model tuned"),
     Case("tokenizer: no tokenizer files in either model", "run", "E502",
-         "cannot load the tokenizer", prepare=_no_tokenizer_files),
+         "cannot load the tokenizer", prepare=_no_tokenizer_files, at="ability sums"),
     Case("tokenizer: token ids beyond the model's embedding", "run", "E502",
-         "holds token id", prepare=_tokenizer_beyond_the_embedding),
+         "holds token id", prepare=_tokenizer_beyond_the_embedding, at="ability sums"),
     Case("tokenizer: a donor whose vocabulary lacks a probe word", "run", "E502",
-         "map probe.jsonl to different token ids", prepare=_donor_without_a_probe_word),
+         "map probe.jsonl to different token ids", prepare=_donor_without_a_probe_word,
+         at="ability sums"),
 ]
 
 
@@ -629,7 +632,7 @@ CORPUS_CASES = [
          _with_rule("budget = 10%", "eval = [sums]"),
          prepare=_write("eval.jsonl", '{"q": "1 plus 1 is"}\n' * 4)),
     Case("corpus: every scored answer empty", "run", "E502", "0 scored tokens",
-         prepare=_probe('{"q": "1 plus 1 is", "a": ""}\n' * 8)),
+         prepare=_probe('{"q": "1 plus 1 is", "a": ""}\n' * 8), at="ability sums"),
 ]
 
 
