@@ -146,7 +146,7 @@ CODES: dict[str, Code] = {
     "E405": Code("limit exceeded",
                  "The spec asks for more work than `actc` bounds: too many sweep values or "
                  "variants, lets that expand exponentially, too many imports, a spec file "
-                 "over 1 MiB (LANGUAGE.md, Limits).",
+                 "over 256 KiB or imports over 512 KiB in all (LANGUAGE.md, Limits).",
                  "Sweep a coarser grid, write expanding lets out flat, keep data in corpus "
                  "files."),
     "E501": Code("model, corpus or selection problem found while planning",

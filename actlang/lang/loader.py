@@ -124,6 +124,7 @@ class _Loader:
         self.diagnostics: list[Diagnostic] = []
         self.sources = SourceCache()
         self._stack: list[str] = []  # files being loaded, for cycle detection
+        self._bytes = 0  # of spec text read so far
 
     def load_file(self, path: Path, text: str | None, via: ast.Use | None) -> str:
         key = str(path)
@@ -148,6 +149,15 @@ class _Loader:
                     via.span if via is not None else None, hint=hint))
                 self.files[key] = LoadedFile(key, display, None)
                 return key
+        self._bytes += len(text.encode("utf-8", "surrogatepass"))
+        limit = LIMITS["source_bytes"]
+        if via is not None and self._bytes > limit.value:
+            self.diagnostics.append(Diagnostic(
+                "E405", f"this import would make the spec read more than {limit.value:,} "
+                "bytes of spec text", via.span,
+                hint="keep data in corpus files (jsonl(...), lines(...) of a file)"))
+            self.files[key] = LoadedFile(key, display, None)
+            return key
         self.sources.add(display, text)
         try:
             module = parse(text, display)

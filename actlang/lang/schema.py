@@ -251,7 +251,9 @@ class Limit:
 
 
 LIMITS: dict[str, Limit] = {limit.name: limit for limit in (
-    Limit("spec_bytes", 1 << 20, "bytes in one spec file (corpora live in their own files)"),
+    Limit("spec_bytes", 1 << 18, "bytes in one spec file (corpora live in their own files)"),
+    Limit("source_bytes", 1 << 19, "bytes of spec text one spec reads: itself and its "
+          "imports, transitively (about 5 s of parsing and checking on one slow core)"),
     Limit("files", 256, "spec files one spec reads: itself and its imports, transitively"),
     Limit("sweep_values", 1000, "values in one `sweep(...)`"),
     Limit("surgery_variants", 1000, "surgeries one spec's sweeps expand to: the product of "

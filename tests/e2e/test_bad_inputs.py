@@ -359,8 +359,8 @@ SPEC_CASES = [
     Case("spec: lets that double to more expansions than the limit", "check", "E405",
          "more than 50,000 references", LETS_THAT_DOUBLE
          + _with_rule("budget = 10%  channels = a19"), at="let a2 ="),
-    Case("spec: a file over 1 MiB", "check", "E405", "at most 1,048,576",
-         RULE + "#" * (1 << 20) + "\n"),
+    Case("spec: a file over 256 KiB", "check", "E405", "at most 262,144",
+         RULE + "#" * (1 << 18) + "\n"),
     Case("spec: bytes that are not UTF-8", "check", "E005", "not valid UTF-8",
          prepare=_spec_bytes(b'model m = local("\xff\xfe")\n')),
     Case("spec: a directory", "check", "E005", "Is a directory",

@@ -132,3 +132,26 @@ def test_imports_past_the_file_limit_are_located_at_the_use(tmp_path: Path,
         return
     error = only_limit_error(errors)
     assert error.span.file.endswith(f"/m{count - 2}.act")  # the use of the last file
+
+
+def test_imports_past_the_source_byte_limit_are_located_at_the_use(tmp_path: Path) -> None:
+    """Each file under the per-file limit, together over the total: the import that crosses
+    it is refused at its `use`, before it is parsed."""
+    per_file = schema.LIMITS["spec_bytes"].value - 100
+    count = schema.LIMITS["source_bytes"].value // per_file + 1
+    for i in range(1, count + 1):
+        following = f'use "./m{i + 1}.act" as m\n' if i < count else ""
+        padding = "# padding\n" * ((per_file - len(following)) // 10)
+        (tmp_path / f"m{i}.act").write_text(following + padding + f"let x{i} = 1\n")
+    text = 'use "./m1.act" as m\n' + PRELUDE + RULE.format(fields="budget = 1%")
+    total, crossing = len(text.encode()), None
+    for i in range(1, count + 1):
+        total += (tmp_path / f"m{i}.act").stat().st_size
+        if total > schema.LIMITS["source_bytes"].value:
+            crossing = i
+            break
+    assert crossing is not None and crossing >= 2
+    _, errors = diagnostics_of(text, tmp_path)
+    error = only_limit_error(errors)
+    assert "bytes of spec text" in error.message
+    assert error.span.file.endswith(f"/m{crossing - 1}.act")  # the use of the crossing file
