@@ -211,6 +211,7 @@ class _Checker:
         self.expansions = 0  # references to lets and parameters followed (LIMITS["expansions"])
         self.variants = 0  # surgeries expanded from sweeps so far (LIMITS["surgery_variants"])
         self.last_reference: ast.Path | None = None  # where a too-deep error is located
+        self._lets: list[tuple[ast.Let, str]] = []  # lets being evaluated, for cycles
         # A sweep's values, evaluated once per surgery rather than once per variant:
         # (id(call), id(scope)) -> (values, labels).
         self._sweep_values: dict[tuple[int, int], tuple[list[Any], list[str]]] = {}
@@ -368,12 +369,35 @@ class _Checker:
                 return self.value_of(binding.expr, binding.scope, type_, evaluate, builtins,
                                      namespaces)
             if isinstance(binding, ast.Let) and not rest:
-                self._count_expansion(expr)
-                return self.value_of(binding.value, where, type_, evaluate, builtins,
-                                     namespaces)
+                return self._let_value(expr, binding, where, type_, evaluate, builtins,
+                                       namespaces)
             if rest:
                 return self._member(expr, binding, where, rest, type_, scope)
         return evaluate(expr, scope)
+
+    def _let_value(self, reference: ast.Path, let: ast.Let, where: _Scope, type_: str,
+                   evaluate: Callable[[ast.Expr, _Scope], Any], builtins: tuple[str, ...],
+                   namespaces: tuple[str, ...]) -> Any:
+        """The value of the let ``reference`` names; a let met again while its own value is
+        being found is a cycle (it has no value), reported at the reference that closes it."""
+        for index, (pending, _) in enumerate(self._lets):
+            if pending is let:
+                return self._cycle([name for _, name in self._lets[index:]], reference)
+        self._count_expansion(reference)
+        self._lets.append((let, reference.parts[0]))
+        try:
+            return self.value_of(let.value, where, type_, evaluate, builtins, namespaces)
+        finally:
+            self._lets.pop()
+
+    def _cycle(self, names: list[str], closing: ast.Path) -> Any:
+        """A let met again while its own value is being found: ``names`` the references
+        followed since it, ``closing`` the one that leads back to it."""
+        names = names + [closing.parts[0]]
+        return self.error("E107", f"`{names[0]}` is defined in terms of itself: "
+                          + " -> ".join(f"`{n}`" for n in names), closing.span,
+                          label="this reference closes the cycle",
+                          hint="give one of these lets a value that uses none of the others")
 
     def _count_expansion(self, reference: ast.Path) -> None:
         """Count one reference followed to its let or recipe parameter; past the limit, stop
@@ -959,6 +983,8 @@ class _Checker:
         item_scope = scope
         if len(items) == 1:  # sweep(budgets): a list, directly or through a let or parameter
             listed = self._list_literal(items[0], scope)
+            if listed is INVALID:
+                return INVALID
             if listed is not None:
                 items, item_scope = list(listed[0].items), listed[1]
         if len(items) < 2 or call.kwargs:
@@ -983,12 +1009,19 @@ class _Checker:
         values, labels = memo
         return values[self.sweep.choose(call, spec.name, labels)]
 
-    def _list_literal(self, expr: ast.Expr, scope: _Scope) -> tuple[ast.ListExpr, _Scope] | None:
-        """The list literal an expression stands for, through lets and recipe parameters."""
+    def _list_literal(self, expr: ast.Expr, scope: _Scope) -> Any:
+        """The list literal an expression stands for, through lets and recipe parameters, as
+        ``(list, scope)``; ``None`` if it stands for something else; INVALID (reported) if
+        the lets it goes through form a cycle."""
+        followed: list[tuple[Any, str]] = []
         while isinstance(expr, ast.Path) and not expr.is_glob:
             binding, where, rest = self._follow(expr, scope)
             if rest or not isinstance(binding, (ast.Let, _Thunk)):
                 return None
+            start = next((i for i, (seen, _) in enumerate(followed) if seen is binding), None)
+            if start is not None:
+                return self._cycle([name for _, name in followed[start:]], expr)
+            followed.append((binding, expr.parts[0]))
             expr, scope = (binding.value, where) if isinstance(binding, ast.Let) else \
                 (binding.expr, binding.scope)
         return (expr, scope) if isinstance(expr, ast.ListExpr) else None

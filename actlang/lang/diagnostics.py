@@ -86,6 +86,10 @@ CODES: dict[str, Code] = {
                  "A declaration takes the name of a module namespace (`attn`, `mlp`, ...) or "
                  "a builtin function.",
                  "Rename the declaration."),
+    "E107": Code("let defined in terms of itself",
+                 "A let whose value uses itself, directly (`let a = a + 1`) or through other "
+                 "lets (`let a = b` and `let b = a`): it has no value.",
+                 "Give one of the lets in the cycle a value that uses none of the others."),
     "E201": Code("unknown field",
                  "A block has a field its kind of block does not take.",
                  "Check the spelling; the help line lists the block's fields."),

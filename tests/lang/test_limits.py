@@ -155,3 +155,20 @@ def test_imports_past_the_source_byte_limit_are_located_at_the_use(tmp_path: Pat
     error = only_limit_error(errors)
     assert "bytes of spec text" in error.message
     assert error.span.file.endswith(f"/m{crossing - 1}.act")  # the use of the crossing file
+
+
+@pytest.mark.parametrize("lets, budget, closing", [
+    ("let a = a\n", "a", "let a = a"),                       # itself
+    ("let a = b\nlet b = a\n", "a", "let b = a"),             # through another let
+    ("let a = b\nlet b = a\n", "sweep(a, 2%)", "let b = a"),  # inside a sweep
+    ("let a = b\nlet b = a\n", "sweep(a)", "let b = a"),      # a sweep over a let's list
+])
+def test_a_cycle_of_lets_is_an_error_at_the_reference_that_closes_it(
+        tmp_path: Path, lets: str, budget: str, closing: str) -> None:
+    """Found at once (not as running out of depth), located, and never a hang."""
+    text = PRELUDE + lets + RULE.format(fields=f"budget = {budget}")
+    program, errors = diagnostics_of(text, tmp_path)
+    assert program is None and errors and {e.code for e in errors} == {"E107"}, errors
+    error = errors[0]
+    assert "defined in terms of itself" in error.message
+    assert error.span.line == text.splitlines().index(closing) + 1
