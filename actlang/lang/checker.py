@@ -522,11 +522,18 @@ class _Checker:
                            allow_pickle=args.get("allow_pickle", False),
                            span=decl.span, **extra)
 
-    def file_path(self, written: str, scope: _Scope, span: ast.Span | None) -> Any:
+    def file_path(self, written: str, scope: _Scope, span: ast.Span | None, *,
+                  follow_last: bool = True) -> Any:
         """A path the spec writes, made absolute relative to the file that writes it (even
-        through a recipe); a NUL byte or a symbolic link loop is an error here, not later."""
+        through a recipe); a NUL byte or a symbolic link loop is an error here, not later.
+        Without ``follow_last`` a symbolic link in the last place stays the link: an output
+        that is a link (even a dangling one) is refused as an existing path, never written
+        through to wherever it points."""
         try:
-            return str((Path(scope.file.key).parent / written).resolve())
+            full = Path(scope.file.key).parent / written
+            if not follow_last and full.name not in ("", ".", ".."):
+                return str(full.parent.resolve() / full.name)
+            return str(full.resolve())
         except (OSError, RuntimeError, ValueError) as error:
             reason = "holds a NUL byte" if isinstance(error, ValueError) else \
                 "leads into a symbolic link loop" if isinstance(error, RuntimeError) else \
@@ -1046,7 +1053,7 @@ class _Checker:
                        hint='name a new directory for the result, e.g. "out/NAME"')
             return []
         # Outputs are relative to the file that names them, even through a recipe.
-        output = self.file_path(item.output, scope, item.span)
+        output = self.file_path(item.output, scope, item.span, follow_last=False)
         if output is INVALID:
             return []
         if item.apply is not None:

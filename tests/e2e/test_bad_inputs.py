@@ -654,6 +654,12 @@ def _output_exists(make: Callable[[Path], None]) -> Callable[[World], None]:
     return prepare
 
 
+def _dangling_link_elsewhere(path: Path) -> None:
+    """``out`` -> ``elsewhere/x``, which does not exist: nothing may be written there."""
+    (path.parent / "elsewhere").mkdir()
+    path.symlink_to(path.parent / "elsewhere" / "x")
+
+
 def _output_under_a_file(world: World) -> None:
     (world.root / "notes.txt").write_text("a file\n")
     world.edit_spec('-> "out"', '-> "notes.txt/out"')
@@ -719,6 +725,8 @@ OUTPUT_CASES = [
          "refusing to write the output",
          prepare=_output_exists(lambda path: path.symlink_to(path.parent / "inputs/tuned/x")),
          at="surgery s"),
+    Case("output: a dangling symbolic link elsewhere", "run", "E501", "already exists",
+         prepare=_output_exists(_dangling_link_elsewhere), at="surgery s"),
     Case("output: an existing regular file", "run", "E501", "already exists",
          prepare=_output_exists(lambda path: path.write_text("my notes\n")), at="surgery s"),
     Case("output: a path in /proc", "run", "E501", "cannot create the lock file",
