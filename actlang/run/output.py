@@ -31,10 +31,14 @@ up-to-date one — so two runs never write one output at once; the second is ref
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import fcntl
 import json
 import os
 import shutil
+import sys
 import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -327,13 +331,45 @@ class atomic_output_dir:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
-        old = None
-        if self.out.exists():
+        if not self.out.exists():
+            os.replace(self.tmp, self.out)
+        elif _exchange(self.tmp, self.out):  # one step: the old output or the new, always
+            _discard(self.tmp)
+        else:  # no atomic exchange here: the old output is moved aside for an instant
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.tmp, self.out)
+            _discard(old)
+
+
+def _discard(replaced: Path) -> None:
+    """Remove an output that was replaced (a kill before this leaves it as a temporary of
+    the killed run, which the next run removes)."""
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), so
+    a replaced output never goes missing, even for an instant a kill could hit; ``False``
+    where the system or the filesystem cannot (the caller falls back to two renames)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc found, or one older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 @contextmanager

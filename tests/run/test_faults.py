@@ -302,8 +302,9 @@ def phase_id(phase: str) -> str:
     return phase.replace(" ", "-").replace("'", "")
 
 
-#: The phase killed over an earlier output of the spec, replaced with --force.
-REPLACING = "replacing the output"
+#: The phases killed over an earlier output of the spec, replaced with --force: the output
+#: must exist, whole, at each of them.
+REPLACING = ("replacing the output", "removing the replaced output")
 
 #: Each phase, and the pause point where a run is killed in it.
 KILLS = {
@@ -322,9 +323,10 @@ KILLS = {
     "evaluation": "call:actlang.run.evaluate:exact_match#3",
     # weights and run_results.json copied into the unfinished output, no report yet
     "writing the report": "call:actlang.run.handlers:_report",
-    # the earlier output moved aside, the new one complete with its marker but not yet in
-    # its place: the instant no output exists
-    REPLACING: "replace:*/out/s",
+    # the new output complete with its marker beside the earlier one, right before they
+    # are exchanged; then the earlier one swapped out, before it is removed
+    REPLACING[0]: "call:actlang.run.output:_exchange",
+    REPLACING[1]: "call:actlang.run.output:_discard",
     # after the output is in place: the spec's lock file, before its rename
     "writing the spec's lock file": "replace:*/spec.act.lock",
 }
@@ -335,14 +337,16 @@ KILLS = {
 def test_a_run_killed_in_any_phase_leaves_nothing_half_done(
         actc, env: dict[str, str], spec: Path, inputs: Path, reference: Reference,
         where: Path, phase: str) -> None:
-    args = ["--force"] if phase == REPLACING else []
-    if phase == REPLACING:
+    args = ["--force"] if phase in REPLACING else []
+    if phase in REPLACING:
         shutil.copytree(reference.output, output_of(where))
     before = hashes(inputs, spec)
     killed = Run(actc, env, spec, *args, pause=KILLS[phase])
     killed.wait_paused()
     killed.kill()
     assert_nothing_half_done(where, reference, owner=killed.pid)
+    if phase in REPLACING:  # the earlier output or the new one, never none
+        assert output_of(where).is_dir()
     assert hashes(inputs, spec) == before
     rerun = run_actc(actc, "run", *args, str(spec), env=env, cwd=spec.parent)
     assert_finished_cleanly(where, rerun, {"s": reference.s})
