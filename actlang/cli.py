@@ -183,14 +183,12 @@ def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[P
 
 
 def _environment_error(error: OSError):
-    """A write the machine refused (full disk, read-only or unusable directory, a file where
-    a directory should be) as an E502 naming the path; atomic writes left nothing behind."""
+    """A write the machine refused outside any operation of the plan, as an E502."""
+    from actlang.arch.errors import write_refused
     from actlang.lang.diagnostics import Diagnostic
 
-    path = f" {error.filename}" if error.filename else ""
-    return Diagnostic("E502", f"cannot write{path}: {error.strerror or error}", None,
-                      hint="check that the output and cache directories are writable and have "
-                           "free space (the cache: $ACTLANG_CACHE_DIR or --cache-dir)")
+    refused = write_refused(error)
+    return Diagnostic("E502", refused.message, None, hint=refused.hint)
 
 
 def _print_plan_warnings(plan, sources) -> None:

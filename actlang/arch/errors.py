@@ -12,7 +12,7 @@ Bugs in actlang itself stay ordinary exceptions (``AssertionError``, ``KeyError`
 from __future__ import annotations
 
 __all__ = ["GlobalChannelWarning", "RuntimeUserError", "SelectionWarning",
-           "UnmeasuredChannelWarning"]
+           "UnmeasuredChannelWarning", "write_refused"]
 
 
 class RuntimeUserError(Exception):
@@ -32,6 +32,16 @@ class RuntimeUserError(Exception):
         if self.hint:
             return f"{self.message}\nhint: {self.hint}"
         return self.message
+
+
+def write_refused(error: OSError) -> RuntimeUserError:
+    """A write the machine refused (full disk, read-only or unusable directory, a file where
+    a directory should be), naming the path; atomic writes left nothing behind."""
+    path = f" {error.filename}" if error.filename else ""
+    return RuntimeUserError(
+        f"cannot write{path}: {error.strerror or error}",
+        hint="check that the output and cache directories are writable and have free space "
+             "(the cache: $ACTLANG_CACHE_DIR or --cache-dir)")
 
 
 class SelectionWarning(UserWarning):

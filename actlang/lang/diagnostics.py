@@ -164,7 +164,7 @@ CODES: dict[str, Code] = {
                  "that are not finite, a cache or output that cannot be written. Located at "
                  "what the spec asks the failing step for: the model it loads, the ability "
                  "whose corpus it reads, the rule it applies, the surgery it saves (a cache "
-                 "the machine refuses belongs to no line).",
+                 "that cannot be opened before anything runs belongs to no line).",
                  "The message names the file or setting; the help line says what to change."),
     "W001": Code("setting with side effects",
                  "A valid setting that probably does not do what was meant (a 0% budget "

@@ -33,7 +33,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from actlang.arch.errors import RuntimeUserError
+from actlang.arch.errors import RuntimeUserError, write_refused
 from actlang.compile import ops as O
 from actlang.compile.cache import Cache, remove_stale
 from actlang.compile.passes import last_uses
@@ -131,6 +131,9 @@ class Executor:
                 except RuntimeUserError as error:  # located where the spec asks for the op
                     raise PlanError(error, op_span(op, self.plan.program), code="E502") \
                         from None
+                except OSError as error:  # the disk or a directory refused a write
+                    raise PlanError(write_refused(error), op_span(op, self.plan.program),
+                                    code="E502") from None
                 results[op] = outcome.value
                 record = OpRecord(O.op_id(op), op.kind, op.label,
                                   "cached" if cached else "done", self.clock() - start,

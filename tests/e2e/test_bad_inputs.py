@@ -16,7 +16,8 @@ asserts what every user error must guarantee:
   planner can place (a corpus it cannot read, not yet: see "corpus: a file that does not
   exist"); so has every error an operation of the run meets (E502), at what the spec asks
   the operation for (the model it loads, the ability whose corpus it reads, the rule it
-  applies); only the environment's errors (a cache or output the machine refuses) have none;
+  applies, the surgery it saves), a write the machine refuses included; only a cache that
+  cannot be opened before any operation runs has none;
 - nothing outside the cache changed: every file, link and directory of the case's directory
   (the inputs, the spec, an output that existed) is as it was, and nothing appeared — no
   output, no temporary beside it, no lock file;
@@ -741,8 +742,7 @@ OUTPUT_CASES = [
     Case("output: on a read-only filesystem", "run", "E501", "Read-only file system",
          prepare=_read_only_output_parent, at="surgery s", marks=NEEDS_NAMESPACES),
     Case("output: on a full filesystem", "run", "E502", "No space left",
-         prepare=_full_output_filesystem,
-         marks=NEEDS_NAMESPACES),
+         prepare=_full_output_filesystem, at="surgery s", marks=NEEDS_NAMESPACES),
 ]
 
 
@@ -816,7 +816,7 @@ ENVIRONMENT_CASES = [
     Case("environment: a file size limit the statistics exceed", "run", "E502", "too large",
          prepare=_file_size_limit(16_000)),
     Case("environment: a file size limit the output exceeds", "run", "E502", "too large",
-         prepare=_file_size_limit(40_000)),
+         prepare=_file_size_limit(40_000), at="surgery s"),
 ]
 
 CASES = [*SPEC_CASES, *MODEL_CASES, *TOKENIZER_CASES, *CORPUS_CASES, *OUTPUT_CASES,
