@@ -343,7 +343,8 @@ class MergeMethod(Option):
     Args:
         fields: the merge block fields the method reads (others are an error).
         normalize: mergekit's default for ``normalize`` (divide by the sum of weights).
-        rescale: mergekit's default for ``rescale`` (DARE), ``None`` where it does not apply.
+        rescale: mergekit's default for ``rescale`` (keep a sparsified task vector's L1
+            norm), ``None`` where the method does not sparsify.
         sparsify: how task vectors are sparsified: ``None``, ``magnitude`` (TIES) or
             ``random`` (DARE).
         sign_consensus: TIES's elected-sign step.
@@ -370,8 +371,8 @@ MERGE_METHODS: Registry[MergeMethod] = Registry(
                 fields=("base", "weights", "lambda", "normalize")),
     MergeMethod("ties", "trim each task vector to its largest entries, elect a sign, average "
                 "the agreeing entries", fields=("base", "weights", "density", "lambda",
-                                                 "normalize"),
-                normalize=True, sparsify="magnitude", sign_consensus=True),
+                                                 "normalize", "rescale"),
+                normalize=True, rescale=False, sparsify="magnitude", sign_consensus=True),
     MergeMethod("dare_linear", "drop task-vector entries at random, rescale, add",
                 fields=_DARE_FIELDS, rescale=True, sparsify="random"),
     MergeMethod("dare_ties", "DARE's random drop with TIES's sign election", fields=_DARE_FIELDS,

@@ -114,7 +114,8 @@ MERGE_FIELDS = _fields(
     FieldSpec("lambda", "float", "scale of the merged task vector", default="1.0", low=0.0),
     FieldSpec("normalize", "bool", "divide by the sum of weights",
               default_doc="mergekit's: " + _methods_where(lambda m: m.normalize)),
-    FieldSpec("rescale", "bool", "dare: rescale the kept entries",
+    FieldSpec("rescale", "bool", "ties, dare: scale the kept entries so each task vector "
+              "keeps its L1 norm",
               default_doc="mergekit's: " + _methods_where(lambda m: bool(m.rescale))),
     FieldSpec("seed", "int", "dare: drop mask seed", default="0", low=0),
 )

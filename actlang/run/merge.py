@@ -1,4 +1,4 @@
-"""Whole-model merge baselines, defined exactly as mergekit defines them.
+"""Whole-model merge baselines, defined exactly as mergekit 0.1.5 defines them.
 
     report = merge_models("ties", ["zoo/lang-b", "zoo/facts"], "out/ties", base="zoo/parent",
                           density=0.5)
@@ -15,14 +15,17 @@ arithmetic" family, arXiv 2212.04089, 2306.01708, 2311.03099):
 
 Per tensor, with base ``θ_b``, donors ``θ_i``, weights ``w_i`` (default 1 each):
 
-* ``linear``: ``Σ w_i θ_i / Σ w_i`` (``normalize=False``: ``Σ w_i θ_i``). ``base`` is not a
-  term of the sum (it only supplies config / tokenizer when no ``target`` is given).
+* ``linear``: ``Σ w_i θ_i / Σ w_i`` (``normalize=False``: ``Σ w_i θ_i``), accumulated in
+  donor order with a fused multiply-add into zeros (``addcmul_``), then divided. ``base`` is
+  not a term of the sum (it only supplies config / tokenizer when no ``target`` is given).
 * task vectors ``δ_i = θ_i − θ_b``;
-* magnitude sparsification (``ties``): keep the ``k = int(density · numel)`` entries of
-  ``δ_i`` with the largest ``|δ_i|``, zero the rest, **no rescale** (mergekit's ``ties``
-  default); ``density >= 1`` keeps everything;
-* Bernoulli sparsification (``dare_*``): keep each entry with probability ``density``; with
-  ``rescale`` the kept entries are divided by ``density`` (mergekit's boolean ``rescale``);
+* magnitude sparsification (``ties``): keep the ``k = max(1, int(density · numel))``
+  entries of ``δ_i`` with the largest ``|δ_i|`` (a positive density keeps at least one),
+  zero the rest; ``density >= 1`` keeps everything;
+* Bernoulli sparsification (``dare_*``): keep each entry with probability ``density``;
+* ``rescale`` (default on for ``dare_*``, off for ``ties``): the sparsified ``δ_i`` is
+  scaled by ``‖δ_i‖₁ / ‖sparsified δ_i‖₁`` so its L1 norm is unchanged (not by
+  ``1 / density``), unless either norm is below 1e-7;
 * weighted deltas ``ω_i = w_i δ_i``;
 * sign consensus "sum" (``ties``, ``dare_ties``): ``s = +1 where Σ_i ω_i >= 0 else −1``;
   entry ``i`` takes part where ``sign(ω_i) == s`` (a zero delta never takes part);
@@ -31,15 +34,22 @@ Per tensor, with base ``θ_b``, donors ``θ_i``, weights ``w_i`` (default 1 each
 * ``normalize``: ``mixed /= divisor``; then ``mixed *= lambda``; result ``θ_b + mixed``.
 
 ``normalize=None`` / ``rescale=None`` (the defaults) take mergekit's default for the method
-(list above). ``rescale`` affects only the DARE methods: magnitude pruning is never rescaled
-(mergekit's optional L1 rescale of ``ties`` is not offered). Other differences from mergekit,
-all outside what mergekit produces or purely numerical: arithmetic runs in float32 (float64
-for float64 tensors) and the result is cast back to the base tensor's dtype (mergekit computes
-in the checkpoint dtype); where ``int(density · numel) == 0`` mergekit stops with an
-assertion, here that task vector is zeroed; DARE drop masks come from a ``torch.Generator``
-seeded by ``(seed, tensor name)`` (one draw per donor, in donor order), so a merge is
-reproducible and independent of the order tensors are visited in; equal magnitudes are ranked
-by a stable sort.
+(list above). On float32 checkpoints the result is mergekit 0.1.5's bit for bit
+(``tests/run/test_mergekit_parity.py`` runs mergekit itself). Where it differs, and why:
+
+* bf16/fp16 checkpoints: task arithmetic runs in float32 and the result is rounded once to
+  the checkpoint dtype; mergekit computes task vectors, weights and sums in the checkpoint
+  dtype, rounding at each step (``linear`` computes in float32 in both, and agrees bit for
+  bit). For TIES on bf16 about 20 % of elements differ, most by one ulp; where rounding
+  decides a sign election or a keep-mask differently (6 % of elements in the parity test)
+  an element can move by up to the task vectors' magnitudes there;
+* equal magnitudes are ranked by a stable sort (mergekit's ``argsort`` is unstable, so its
+  choice among ties is arbitrary);
+* DARE drop masks come from a ``torch.Generator`` seeded by ``(seed, tensor name)`` (one draw
+  per donor, in donor order), so a merge is reproducible and independent of the order tensors
+  are visited in; mergekit draws from torch's global generator;
+* ``linear`` with weights that sum to 0 and ``normalize`` is an error (mergekit divides by
+  zero).
 Non-floating tensors (integer buffers) are copied from the base (``linear``: the first donor).
 
 :func:`merge_models` works tensor by tensor over safetensors checkpoints (memory ≈ one
@@ -149,30 +159,43 @@ def _work_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """mergekit ``sparsify.magnitude`` without rescale: keep the top ``int(density·numel)``."""
+def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """mergekit ``rescaled_masked_tensor`` with the L1 norm: the masked task vector scaled so
+    its L1 norm is the unmasked one's (left as is where either norm is below 1e-7)."""
+    masked = delta * mask
+    if not rescale:
+        return masked
+    before, after = delta.abs().sum(), masked.abs().sum()
+    if before < _RESCALE_EPS or after < _RESCALE_EPS:
+        return masked
+    return masked * (before / after)
+
+
+_RESCALE_EPS = 1e-7
+
+
+def _magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+    """mergekit ``sparsify.magnitude``: keep the ``max(1, int(density·numel))`` entries of
+    largest magnitude (a positive density keeps at least one), optionally L1-rescaled."""
     if density >= 1:
         return delta
-    k = int(density * delta.numel())
-    if k <= 0:  # mergekit asserts k > 0 here
+    if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    w = delta.abs().reshape(-1)
+    k = max(1, int(density * delta.numel()))
+    w = delta.abs().reshape(-1).float()
     keep = torch.argsort(w, descending=True, stable=True)[:k]
     mask = torch.zeros(delta.numel(), dtype=delta.dtype)
     mask[keep] = 1
-    return delta * mask.view(delta.shape)
+    return _rescaled(delta, mask.view(delta.shape), rescale)
 
 
 def _bernoulli(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:
     """mergekit ``sparsify.bernoulli``: keep each entry with probability ``density``;
-    ``rescale`` divides the kept entries by ``density``."""
+    ``rescale`` scales the kept entries so the task vector keeps its L1 norm."""
     if density >= 1:
         return delta
     mask = torch.bernoulli(torch.full(delta.shape, density, dtype=torch.float32), generator=generator)
-    res = delta * mask.to(delta.dtype)
-    if rescale:
-        res = res / density
-    return res
+    return _rescaled(delta, mask.to(delta.dtype), rescale)
 
 
 def merge_tensor_mergekit(
@@ -203,16 +226,16 @@ def merge_tensor_mergekit(
         return ref.clone()
     work = _work_dtype(ref)
 
-    if not spec.needs_base:  # linear
-        stacked = torch.stack([t.to(work) for t in tensors])
-        w = torch.tensor(ws, dtype=work).view(-1, *([1] * ref.dim()))
-        res = (w * stacked).sum(0)
+    if not spec.needs_base:  # linear: accumulated in order with a fused multiply-add
+        w = torch.tensor(ws, dtype=work)
+        res = torch.zeros_like(ref, dtype=work)
+        for tensor, coefficient in zip(tensors, w.unbind(0)):
+            res.addcmul_(tensor, coefficient)
         if norm:
-            total = float(sum(ws))
-            if total == 0:
+            if float(sum(ws)) == 0:
                 raise RuntimeUserError("linear merge weights sum to 0; cannot normalize",
                                        hint="use weights with a non-zero sum, or normalize = false")
-            res = res / w.sum(0)
+            res.div_(w.sum())
         return res.to(ref.dtype)
 
     b = ref.to(work)
@@ -220,7 +243,7 @@ def merge_tensor_mergekit(
     for t, d in zip(tensors, ds):
         delta = t.to(work) - b
         if spec.sparsify == "magnitude":
-            delta = _magnitude(delta, d)
+            delta = _magnitude(delta, d, resc)
         elif spec.sparsify == "random":
             delta = _bernoulli(delta, d, resc, generator)
         deltas.append(delta)

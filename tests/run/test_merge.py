@@ -79,14 +79,29 @@ def test_ties_density_one_is_sign_consensus_only():
     torch.testing.assert_close(out, T([-3.0, -2.0, 2.0]))
 
 
-def test_magnitude_keeps_int_density_numel_entries():
+def test_magnitude_keeps_max_1_int_density_numel_entries():
     base = torch.zeros(10)
     d = torch.arange(1.0, 11.0) * torch.tensor([1, -1] * 5)
     out = merge_tensor_mergekit("ties", base, [d], density=0.35)  # int(3.5) = 3: 10, -9... keep |8|,|9|,|10|
     assert torch.equal(out != 0, d.abs() >= 8)
-    torch.testing.assert_close(out[out != 0], d[d.abs() >= 8])  # no rescale
-    # int(density * numel) == 0: nothing kept (mergekit stops with an assertion here)
-    assert torch.equal(merge_tensor_mergekit("ties", base, [d], density=0.05), base)
+    torch.testing.assert_close(out[out != 0], d[d.abs() >= 8])  # ties: no rescale by default
+    # int(density * numel) == 0: a positive density still keeps the largest entry
+    tiny = merge_tensor_mergekit("ties", base, [d], density=0.05)
+    assert torch.equal(tiny != 0, d.abs() == 10) and tiny.abs().max() == 10
+
+
+def _l1_rescaled(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mergekit's rescale: the masked task vector keeps the unmasked one's L1 norm."""
+    masked = delta * mask
+    return masked * (delta.abs().sum() / masked.abs().sum())
+
+
+def test_ties_rescale_keeps_the_l1_norm():
+    base = torch.zeros(10)
+    d = torch.arange(1.0, 11.0) * torch.tensor([1, -1] * 5)
+    out = merge_tensor_mergekit("ties", base, [d], density=0.35, rescale=True)
+    torch.testing.assert_close(out, _l1_rescaled(d, (d.abs() >= 8).float()), rtol=0, atol=0)
+    assert out.abs().sum() == d.abs().sum()
 
 
 def _dare_masks(seed: int, shape, density: float, n: int) -> list[torch.Tensor]:
@@ -102,7 +117,7 @@ def test_dare_linear_hand_computed():
     m1, m2 = _dare_masks(7, (6, 5), p, 2)
     out = merge_tensor_mergekit("dare_linear", base, [t1, t2], [1.0, 0.5], density=p, lambda_=1.5,
                                 generator=torch.Generator().manual_seed(7))
-    expect = base + 1.5 * (1.0 * (t1 - base) * m1 / p + 0.5 * (t2 - base) * m2 / p)
+    expect = base + 1.5 * (1.0 * _l1_rescaled(t1 - base, m1) + 0.5 * _l1_rescaled(t2 - base, m2))
     torch.testing.assert_close(out, expect)
     out = merge_tensor_mergekit("dare_linear", base, [t1, t2], [1.0, 0.5], density=p, rescale=False,
                                 normalize=True, generator=torch.Generator().manual_seed(7))
@@ -117,7 +132,7 @@ def test_dare_ties_hand_computed():
     w = torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1)
     p = 0.6
     masks = torch.stack(_dare_masks(3, (8, 4), p, 3))
-    deltas = torch.stack([x - base for x in t]) * masks / p
+    deltas = torch.stack([_l1_rescaled(x - base, m) for x, m in zip(t, masks)])
     wd = deltas * w
     sign = (wd.sum(0) >= 0).float() * 2 - 1
     agree = (wd.sign() == sign).float()
@@ -138,8 +153,9 @@ def test_dare_statistics():
     out = merge_tensor_mergekit("dare_linear", base, [d], density=0.3, generator=torch.Generator().manual_seed(0))
     kept = out != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.01
-    torch.testing.assert_close(out[kept], torch.full((int(kept.sum()),), 1 / 0.3))
-    assert abs(out.mean().item() - 1.0) < 0.03  # rescaling keeps the expected task vector
+    factor = 200_000 / int(kept.sum())  # the L1 norm kept exactly, not 1 / density
+    torch.testing.assert_close(out[kept], torch.full((int(kept.sum()),), factor))
+    assert abs(out.sum().item() - 200_000) < 1  # rescaling keeps the task vector's L1 norm
 
 
 def test_density_one_dare_equals_task_arithmetic():
