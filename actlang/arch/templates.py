@@ -185,6 +185,12 @@ def _role_values(template: Mapping[str, Any], config: Mapping[str, Any]
     for key, value in config.items():
         if key in lists and len(value) != values["layers"]:
             return None
+    # Every sample had whole heads (hidden a multiple of heads, heads of kv heads), so a
+    # formula may read hidden where the model computes heads * (hidden // heads): a config
+    # without whole heads is derived instead.
+    heads, kv, hidden = values.get("heads"), values.get("kv"), values.get("hidden")
+    if heads and (hidden and hidden % heads or kv and heads % kv):
+        return None
     return values
 
 

@@ -115,6 +115,8 @@ def test_a_size_left_out_takes_the_default_transformers_gives_it():
     {"auto_map": {"AutoConfig": "x.Config"}},  # remote code: never a template
     {"num_key_value_heads": 0},          # not a size
     {"layer_types": ["full_attention", "an unknown kind"]},
+    {"hidden_size": 100, "num_attention_heads": 8},  # no whole heads: the samples never had
+    {"num_attention_heads": 6, "num_key_value_heads": 4},
 ])
 def test_another_structure_gets_no_template(change):
     config = {**_config("olmo2", 9, diff=False), **change}
