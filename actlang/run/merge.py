@@ -267,13 +267,17 @@ def merge_tensor_mergekit(
     return (b + mixed).to(ref.dtype)
 
 
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _n_bits_differ(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Elements of ``a`` and ``b`` (same dtype and shape) whose bit patterns differ."""
+    """Elements of ``a`` and ``b`` (same dtype and shape) whose bit patterns differ: one
+    comparison of the elements as integers of their width (NaN payloads and -0.0 count as
+    bits, as a checkpoint stores them)."""
     if a.numel() == 0:
         return 0
-    n = a.element_size()
-    bits = lambda t: t.contiguous().reshape(-1).view(torch.uint8).view(-1, n)  # noqa: E731
-    return int((bits(a) != bits(b)).any(1).sum())
+    as_int = _SAME_WIDTH_INT[a.element_size()]
+    return int((a.contiguous().view(as_int) != b.contiguous().view(as_int)).sum())
 
 
 @dataclass

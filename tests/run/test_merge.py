@@ -307,3 +307,23 @@ def test_merge_files_bad_input(merge_dirs, tmp_path):
     assert _digest(tmp_path / "m") == _digest(merge_dirs["d2"])
     with pytest.raises(RuntimeUserError, match="overlaps"):
         merge_models("linear", [merge_dirs["d1"]], merge_dirs["d1"], overwrite=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64,
+                                   torch.int64, torch.uint8])
+def test_changed_elements_are_counted_by_their_bits(dtype):
+    """What the report counts: elements whose stored bits differ (-0.0 against 0.0 and a
+    NaN against itself included, as a checkpoint stores them)."""
+    from actlang.run.merge import _n_bits_differ
+
+    a = torch.arange(12).reshape(3, 4).to(dtype)
+    b = a.clone()
+    b[0, 1] += 1
+    b[2, 3] += 2
+    assert _n_bits_differ(a, b) == 2
+    assert _n_bits_differ(a, a.clone()) == 0
+    if dtype.is_floating_point:
+        zero = torch.zeros(3, dtype=dtype)
+        assert _n_bits_differ(zero, -zero) == 3
+        nan = torch.full((2,), float("nan"), dtype=dtype)
+        assert _n_bits_differ(nan, nan.clone()) == 0
