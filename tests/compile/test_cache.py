@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,16 @@ def test_default_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch) 
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache" / "actlang"
     assert Cache().root == default_cache_dir()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_file_written_atomically_has_the_modes_the_umask_gives(tmp_path: Path,
+                                                                 umask: int) -> None:
+    """A spec's lock file is readable as any file the user writes (mkstemp's 0600 is only
+    the temporary's)."""
+    previous = os.umask(umask)
+    try:
+        write_atomically(tmp_path / "spec.act.lock", lambda p: p.write_text("{}\n"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "spec.act.lock").stat().st_mode) == 0o666 & ~umask
