@@ -92,10 +92,17 @@ def print_results(console: Console, result: RunResult) -> None:
     console.print(f"{len(result.records)} ops ({cached} cached), "
                   f"{counters['forward_passes']} forward passes for statistics, "
                   f"{counters['tokens_scored']:,} scored tokens")
-    for surgery, gate in result.failed_gates:
-        console.print(f"[red]gate failed[/red] in {surgery.surgery.name}: {gate.condition} "
-                      f"({gate.left:.4f} vs {gate.right:.4f}, short by "
-                      f"{abs(gate.left - gate.right):.4f})")
+    for surgery in result.surgeries:
+        for gate in surgery.gates:  # passed ones too: a gate met by a wide margin says much
+            verdict = "[green]gate passed[/green]" if gate.passed else "[red]gate failed[/red]"
+            how = "by" if gate.passed else "short by"
+            console.print(f"{verdict} in {surgery.surgery.name}: {gate.condition} "
+                          f"({gate.left:.4f} vs {gate.right:.4f}, {how} "
+                          f"{abs(gate.left - gate.right):.4f})")
+    for surgery in result.surgeries:
+        report = surgery.output / "report.html"
+        if report.is_file():
+            console.print(f"report: {report}", soft_wrap=True)  # a path to copy, unbroken
 
 
 def print_notes(console: Console, result: RunResult) -> None:

@@ -101,6 +101,16 @@ def test_failed_gate_has_its_own_exit_code(actc, write_spec) -> None:
     result = actc("run", str(spec))
     assert result.returncode == 3, result.stderr[-2000:]
     assert "gate failed" in result.stdout and "eval(sums) >= 2" in result.stdout
+    assert f"report: {spec.parent / 'out/s/report.html'}" in " ".join(result.stdout.split())
+
+
+def test_passed_gates_are_printed_with_their_numbers(actc, write_spec) -> None:
+    spec = write_spec('surgery s -> "out/s" { target = tuned transfer sums from base '
+                      '{ budget = 10% } expect eval(sums) >= 0 }')
+    result = actc("run", str(spec))
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = " ".join(result.stdout.split())
+    assert "gate passed in s: eval(sums) >= 0 (" in shown and "vs 0.0000, by " in shown
 
 
 def test_mismatched_architectures_fail_before_any_work(actc, write_spec, pair, tmp_path):
