@@ -394,7 +394,7 @@ def _as_jsonl(corpus: P.Corpus, ctx: RunContext) -> P.JsonlCorpus:
 
 def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
     """Move a finished stage into place with run_results.json and the report, atomically."""
-    from actlang.run.output import atomic_output_dir
+    from actlang.run.output import atomic_output_dir, retitle_model_card
 
     surgery = op.surgery
     if cached:  # up to date: made from the same inputs by an earlier run
@@ -421,8 +421,16 @@ def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
             else:
                 shutil.copy2(item, tmp / item.name)
         (tmp / "run_results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        if (tmp / "README.md").is_file():  # the stage's card is titled by its op id
+            retitle_model_card(tmp / "README.md", _title(surgery))
         _report(ctx, tmp, surgery, stage, evals, gates)
     return Outcome(result, {"output": surgery.output})
+
+
+def _title(surgery: P.SurgerySpec) -> str:
+    """A model card's title: the surgery, and the sweep point of a swept one."""
+    point = ", ".join(f"{k}={v}" for k, v in surgery.sweep_point)
+    return f"{surgery.name} ({point})" if point else surgery.name
 
 
 def _ancestors(ctx: RunContext, op: O.Op) -> set[O.Op]:

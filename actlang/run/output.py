@@ -246,6 +246,14 @@ def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (
     return out
 
 
+def retitle_model_card(card: Path, name: str) -> None:
+    """Give a README.md that :func:`model_card` wrote another title (its first heading)."""
+    lines = card.read_text(encoding="utf-8").split("\n")
+    heading = next(i for i, line in enumerate(lines) if line.startswith("# "))
+    lines[heading] = f"# {name}"
+    card.write_text("\n".join(lines), encoding="utf-8")
+
+
 def _inside(a: Path, b: Path) -> bool:
     try:
         a.relative_to(b)

@@ -111,6 +111,8 @@ def test_passed_gates_are_printed_with_their_numbers(actc, write_spec) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     shown = " ".join(result.stdout.split())
     assert "gate passed in s: eval(sums) >= 0 (" in shown and "vs 0.0000, by " in shown
+    card = (spec.parent / "out/s/README.md").read_text()
+    assert "\n# s\n" in card and "# transfer-" not in card  # titled by the surgery
 
 
 def test_mismatched_architectures_fail_before_any_work(actc, write_spec, pair, tmp_path):
