@@ -183,6 +183,13 @@ def spec(where: Path, inputs: Path) -> Path:
     return write_spec(where / SPEC_FOLDERS["s"], inputs, SURGERY)
 
 
+def _interruptible() -> None:
+    """In the child, before actc starts: Ctrl-C acts as in a terminal even where the tests
+    run in the background (a shell starts background jobs with SIGINT ignored, Python then
+    installs no handler for it, and the interrupt tests would see a run that ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """``actc run SPEC *args`` in the background (in the spec's folder), optionally stopping
     itself at ``pause`` (a pause point, see tests/run/pause_points/sitecustomize.py)."""
@@ -197,7 +204,8 @@ class Run:
         self.stdout, self.stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen([actc.executable, "run", str(spec), *args],
                                         cwd=spec.parent, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self.stdout, stderr=self.stderr)
+                                        stdout=self.stdout, stderr=self.stderr,
+                                        preexec_fn=_interruptible)
         self.pid = self.process.pid
 
     def wait_paused(self, timeout: float = 300) -> None:
