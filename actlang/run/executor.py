@@ -128,12 +128,12 @@ class Executor:
                 inputs = {p: results[p] for p in self.plan.graph.predecessors(op)}
                 try:
                     outcome = HANDLERS[type(op)](ctx, op, inputs, cached)
-                except RuntimeUserError as error:  # located where the spec asks for the op
-                    raise PlanError(error, op_span(op, self.plan.program), code="E502") \
+                # A user's error, or a write the machine refused: located where the spec
+                # asks for the operation.
+                except (RuntimeUserError, OSError) as error:
+                    user = write_refused(error) if isinstance(error, OSError) else error
+                    raise PlanError(user, op_span(op, self.plan.program), code="E502") \
                         from None
-                except OSError as error:  # the disk or a directory refused a write
-                    raise PlanError(write_refused(error), op_span(op, self.plan.program),
-                                    code="E502") from None
                 results[op] = outcome.value
                 record = OpRecord(O.op_id(op), op.kind, op.label,
                                   "cached" if cached else "done", self.clock() - start,
