@@ -5,7 +5,10 @@ module's output, on scored positions only (attention mask and the corpus' score 
 per-channel float64 sums — no activation tensor outlives the hook.
 
 Each batch is reduced by :class:`~actlang.run.reduce.Reducer` in cache-sized row blocks,
-summed in float32 (float64 for float64 models) and added to float64 accumulators.
+summed in float32 (float64 for float64 models) into float64 sums of its own; the batches'
+sums are added along a binary tree fixed by the batch indices (:mod:`.batchtree`), so ranks
+that each run a share of the batches get the same bits as one process
+(:mod:`.ranks`).
 
 Unpaired statistics (one model; fields of :data:`UNPAIRED_FIELDS`)::
 
@@ -26,8 +29,7 @@ A paired pass yields both models' unpaired statistics too, at no extra forward p
 
 Statistics are sums, so two partial statistics merge exactly (:meth:`ChannelStats.merge`,
 ``a + b``): the statistics of two halves of a corpus add up to those of the whole (up to
-float64 rounding of the sums), which makes them cacheable and lets distributed ranks
-all-reduce once (:meth:`ChannelStats.all_reduce`). They serialize to safetensors
+float64 rounding of the sums), which makes them cacheable. They serialize to safetensors
 (:meth:`ChannelStats.save` / :meth:`ChannelStats.load`).
 
 :data:`COUNTERS` counts forward passes over corpora (``forward_passes``, one per model per
@@ -50,7 +52,9 @@ from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.corpus import TokenizedCorpus
 from actlang.arch.errors import RuntimeUserError
 from actlang.run.corpus import Batch, batches
+from actlang.run.batchtree import BatchTree, Slots, unite
 from actlang.run.experts import expert_local_deltas, expert_projections, routed_rows
+from actlang.run.ranks import SINGLE, Ranks
 from actlang.run.reduce import Reducer, ScoredRows
 
 __all__ = [
@@ -202,17 +206,6 @@ class ChannelStats:
             raise RuntimeUserError(f"cannot combine {self.kind} with {other.kind} statistics")
         return ChannelStats(self.kind, {**other.data, **self.data}, self.meta)
 
-    def all_reduce(self, group: Any = None) -> "ChannelStats":
-        """Sum the statistics of every ``torch.distributed`` rank, in place (one call per
-        tensor; a no-op when no process group is initialised). Returns ``self``."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            for k in self.data:
-                for f in self.fields:
-                    dist.all_reduce(self.data[k][f], op=dist.ReduceOp.SUM, group=group)
-        return self
-
     def allclose(self, other: "ChannelStats", rtol: float = 1e-12, atol: float = 0.0) -> bool:
         return (self.kind == other.kind and set(self.data) == set(other.data) and all(
             torch.allclose(self.data[k][f], other.data[k][f], rtol=rtol, atol=atol)
@@ -293,10 +286,12 @@ def default_stat_entries(space: ChannelSpace) -> list[Entry]:
 class _Capture:
     """Forward hooks reducing module outputs of one model into statistics."""
 
-    def __init__(self, model: nn.Module, entries: Sequence[Entry], unpaired: ChannelStats | None) -> None:
+    def __init__(self, model: nn.Module, entries: Sequence[Entry]) -> None:
         self.model = model
         self.entries = list(entries)
-        self.unpaired = unpaired
+        # this batch's sums ({entry key: {field: float64 [channels]}}), set by _Pass.batch
+        self.unpaired: dict[str, dict[str, torch.Tensor]] | None = None
+        self.paired: dict[str, dict[str, torch.Tensor]] | None = None
         self.sites: dict[tuple[str, int], list[Entry]] = {}
         # experts: module path -> expert -> its entries (recomputed from the module's inputs)
         self.expert_sites: dict[str, dict[int, list[Entry]]] = {}
@@ -315,7 +310,6 @@ class _Capture:
         self.device = torch.device("cpu")
         self._scored_rows: dict[int, ScoredRows] = {}
         self.stash: dict[str, torch.Tensor] | None = None
-        self.paired: ChannelStats | None = None
         self.mode: str = "plain"  # "plain" | "stash" | "diff"
         self.keep = False  # "diff": leave the stash for a further partner
         # local differences: the anchor stashes each hooked module's scored inputs and the
@@ -393,14 +387,14 @@ class _Capture:
                     )
                 xs = x[:, h.start : h.stop] if (h.start, h.stop) != (0, width) else x
                 if self.unpaired is not None:
-                    self.reducer.unpaired(self.unpaired.data[e.key], xs, rows)
+                    self.reducer.unpaired(self.unpaired[e.key], xs, rows)
                 if self.mode == "stash":
                     assert self.stash is not None
                     self.stash[e.key] = xs.clone()  # xs is a view of the module's output
                 elif self.mode == "diff":
                     assert self.stash is not None and self.paired is not None
                     other = (self.stash[e.key] if self.keep else self.stash.pop(e.key)).to(xs.device)
-                    self.reducer.paired(self.paired.data[e.key], other, xs, rows)
+                    self.reducer.paired(self.paired[e.key], other, xs, rows)
             if self.local:
                 self._local(module_path, module, inputs, entries)
 
@@ -428,7 +422,7 @@ class _Capture:
                     for e in entries:
                         xs = self._expert_slice(outputs, e)
                         if self.unpaired is not None and own.numel():
-                            self.reducer.unpaired(self.unpaired.data[e.key], xs,
+                            self.reducer.unpaired(self.unpaired[e.key], xs,
                                                   ScoredRows.of(None, own.numel()))
                         if self.mode == "stash":
                             self.stash[e.key] = xs.clone()
@@ -446,13 +440,13 @@ class _Capture:
                 outputs = expert_projections(module, hidden[rows.to(hidden.device)], expert)
                 every = ScoredRows.of(None, rows.numel())
                 for e, other in zip(entries, anchors):
-                    self.reducer.paired(self.paired.data[e.key], other.to(hidden.device),
+                    self.reducer.paired(self.paired[e.key], other.to(hidden.device),
                                         self._expert_slice(outputs, e), every)
                 if self.local:
                     deltas = expert_local_deltas(self.anchor_modules[module_path], module,
                                                  anchor_hidden.to(hidden.device), expert)
                     for e in entries:
-                        self.paired.data[e.key][LOCAL_FIELD] += self._expert_slice(
+                        self.paired[e.key][LOCAL_FIELD] += self._expert_slice(
                             deltas, e).abs().sum(0, dtype=torch.float64)
 
         return hook
@@ -493,13 +487,13 @@ class _Capture:
             local_delta(anchor, module, theirs.to(_device_of(module)))
         if delta is None:
             for e in entries:  # no local difference for this module: its scores are undefined
-                self.paired.data[e.key][LOCAL_FIELD].fill_(float("nan"))
+                self.paired[e.key][LOCAL_FIELD].fill_(float("nan"))
             return
         sums = delta.abs_().sum(0, dtype=torch.float64)
         for e in entries:
             h = e.hook
             assert h is not None
-            self.paired.data[e.key][LOCAL_FIELD] += sums[h.start:h.stop]
+            self.paired[e.key][LOCAL_FIELD] += sums[h.start:h.stop]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -563,6 +557,7 @@ def collect_stats(
     progress: Callable[[int], None] | None = None,
     meta: Mapping[str, str] | None = None,
     fields: Sequence[str] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> ChannelStats:
     """Unpaired statistics of ``model`` over a corpus, in one forward pass over it.
 
@@ -570,29 +565,33 @@ def collect_stats(
     statistics to a subset of :data:`UNPAIRED_FIELDS` (``count`` is always kept), e.g.
     ``("sum_abs",)`` for ``absmean_diff`` alone — cheaper hooks. ``progress`` is called
     with the number of scored tokens of each batch. ``label`` names the model in
-    ``COUNTERS.passes_by_label``.
+    ``COUNTERS.passes_by_label``. Under several ``ranks`` each runs its share of the batches
+    and rank 0 returns the whole (:mod:`actlang.run.ranks`; the others, their share).
     """
     ents = _resolve_entries(space, entries)
     device = _device_of(model)
-    stats = ChannelStats.zeros("unpaired", ents, meta=_meta(space, data, meta), device=device, fields=fields)
     need_logits = _needs_logits(model, ents)
     was_training = model.training
     model.eval()
     COUNTERS._pass(label)
     try:
-        with _Capture(model, ents, stats) as cap, torch.inference_mode():
-            for batch in _batches(data, batch_size):
+        with _Capture(model, ents) as cap, torch.inference_mode():
+            sums = _Pass([cap], ents, [("unpaired", _check_fields("unpaired", fields), device)],
+                         ranks)
+            for index, batch in sums.batches(_batches(data, batch_size)):
                 batch = batch.to(device)
                 cap.set_batch(batch.score_mask, device)
-                _run(model, batch, need_logits)
+                with sums.batch(index):
+                    _run(model, batch, need_logits)
                 n = batch.n_scored
                 COUNTERS.tokens_scored += n
                 if progress:
                     progress(n)
+            (stats,) = sums.results(_meta(space, data, meta))
     finally:
         model.train(was_training)
-    return ChannelStats("unpaired", {k: {f: t.cpu() for f, t in d.items()} for k, d in stats.data.items()},
-                        stats.meta)
+    assert stats is not None
+    return stats
 
 
 def collect_paired_stats(
@@ -610,6 +609,7 @@ def collect_paired_stats(
     fields: Sequence[str] | None = None,
     unpaired_fields: Sequence[str] | None = None,
     local: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> PairedResult:
     """Paired statistics of ``model_b - model_a`` on the same batches, in lock-step.
 
@@ -625,7 +625,7 @@ def collect_paired_stats(
     (result,) = collect_lockstep_stats(
         model_a, [model_b], space, data, entries=entries, batch_size=batch_size,
         unpaired=unpaired, labels=labels, progress=progress, meta=meta, fields=fields,
-        unpaired_fields=unpaired_fields, local=local)
+        unpaired_fields=unpaired_fields, local=local, ranks=ranks)
     return result
 
 
@@ -644,6 +644,7 @@ def collect_lockstep_stats(
     fields: Sequence[str] | None = None,
     unpaired_fields: Sequence[str] | None = None,
     local: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> list[PairedResult]:
     """Paired statistics of each ``partner - anchor``, every model running once per batch.
 
@@ -652,6 +653,7 @@ def collect_lockstep_stats(
     with several donors runs over the corpus once, not once per donor. Result ``i`` holds
     the pair (anchor, partner ``i``); the anchor's unpaired statistics are in every ``.a``.
     ``labels`` names the anchor, then each partner, in ``COUNTERS.passes_by_label``.
+    Under several ``ranks``, as :func:`collect_stats`.
     """
     models = [anchor, *partners]
     ents = _resolve_entries(space, entries)
@@ -659,13 +661,14 @@ def collect_lockstep_stats(
     need = [_needs_logits(model, ents) for model in models]
     with lockstep_captures(models, ents, space, data, unpaired=unpaired, labels=labels,
                            meta=meta, fields=fields, unpaired_fields=unpaired_fields,
-                           local=local) as (captures, results):
-        for batch in _batches(data, batch_size):
-            for model, capture, device, logits in zip(models, captures, devices, need):
-                on_device = batch.to(device)
-                capture.set_batch(on_device.score_mask, device)
-                _run(model, on_device, logits)
-            check_drained(captures)
+                           local=local, ranks=ranks) as (captures, sums, results):
+        for index, batch in sums.batches(_batches(data, batch_size)):
+            with sums.batch(index):
+                for model, capture, device, logits in zip(models, captures, devices, need):
+                    on_device = batch.to(device)
+                    capture.set_batch(on_device.score_mask, device)
+                    _run(model, on_device, logits)
+                check_drained(captures)
             n = batch.n_scored
             COUNTERS.tokens_scored += n
             if progress:
@@ -686,25 +689,25 @@ def lockstep_captures(
     fields: Sequence[str] | None = None,
     unpaired_fields: Sequence[str] | None = None,
     local: bool = False,
-) -> Iterator[tuple[list["_Capture"], list[PairedResult]]]:
+    ranks: Ranks = SINGLE,
+) -> Iterator[tuple[list["_Capture"], "_Pass", list[PairedResult]]]:
     """The hooks of a lock-step pass over ``models`` (the anchor first), in eval and
-    inference mode: yields each model's capture and a list that holds the results, on the
-    CPU, once the block ends. The caller runs every model on each batch, the anchor first
-    (:func:`collect_lockstep_stats` whole models; :mod:`actlang.run.streamed` a layer at a
-    time)."""
+    inference mode: yields each model's capture, the :class:`_Pass` that sums its batches,
+    and a list that holds the results, on the CPU, once the block ends. The caller runs
+    every model on each batch of ``sums.batches(...)``, the anchor first, inside
+    ``sums.batch(index)`` (:func:`collect_lockstep_stats` whole models;
+    :mod:`actlang.run.streamed` a layer at a time)."""
     if len(models) < 2:
         raise RuntimeUserError("paired statistics need at least one partner model")
     if len({id(m) for m in models}) != len(models):
         raise RuntimeUserError("paired statistics need two different model objects",
                                hint="load the second model separately")
     devices = [_device_of(m) for m in models]
-    m = _meta(space, data, meta)
     if local:
         fields = (*(fields if fields is not None else DEFAULT_PAIRED_FIELDS), LOCAL_FIELD)
-    pairs = [ChannelStats.zeros("paired", entries, meta=m, device=d, fields=fields)
-             for d in devices[1:]]
-    singles = [ChannelStats.zeros("unpaired", entries, meta=m, device=d, fields=unpaired_fields)
-               if unpaired else None for d in devices]
+    single_fields = _check_fields("unpaired", unpaired_fields)
+    slots = [("unpaired", single_fields, d) if unpaired else None for d in devices] + \
+        [("paired", _check_fields("paired", fields), d) for d in devices[1:]]
     modes = [model.training for model in models]
     for model in models:
         model.eval()
@@ -714,30 +717,104 @@ def lockstep_captures(
     results: list[PairedResult] = []
     try:
         with contextlib.ExitStack() as stack:
-            captures = [stack.enter_context(_Capture(model, entries, single))
-                        for model, single in zip(models, singles)]
+            captures = [stack.enter_context(_Capture(model, entries)) for model in models]
             stack.enter_context(torch.inference_mode())
             captures[0].mode, captures[0].stash = "stash", stash
-            for index, (capture, paired) in enumerate(zip(captures[1:], pairs), 1):
-                capture.mode, capture.stash, capture.paired = "diff", stash, paired
-                capture.keep = index < len(pairs)  # the last partner frees the stash
+            for index, capture in enumerate(captures[1:], 1):
+                capture.mode, capture.stash = "diff", stash
+                capture.keep = index < len(captures) - 1  # the last partner frees the stash
                 capture.anchor_modules = captures[0].anchor_modules
             for capture in captures:
                 capture.local = local
-            yield captures, results
+            sums = _Pass(captures, entries, slots, ranks)
+            yield captures, sums, results
+            stats = sums.results(_meta(space, data, meta))
     finally:
         stash.clear()
         for model, mode in zip(models, modes):
             model.train(mode)
-
-    def cpu(s: ChannelStats | None) -> ChannelStats | None:
-        if s is None:
-            return None
-        return ChannelStats(s.kind, {k: {f: t.cpu() for f, t in d.items()} for k, d in s.data.items()}, s.meta)
-
-    anchor_stats = cpu(singles[0])
-    results.extend(PairedResult(cpu(p), anchor_stats, cpu(single))  # type: ignore[arg-type]
+    singles, pairs = stats[:len(models)], stats[len(models):]
+    results.extend(PairedResult(p, singles[0], single)  # type: ignore[arg-type]
                    for p, single in zip(pairs, singles[1:]))
+
+
+class _Sums(dict):
+    """One batch's sums of one statistic, ``{entry key: {field: float64 [channels]}}``: an
+    entry's zeros are made when a hook first adds to it (a layer of a streamed capture
+    touches its own entries only)."""
+
+    def __init__(self, sizes: Mapping[str, int], fields: Sequence[str], device: torch.device):
+        super().__init__()
+        self._sizes, self._fields, self._device = sizes, fields, device
+
+    def __missing__(self, key: str) -> dict[str, torch.Tensor]:
+        sums = self[key] = {f: torch.zeros(self._sizes[key], dtype=torch.float64,
+                                           device=self._device) for f in self._fields}
+        return sums
+
+
+class _Pass:
+    """The statistics of one pass over a corpus: each batch gets fresh sums, added along the
+    fixed batch tree (:mod:`actlang.run.batchtree`), so any split of the batches between
+    ranks gives the same bits.
+
+    Args:
+        captures: each model's hooks (the anchor first).
+        entries: the hooked entries.
+        slots: what the pass computes, as ``(kind, fields, device)`` or ``None``: one
+            unpaired slot per capture, then one paired slot per partner.
+        ranks: the run's processes (this one computes its share of the batches).
+    """
+
+    def __init__(self, captures: Sequence["_Capture"], entries: Sequence[Entry],
+                 slots: Sequence[tuple[StatKind, tuple[str, ...], torch.device] | None],
+                 ranks: Ranks) -> None:
+        assert len(slots) in (len(captures), 2 * len(captures) - 1), "a slot per statistic"
+        self.captures, self.entries, self.slots, self.ranks = captures, entries, slots, ranks
+        self.sizes = {e.key: e.size for e in entries}
+        self.phases = [BatchTree()]
+
+    def batches(self, batches: Iterable[Batch]) -> Iterator[tuple[int, Batch]]:
+        """This rank's share of ``batches``, with their indices."""
+        batches = list(batches)
+        share = self.ranks.batches(len(batches))
+        return ((index, batches[index]) for index in share)
+
+    def next_phase(self) -> None:
+        """The batches are run again on other modules (a streamed capture's next layer)."""
+        self.phases.append(BatchTree())
+
+    @contextlib.contextmanager
+    def batch(self, index: int) -> Iterator[None]:
+        """Hooks that run inside add to fresh sums of batch ``index``."""
+        value: Slots = [None if slot is None else _Sums(self.sizes, slot[1], slot[2])
+                        for slot in self.slots]
+        for capture, single in zip(self.captures, value):
+            capture.unpaired = single
+        for capture, paired in zip(self.captures[1:], value[len(self.captures):]):
+            capture.paired = paired
+        try:
+            yield
+        finally:
+            for capture in self.captures:
+                capture.unpaired = capture.paired = None
+        self.phases[-1].push(index, [None if v is None else dict(v) for v in value])
+
+    def results(self, meta: Mapping[str, str]) -> list[ChannelStats | None]:
+        """Per slot, the statistics over every rank's batches (rank 0) or this rank's."""
+        total = self.ranks.reduce(unite(self.phases))
+        results: list[ChannelStats | None] = []
+        for position, slot in enumerate(self.slots):
+            if slot is None:
+                results.append(None)
+                continue
+            kind, fields, _ = slot
+            sums = (total[position] if total is not None else None) or {}
+            data = {e.key: {f: sums[e.key][f].cpu() if e.key in sums else
+                            torch.zeros(e.size, dtype=torch.float64) for f in fields}
+                    for e in self.entries}
+            results.append(ChannelStats(kind, data, meta))
+        return results
 
 
 def check_drained(captures: Sequence["_Capture"]) -> None:

@@ -39,6 +39,7 @@ from actlang.arch.errors import RuntimeUserError
 from actlang.run import stats as S
 from actlang.run.checkpoint import Checkpoint
 from actlang.run.corpus import Batch
+from actlang.run.ranks import SINGLE, Ranks
 
 __all__ = ["StreamedModel", "collect_lockstep_stats_streamed"]
 
@@ -190,13 +191,15 @@ def collect_lockstep_stats_streamed(
     local: bool = False,
     dtype: torch.dtype = torch.float32,
     device: torch.device = torch.device("cpu"),
+    ranks: Ranks = SINGLE,
 ) -> list[S.PairedResult]:
     """:func:`~actlang.run.stats.collect_lockstep_stats` of the models in ``directories``
     (the anchor first; a directory, or a :class:`StreamedModel` already built), one decoder
     layer of each in memory at a time (module docs).
 
     Returns the same results, equal to the in-memory capture's. ``local`` differences work
-    too: the partner's layer and the anchor's are in memory together.
+    too: the partner's layer and the anchor's are in memory together. Under several
+    ``ranks`` each streams the models over its share of the batches.
     """
     _return_freed_memory()
     models = [d if isinstance(d, StreamedModel) else
@@ -214,41 +217,46 @@ def collect_lockstep_stats_streamed(
     final_norm = _final_norm(space)
     lockstep = S.lockstep_captures([m.model for m in models], ents, space, data,
                                    unpaired=unpaired, labels=labels, meta=meta, fields=fields,
-                                   unpaired_fields=unpaired_fields, local=local)
-    with lockstep as (captures, results):
-        def each_model(batch: Batch, run: Callable[[int, StreamedModel], Any]) -> None:
-            """``run`` for every model, the anchor first, with its hooks set for ``batch``."""
-            for index, (model, capture) in enumerate(zip(models, captures)):
-                capture.set_batch(batch.score_mask.to(device), device)
-                run(index, model)
-            S.check_drained(captures)
+                                   unpaired_fields=unpaired_fields, local=local, ranks=ranks)
+    with lockstep as (captures, sums, results):
+        share = list(sums.batches(batches))  # this rank's batches, with their indices
+
+        def each_model(index: int, batch: Batch, run: Callable[[int, StreamedModel], Any]) -> None:
+            """``run`` for every model, the anchor first, its hooks set for batch ``index``."""
+            with sums.batch(index):
+                for position, (model, capture) in enumerate(zip(models, captures)):
+                    capture.set_batch(batch.score_mask.to(device), device)
+                    run(position, model)
+                S.check_drained(captures)
 
         states: list[list[torch.Tensor]] = [[] for _ in models]
         calls: list[list[Any]] = [[] for _ in models]
-        for batch in batches:  # embeddings (hooked) and the layers' arguments
-            def record(index: int, model: StreamedModel, batch: Batch = batch) -> None:
+        for index, batch in share:  # embeddings (hooked) and the layers' arguments
+            def record(position: int, model: StreamedModel, batch: Batch = batch) -> None:
                 hidden, layer_calls = model.record(batch.to(device))
-                states[index].append(hidden)
-                calls[index].append(layer_calls)
-            each_model(batch, record)
+                states[position].append(hidden)
+                calls[position].append(layer_calls)
+            each_model(index, batch, record)
         for layer_index in range(len(models[0].layers)):
+            sums.next_phase()
             with contextlib.ExitStack() as stack:
                 layers = [stack.enter_context(m.layer(layer_index)) for m in models]
-                for b, batch in enumerate(batches):
-                    def step(index: int, model: StreamedModel, b: int = b) -> None:
-                        args, kwargs = calls[index][b][layer_index]
-                        out = layers[index](states[index][b], *args, **kwargs)
-                        states[index][b] = out[0] if isinstance(out, tuple) else out
-                    each_model(batch, step)
-        for b, batch in enumerate(batches):
+                for b, (index, batch) in enumerate(share):
+                    def step(position: int, model: StreamedModel, b: int = b) -> None:
+                        args, kwargs = calls[position][b][layer_index]
+                        out = layers[position](states[position][b], *args, **kwargs)
+                        states[position][b] = out[0] if isinstance(out, tuple) else out
+                    each_model(index, batch, step)
+        sums.next_phase()
+        for b, (index, batch) in enumerate(share):
             if final_norm is not None:  # hooked like any module
-                each_model(batch, lambda index, model, b=b: model.model.get_submodule(
-                    final_norm)(states[index][b]))
+                each_model(index, batch, lambda position, model, b=b: model.model.get_submodule(
+                    final_norm)(states[position][b]))
             n = batch.n_scored
             S.COUNTERS.tokens_scored += n
             if progress:
                 progress(n)
-    _check_reached(results[0].paired, ents, batches)
+    _check_reached(results[0].paired, ents, batches if ranks.is_root else [b for _, b in share])
     return results
 
 
