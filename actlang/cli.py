@@ -317,6 +317,10 @@ def run_command(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
     max_memory: Optional[str] = _MAX_MEMORY_OPTION,
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Split every capture between N processes on this machine "
+        "(gloo on CPUs, nccl on GPUs); rank 0 does the rest and writes. The statistics are "
+        "the same bits for any N. Under torchrun, leave it out."),
 ) -> None:
     """Run a spec: capture statistics, select channels, transfer, fine-tune, evaluate, save.
 
@@ -324,6 +328,14 @@ def run_command(
     and evaluations are cached, so re-running after changing a budget runs no forward pass.
     Exit status: 0 success, 1 a mistake in the spec or its inputs, 3 an `expect` gate failed.
     """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from actlang.run.launch import launch
+
+        arguments = ["run", str(spec), *(["--output", str(output)] if output else []),
+                     *(["--force"] if force else []), *(["--json"] if json_output else []),
+                     *(["--cache-dir", str(cache_dir)] if cache_dir else []),
+                     *(["--max-memory", max_memory] if max_memory else [])]
+        raise typer.Exit(launch(arguments, nproc, lambda line: typer.echo(line, err=True)))
     import json as json_module
 
     from rich.console import Console
@@ -337,6 +349,8 @@ def run_command(
     from actlang.run.console import BarsProgress, print_notes, print_results
     from actlang.run.executor import Executor
     from actlang.run.gguf import convert_gguf
+    from actlang.run.ranks import from_environment, plan_digest
+    from actlang.run.worker import serve
     from actlang.zoo.build import build_zoo
 
     program, sources = _checked_program(spec, json_output)
@@ -344,28 +358,48 @@ def run_command(
         program = _redirect(program, output)
     console = Console(stderr=True)
     cache = Cache(cache_dir)
+    spec_text = spec.read_text()
+    ranks = None
     try:
-        with console.status("planning (the first use of the zoo builds it, of a GGUF file "
-                            "converts it: seconds to minutes)"):
-            builders = Builders(zoo_builder=build_zoo, gguf_converter=convert_gguf)
-            plan = make_plan(program, cache, dry_run=False, rebuild=force, builders=builders,
+        ranks = from_environment()
+        builders = Builders(zoo_builder=build_zoo, gguf_converter=convert_gguf)
+
+        def planned():
+            return make_plan(program, cache, dry_run=False, rebuild=force, builders=builders,
                              max_memory=_max_memory(max_memory))
+
+        if ranks.is_root:
+            with console.status("planning (the first use of the zoo builds it, of a GGUF "
+                                "file converts it: seconds to minutes)"):
+                plan = planned()
+        ranks.barrier()  # the other ranks plan once rank 0 has built what the plan needs
+        if not ranks.is_root:
+            plan = planned()
+        ranks.check_agreement(plan_digest(plan, spec_text))
+        if not ranks.is_root:
+            serve(plan, cache, ranks)
+            return
         if not json_output:
             _print_plan_warnings(plan, sources)
         with BarsProgress(console) as progress:
-            result = Executor(plan, cache, spec_text=spec.read_text(), force=force,
-                              progress=progress).run()
-    except PlanError as error:
-        diagnostic = Diagnostic(error.code, error.error.message, error.span, hint=error.error.hint)
-        _print_diagnostics([diagnostic], sources, json_output)
+            result = Executor(plan, cache, spec_text=spec_text, force=force,
+                              progress=progress, ranks=ranks).run()
+    except (PlanError, RuntimeUserError, OSError) as error:
+        if isinstance(error, PlanError):
+            diagnostic = Diagnostic(error.code, error.error.message, error.span,
+                                    hint=error.error.hint)
+        elif isinstance(error, RuntimeUserError):
+            diagnostic = Diagnostic("E502", error.message, None, hint=error.hint)
+        else:  # the disk or the directories refuse a write: not a bug
+            diagnostic = _environment_error(error)
+        if ranks is not None and not ranks.is_root:  # rank 0 reports the run's errors
+            typer.echo(f"rank {ranks.rank}: error: {diagnostic.message}", err=True)
+        else:
+            _print_diagnostics([diagnostic], sources, json_output)
         raise typer.Exit(EXIT_USER_ERROR) from None
-    except RuntimeUserError as error:
-        _print_diagnostics([Diagnostic("E502", error.message, None, hint=error.hint)], sources,
-                           json_output)
-        raise typer.Exit(EXIT_USER_ERROR) from None
-    except OSError as error:  # the disk or the directories refuse a write: not a bug
-        _print_diagnostics([_environment_error(error)], sources, json_output)
-        raise typer.Exit(EXIT_USER_ERROR) from None
+    finally:
+        if ranks is not None:
+            ranks.close()
     lock = plan.lock(stdlib_digest())
     write_atomically(spec.with_name(spec.name + ".lock"),
                      lambda p: p.write_text(json_module.dumps(lock, indent=2) + "\n"))

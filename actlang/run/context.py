@@ -24,6 +24,7 @@ from actlang.compile.cache import Cache
 from actlang.compile.plan import Plan
 from actlang.lang import program as P
 from actlang.run.checkpoint import Checkpoint
+from actlang.run.ranks import SINGLE, Ranks
 from actlang.run.results import OpRecord
 
 
@@ -51,6 +52,7 @@ class RunContext:
         spec_text: the spec, embedded in every output's model card.
         force: replace existing outputs.
         progress: receives progress events.
+        ranks: the run's processes (captures are split between them; rank 0 does the rest).
     """
 
     plan: Plan
@@ -62,6 +64,7 @@ class RunContext:
     device: torch.device = field(default_factory=lambda: torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"))
     loaded: dict[str, torch.nn.Module] = field(default_factory=dict)
+    ranks: Ranks = SINGLE
     records: dict[O.Op, OpRecord] = field(default_factory=dict)
     _tokenized: dict[tuple[P.Corpus, P.ModelSpec], TokenizedCorpus] = field(default_factory=dict)
     _stage_model: tuple[Path, torch.nn.Module] | None = None

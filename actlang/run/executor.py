@@ -48,6 +48,7 @@ from actlang.compile.plan import (
 from actlang.run import stats as S
 from actlang.run.context import Progress, RunContext, quiet_libraries
 from actlang.run.handlers import HANDLERS
+from actlang.run.ranks import SINGLE, Ranks
 from actlang.run.results import OpRecord, RunResult, SurgeryResult
 
 
@@ -61,11 +62,15 @@ class Executor:
         force: replace existing outputs.
         progress: receives progress events.
         clock: returns seconds (``time.perf_counter`` by default).
+        ranks: the run's processes; this is rank 0, and the others wait in
+            :func:`actlang.run.worker.serve` for each capture to run their share of it.
     """
 
     def __init__(self, plan: Plan, cache: Cache, *, spec_text: str = "", force: bool = False,
                  progress: Progress | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, ranks: Ranks = SINGLE):
+        assert ranks.is_root, "rank 0 runs the plan; the other ranks serve its captures"
+        self.ranks = ranks
         self.plan = plan
         self.cache = cache
         self.spec_text = spec_text
@@ -114,7 +119,8 @@ class Executor:
         S.COUNTERS.reset()
         outputs = [Path(s.surgery.output) for s in self.plan.order if isinstance(s, O.Save)]
         ctx = RunContext(self.plan, self.cache, _work_dir(outputs), spec_text=self.spec_text,
-                         force=self.force, progress=self.progress, loaded=self.loaded)
+                         force=self.force, progress=self.progress, loaded=self.loaded,
+                         ranks=self.ranks)
         results: dict[O.Op, Any] = {}
         last = last_uses(self.plan.graph, self.plan.order)  # models freed after that op
         # Temporary files (the masks a transfer stages, a library's scratch files) go into the
@@ -125,6 +131,8 @@ class Executor:
                 self.progress.op_started(index, len(self.plan.order), op)
                 start = self.clock()
                 cached = op in self.plan.cached
+                if isinstance(op, O.Capture) and not cached:
+                    self.ranks.command(index)  # the other ranks run their share with us
                 inputs = {p: results[p] for p in self.plan.graph.predecessors(op)}
                 try:
                     outcome = HANDLERS[type(op)](ctx, op, inputs, cached)
@@ -144,6 +152,7 @@ class Executor:
                     if last_index == index:  # several models can end at one op (a capture)
                         self.loaded.pop(load.model.name, None)
                         results.pop(load, None)
+            self.ranks.command(None)  # the other ranks are done
         finally:
             tempfile.tempdir = previous_tempdir
             shutil.rmtree(ctx.work, ignore_errors=True)

@@ -106,7 +106,7 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
         check_token_ids((ids for ids, _ in data.sequences), module,
                         f"the corpus {O.corpus_label(op.corpus)}", model.name)
     entries = _hooked(ctx, op)
-    batches = data.n_batches()
+    batches = len(ctx.ranks.batches(data.n_batches()))  # this rank's share
     produced: dict[tuple[P.ModelSpec, P.ModelSpec | None], S.ChannelStats] = {}
     for models in op.passes():
         done = 0
@@ -122,11 +122,12 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
             if streamed:
                 results = collect_lockstep_stats_streamed(
                     [streamed[m.name] for m in models], space, data, entries=entries,
-                    labels=labels, progress=advance, local=op.local)
+                    labels=labels, progress=advance, local=op.local, ranks=ctx.ranks)
             else:
                 results = S.collect_lockstep_stats(
                     ctx.loaded[anchor.name], [ctx.loaded[p.name] for p in partners], space,
-                    data, entries=entries, labels=labels, progress=advance, local=op.local)
+                    data, entries=entries, labels=labels, progress=advance, local=op.local,
+                    ranks=ctx.ranks)
             produced[(anchor, None)] = results[0].a
             for partner, result in zip(partners, results):
                 produced[(partner, None)] = result.b
@@ -137,8 +138,10 @@ def capture(ctx: RunContext, op: O.Capture, inputs: Inputs, cached: bool) -> Out
             (model,) = models
             produced[(model, None)] = S.collect_stats(ctx.loaded[model.name], space, data,
                                                       entries=entries, label=labels[0],
-                                                      progress=advance)
+                                                      progress=advance, ranks=ctx.ranks)
     values = {s: produced[(s.model, s.partner)] for s in op.statistics}
+    if not ctx.ranks.is_root:  # another rank's share of the statistics: rank 0 has the whole
+        return Outcome(values)
     for statistic, value in values.items():  # cached at once: an interrupted run resumes
         key = ctx.plan.keys.get(statistic)
         if key is not None:

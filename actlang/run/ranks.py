@@ -21,11 +21,12 @@ The process group comes from torchrun's environment (``RANK``, ``WORLD_SIZE``,
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -71,16 +72,17 @@ class Ranks:
         if self.distributed:
             import torch.distributed as dist
 
-            if not self.is_root:
-                dist.send_object_list([[_on_cpu(node) for node in nodes]], dst=0)
-            else:
-                tree = BatchTree()
-                tree.extend(nodes)
-                for source in range(1, self.world):
-                    received: list[Any] = [None]
-                    dist.recv_object_list(received, src=source)
-                    tree.extend(received[0])
-                return tree.total()
+            with _talking():
+                if not self.is_root:
+                    dist.send_object_list([[_on_cpu(node) for node in nodes]], dst=0)
+                else:
+                    tree = BatchTree()
+                    tree.extend(nodes)
+                    for source in range(1, self.world):
+                        received: list[Any] = [None]
+                        dist.recv_object_list(received, src=source)
+                        tree.extend(received[0])
+                    return tree.total()
         tree = BatchTree()
         tree.extend(nodes)
         return tree.total()
@@ -95,14 +97,16 @@ class Ranks:
         import torch.distributed as dist
 
         message = [value]
-        dist.broadcast_object_list(message, src=0)
+        with _talking():
+            dist.broadcast_object_list(message, src=0)
         return message[0]
 
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
 
-            dist.barrier()
+            with _talking():
+                dist.barrier()
 
     def check_agreement(self, digest: str) -> None:
         """Refuse ranks that planned different runs (another spec, other inputs, another
@@ -112,7 +116,8 @@ class Ranks:
         import torch.distributed as dist
 
         digests: list[Any] = [None] * self.world
-        dist.all_gather_object(digests, digest)
+        with _talking():
+            dist.all_gather_object(digests, digest)
         strays = [rank for rank, theirs in enumerate(digests) if theirs != digests[0]]
         if strays:
             raise RuntimeUserError(
@@ -164,6 +169,20 @@ def plan_digest(plan: Any, spec_text: str) -> str:
     for op in plan.order:
         h.update(f"{O.op_id(op)}={plan.keys.get(op, '')}\n".encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _talking() -> Iterator[None]:
+    """A message to or from a rank that stopped (or never came) is the user's to know, not
+    a traceback."""
+    try:
+        yield
+    except RuntimeError as error:  # torch.distributed.DistError and gloo's errors
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RuntimeUserError(
+            f"another rank of the run stopped or does not answer ({reason[:200]})",
+            hint="its own error says why; outputs finished before stay, nothing is "
+                 "half-written, and a rerun resumes from the cached statistics") from None
 
 
 def _on_cpu(node: Node) -> Node:

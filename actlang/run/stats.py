@@ -51,8 +51,8 @@ from torch import nn
 from actlang.arch.adapters import ChannelSpace, Entry
 from actlang.arch.corpus import TokenizedCorpus
 from actlang.arch.errors import RuntimeUserError
-from actlang.run.corpus import Batch, batches
 from actlang.run.batchtree import BatchTree, Slots, unite
+from actlang.run.corpus import Batch, batches
 from actlang.run.experts import expert_local_deltas, expert_projections, routed_rows
 from actlang.run.ranks import SINGLE, Ranks
 from actlang.run.reduce import Reducer, ScoredRows

@@ -5,7 +5,8 @@ this module at startup) and ``ACTC_TEST_PAUSE`` set; the process then stops itse
 SIGSTOP at that point of its work, and the test kills it there (SIGKILL), interrupts it
 (SIGINT then SIGCONT: the KeyboardInterrupt is raised right at the point) or lets it go on
 (SIGCONT) — a fault at a chosen instant, every time, rather than after a guessed delay.
-Without the variable this module does nothing.
+Without the variable this module does nothing. With ``ACTC_TEST_PAUSE_RANK`` set too, only
+the process of that rank (its ``RANK``, as torchrun and ``actc run --nproc`` set it) pauses.
 
 ``ACTC_TEST_PAUSE`` is ``KIND:WHERE`` or ``KIND:WHERE#N`` (the N-th occurrence, default 1):
 
@@ -30,6 +31,8 @@ import sys
 from typing import Any, Callable
 
 POINT = os.environ.get("ACTC_TEST_PAUSE", "")
+if os.environ.get("ACTC_TEST_PAUSE_RANK", os.environ.get("RANK")) != os.environ.get("RANK"):
+    POINT = ""  # another rank pauses
 
 
 class _Countdown:
