@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -179,8 +180,10 @@ def _talking() -> Iterator[None]:
         yield
     except RuntimeError as error:  # torch.distributed.DistError and gloo's errors
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason)  # gloo's source location
+        reason = reason.split(". This is typically")[0]
         raise RuntimeUserError(
-            f"another rank of the run stopped or does not answer ({reason[:200]})",
+            f"another rank of the run stopped or does not answer ({reason[:160]})",
             hint="its own error says why; outputs finished before stay, nothing is "
                  "half-written, and a rerun resumes from the cached statistics") from None
 
