@@ -1,5 +1,5 @@
-"""Distributed statistics: each rank collects on its share of a corpus's batches and rank 0
-adds the shares along the fixed batch tree.
+"""Distributed statistics: each rank collects on its share of a corpus's batches (in memory
+or a layer at a time) and rank 0 adds the shares along the fixed batch tree.
 
 Two and three real processes, a real ``torch.distributed`` gloo group; rank 0's statistics
 must be the very bits one process computes over the whole corpus.
@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from actlang.run.corpus import Batch
 from actlang.run.ranks import Ranks
+from actlang.run.streamed import collect_lockstep_stats_streamed
 from actlang.run.stats import ChannelStats, collect_paired_stats, collect_stats
 
 pytestmark = pytest.mark.slow
@@ -57,9 +58,12 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         ranks = Ranks(rank, world)
         unpaired = collect_stats(a, space, corpus_batches(), ranks=ranks)
         paired = collect_paired_stats(a, b, space, corpus_batches(), ranks=ranks).paired
+        streamed = collect_lockstep_stats_streamed(
+            [Path(out_dir) / "a", Path(out_dir) / "b"], space, corpus_batches(), ranks=ranks)
         if rank == 0:
             unpaired.save(Path(out_dir) / "unpaired.safetensors")
             paired.save(Path(out_dir) / "paired.safetensors")
+            streamed[0].paired.save(Path(out_dir) / "streamed.safetensors")
     finally:
         dist.destroy_process_group()
 
@@ -72,6 +76,8 @@ def bits_equal(x: ChannelStats, y: ChannelStats) -> bool:
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_give_the_bits_of_one_process(tmp_path, world):
     torch.set_num_threads(1)  # as each rank: kernels' bits may depend on the thread count
+    for name, model in zip("ab", tiny_models()):  # for the layer-streamed capture
+        model.save_pretrained(tmp_path / name)
     mp.spawn(_rank, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world,
              join=True)
     a, b, space = tiny_models()
@@ -83,6 +89,8 @@ def test_ranks_give_the_bits_of_one_process(tmp_path, world):
     assert got_unpaired.n_scored == want_unpaired.n_scored == sum(x.n_scored for x in whole)
     assert bits_equal(got_unpaired, want_unpaired)
     assert bits_equal(got_paired, want_paired)
+    # the layer-streamed capture splits the same way, with the same bits
+    assert bits_equal(ChannelStats.load(tmp_path / "streamed.safetensors"), want_paired)
     # rank 0's share alone is not the whole: the reduction really added the other ranks'
     mine = collect_stats(a, space, whole[:Ranks(0, world).batches(len(whole)).stop])
     assert not mine.allclose(want_unpaired, rtol=1e-3)
