@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -160,14 +161,34 @@ _MAX_MEMORY_OPTION = typer.Option(
     "streamed a layer at a time, e.g. 16GB (default: this machine's memory).")
 
 
+class _Dtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+_DTYPE_OPTION = typer.Option(
+    None, "--dtype", help="What every model computes in, over the spec's `dtype` (auto: "
+    "float32). Statistics are float64 sums either way; cached ones are kept per dtype.")
+
+
+def _checked_with_dtype(spec: Path, json_output: bool, dtype: Optional[_Dtype]):
+    """The checked program, every model computing in ``dtype`` if given."""
+    from actlang.lang.program import with_dtype
+
+    program, sources = _checked_program(spec, json_output)
+    return (with_dtype(program, dtype.value) if dtype else program), sources
+
+
 def _planned(spec: Path, json_output: bool, dry_run: bool, cache_dir: Optional[Path],
-             max_memory: Optional[int] = None):
+             max_memory: Optional[int] = None, dtype: Optional[_Dtype] = None):
     """Check and plan a spec; planning problems print as located diagnostics (exit 1)."""
     from actlang.compile.cache import Cache
     from actlang.compile.plan import PlanError, make_plan
     from actlang.lang.diagnostics import Diagnostic
 
-    program, sources = _checked_program(spec, json_output)
+    program, sources = _checked_with_dtype(spec, json_output, dtype)
     try:
         plan = make_plan(program, Cache(cache_dir), dry_run=dry_run, max_memory=max_memory)
     except PlanError as error:
@@ -209,6 +230,7 @@ def plan_command(
     json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
     max_memory: Optional[str] = _MAX_MEMORY_OPTION,
+    dtype: Optional[_Dtype] = _DTYPE_OPTION,
 ) -> None:
     """Dry run: what `actc run` would do, what is cached, and what it will cost.
 
@@ -219,7 +241,7 @@ def plan_command(
     from actlang.compile.render import render_plan
 
     plan = _planned(spec, json_output, dry_run=True, cache_dir=cache_dir,
-                    max_memory=_max_memory(max_memory))
+                    max_memory=_max_memory(max_memory), dtype=dtype)
     typer.echo(plan.dumps() if json_output else render_plan(plan))
 
 
@@ -317,6 +339,7 @@ def run_command(
     json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
     max_memory: Optional[str] = _MAX_MEMORY_OPTION,
+    dtype: Optional[_Dtype] = _DTYPE_OPTION,
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Split every capture between N processes on this machine "
         "(gloo on CPUs, nccl on GPUs); rank 0 does the rest and writes. The statistics are "
@@ -334,7 +357,8 @@ def run_command(
         arguments = ["run", str(spec), *(["--output", str(output)] if output else []),
                      *(["--force"] if force else []), *(["--json"] if json_output else []),
                      *(["--cache-dir", str(cache_dir)] if cache_dir else []),
-                     *(["--max-memory", max_memory] if max_memory else [])]
+                     *(["--max-memory", max_memory] if max_memory else []),
+                     *(["--dtype", dtype.value] if dtype else [])]
         raise typer.Exit(launch(arguments, nproc, lambda line: typer.echo(line, err=True)))
     import json as json_module
 
@@ -353,7 +377,7 @@ def run_command(
     from actlang.run.worker import serve
     from actlang.zoo.build import build_zoo
 
-    program, sources = _checked_program(spec, json_output)
+    program, sources = _checked_with_dtype(spec, json_output, dtype)
     if output is not None:
         program = _redirect(program, output)
     console = Console(stderr=True)

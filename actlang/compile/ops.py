@@ -237,6 +237,13 @@ def corpus_label(corpus: P.Corpus) -> str:
     return "mix(" + ", ".join(corpus_label(p) for p in corpus.parts) + ")"
 
 
+def state_target(state: ModelState) -> P.ModelSpec:
+    """The input model a state starts from (a stage's target)."""
+    while isinstance(state, Finetune):
+        state = state.source
+    return state if isinstance(state, P.ModelSpec) else state.target
+
+
 def state_label(state: ModelState) -> str:
     if isinstance(state, P.ModelSpec):
         return state.name

@@ -102,6 +102,14 @@ class ModelInfo:
     gguf: Path | None = None  # the .gguf file of a gguf model
 
     @property
+    def compute_bytes(self) -> int | None:
+        """The model's size in memory: its parameters in the dtype it computes in (a bf16
+        checkpoint of an ``auto`` model is loaded as float32, twice its file)."""
+        if self.parameters is None:
+            return None
+        return self.parameters * _DTYPE_BYTES[self.spec.compute_dtype]
+
+    @property
     def built(self) -> bool:
         """Whether the model's directory exists (a zoo built, a GGUF file converted)."""
         return self.directory is not None and self.directory != self.gguf
@@ -632,7 +640,7 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache, dry_
             needed.add((op.corpus, op.tokenizer))
         elif isinstance(op, O.Evaluate):
             state = op.state
-            tokenizer = state if isinstance(state, P.ModelSpec) else _state_target(state)
+            tokenizer = O.state_target(state)
             for spec in op.ability.evals:
                 needed.add((spec.corpus, tokenizer))
     tokens: dict[tuple, int | None] = {}
@@ -708,12 +716,6 @@ def _tokenizer(directory: Path, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
 
 
-def _state_target(state: O.ModelState) -> P.ModelSpec:
-    while isinstance(state, O.Finetune):
-        state = state.source
-    return state.target  # type: ignore[union-attr]
-
-
 def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
                 corpus_digests: dict[tuple, str]) -> dict[O.Op, str]:
     """Keys of cacheable ops whose inputs are all identified; others cannot hit."""
@@ -726,6 +728,7 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
                 continue
             keys[op] = digest(CACHE_FORMAT, STATS_CONFIG, op.modules, "paired" if op.partner
                               else "unpaired", identities, corpus, op.corpus.options.max_tokens,
+                              *_half([m for m in (op.model, op.partner) if m is not None]),
                               *(["local"] if op.local else []),
                               *([[(m.glob, m.axis) for m in op.raw]] if op.raw else []))
         elif isinstance(op, O.Save):
@@ -741,8 +744,15 @@ def _cache_keys(graph: nx.DiGraph, models: dict[str, ModelInfo],
             if identity is None or None in corpora:
                 continue
             keys[op] = digest(CACHE_FORMAT, EVAL_CONFIG, identity, corpora,
-                              [repr(e) for e in op.ability.evals])
+                              [repr(e) for e in op.ability.evals], *_half([op.state]))
     return keys
+
+
+def _half(models: list[P.ModelSpec]) -> list[list[str]]:
+    """What models computing in half precision add to a cache key (float32, the default,
+    adds nothing, so the keys of float32 runs stay what they were)."""
+    dtypes = [m.compute_dtype for m in models]
+    return [dtypes] if any(d != "float32" for d in dtypes) else []
 
 
 def _uses(surgery: P.SurgerySpec, model: P.ModelSpec) -> bool:
@@ -973,7 +983,7 @@ def _estimate(plan: Plan) -> Estimates:
                 for load, index in last_uses(plan.graph, plan.order).items()}
     for index, op in enumerate(plan.order):
         if isinstance(op, O.LoadModel):
-            size = plan.models[op.model.name].weight_bytes
+            size = plan.models[op.model.name].compute_bytes
             est.exact &= size is not None
             live[op.model.name] = size or 0
         elif isinstance(op, O.Capture):
@@ -988,7 +998,7 @@ def _estimate(plan: Plan) -> Estimates:
                 est.tokens += tokens or 0
                 est.flops += 2.0 * (plan.models[model.name].parameters or 0) * (tokens or 0)
         elif isinstance(op, O.Evaluate) and op not in plan.cached:
-            target = op.state if isinstance(op.state, P.ModelSpec) else _state_target(op.state)
+            target = O.state_target(op.state)
             params = plan.models[target.name].parameters or 0
             for spec in op.ability.evals:
                 tokens = plan.corpus_tokens.get((spec.corpus, target)) or 0

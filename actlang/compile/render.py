@@ -35,7 +35,8 @@ def render_plan(plan: Plan) -> str:
         size = human_bytes(info.weight_bytes) if info.weight_bytes else "?"
         weights = "" if info.has_weights else "  [config only]"
         lines.append(f"  {name:<{width}}  {info.model_type:<8} {params:>8} params "
-                     f"{size:>9}  {info.directory}{weights}")
+                     f"{size:>9}  computes in {info.spec.compute_dtype:<8}  "
+                     f"{info.directory}{weights}")
     new = sum(1 for op in plan.order if op not in plan.cached)
     lines += ["", f"Operations ({new} new, {len(plan.order) - new} cached):"]
     for op in plan.order:

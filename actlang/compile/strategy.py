@@ -45,11 +45,11 @@ def _streamed_bytes(info, tokens: int | None) -> int | None:
     (the weights outside the embeddings, over the layers) and its hidden states."""
     dims = info.space.dims if info.space is not None else {}
     layers, hidden, vocab = dims.get("layers"), dims.get("hidden"), dims.get("vocab")
-    if not (info.weight_bytes and info.parameters and layers and hidden and vocab):
+    if not (info.parameters and layers and hidden and vocab):
         return None
-    per_parameter = info.weight_bytes / info.parameters
+    per_parameter = info.compute_bytes / info.parameters  # layers load in the compute dtype
     embeddings = vocab * hidden * per_parameter * (1 if info.space.tied else 2)
-    layer = max(info.weight_bytes - embeddings, 0) / layers
+    layer = max(info.compute_bytes - embeddings, 0) / layers
     return int(embeddings + layer + (tokens or 0) * hidden * _HIDDEN_BYTES)
 
 
@@ -65,7 +65,7 @@ def choose(capture: O.Capture, models: Mapping[str, object], tokens: int | None,
         limit: the memory limit in bytes (``None``: no limit).
     """
     infos = [models[m.name] for m in capture.models]
-    sizes = [info.weight_bytes for info in infos]
+    sizes = [info.compute_bytes for info in infos]
     whole = sum(sizes) if all(s is not None for s in sizes) else None
     if limit is None or whole is None or whole <= limit:
         return CaptureStrategy(False, "the models fit in memory together" if whole else

@@ -41,6 +41,12 @@ class ModelSpec:
     package: str | None = None  # gguf models: the installed package that ships the file
     span: Span | None = _span()
 
+    @property
+    def compute_dtype(self) -> str:
+        """What the model computes in: its ``dtype``, float32 for ``auto`` (statistics are
+        float64 sums either way; half precision only where a spec asks for it)."""
+        return "float32" if self.dtype == "auto" else self.dtype
+
 
 @dataclass(frozen=True)
 class CorpusOptions:
@@ -300,3 +306,22 @@ class Program:
     abilities: tuple[AbilitySpec, ...]
     files: tuple[str, ...] = ()  # every .act file read, the main file first
     declared: tuple[ModelSpec, ...] = ()  # every model the main file declares, used or not
+
+
+def with_dtype(program: Program, dtype: str) -> Program:
+    """``program`` with every model computing in ``dtype`` (``actc run --dtype``): each
+    :class:`ModelSpec` in it, wherever it is referenced, replaced by one copy."""
+    import dataclasses
+
+    def rewrite(value):
+        if isinstance(value, ModelSpec):
+            return dataclasses.replace(value, dtype=dtype)
+        if isinstance(value, tuple):
+            return tuple(rewrite(v) for v in value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes = {f.name: rewrite(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if any(changes[k] is not getattr(value, k) for k in changes):
+                return dataclasses.replace(value, **changes)
+        return value
+
+    return rewrite(program)

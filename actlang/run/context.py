@@ -86,17 +86,17 @@ class RunContext:
         return Checkpoint.open(self.directory(model), allow_pickle=model.allow_pickle)
 
     def dtype(self, spec: P.ModelSpec | None) -> torch.dtype:
-        """What a model computes in: its spec's dtype on an accelerator, float32 on the CPU
-        (where half precision is slow and statistics would lose bits for nothing)."""
-        if spec is not None and spec.dtype != "auto" and self.device.type != "cpu":
-            return getattr(torch, spec.dtype)
-        return torch.float32
+        """What a model computes in (:attr:`~actlang.lang.program.ModelSpec.compute_dtype`:
+        the spec's ``dtype``, or ``actc run --dtype``; float32 for ``auto``), on any device."""
+        return getattr(torch, spec.compute_dtype) if spec is not None else torch.float32
 
-    def load(self, directory: Path, spec: P.ModelSpec | None) -> torch.nn.Module:
-        """A model in memory, on the run's device, in eval mode."""
+    def load(self, directory: Path, spec: P.ModelSpec | None,
+             dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """A model in memory, on the run's device, in eval mode, computing in ``dtype``
+        (default: its spec's)."""
         from transformers import AutoModelForCausalLM
 
-        dtype = self.dtype(spec)
+        dtype = dtype or self.dtype(spec)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, trust_remote_code=self.trusts_code(directory, spec),
@@ -116,11 +116,13 @@ class RunContext:
 
     def model_of(self, state: O.ModelState, directory: Path) -> torch.nn.Module:
         """A model in memory for a state: a loaded input model, or a stage loaded from its
-        work ``directory`` (the last one is kept: evaluations of a stage are adjacent)."""
+        work ``directory`` in its target's dtype (the last one is kept: evaluations of a
+        stage are adjacent)."""
         if isinstance(state, P.ModelSpec):
             return self.loaded[state.name]
         if self._stage_model is None or self._stage_model[0] != directory:
-            self._stage_model = (directory, self.load(directory, None))
+            target = self.dtype(O.state_target(state))
+            self._stage_model = (directory, self.load(directory, None, dtype=target))
         return self._stage_model[1]
 
     # -- tokenizers and data

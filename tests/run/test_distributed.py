@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 
 from actlang.run.corpus import Batch
 from actlang.run.ranks import Ranks
-from actlang.run.streamed import collect_lockstep_stats_streamed
 from actlang.run.stats import ChannelStats, collect_paired_stats, collect_stats
+from actlang.run.streamed import collect_lockstep_stats_streamed
 
 pytestmark = pytest.mark.slow
 
