@@ -154,7 +154,9 @@ _CORPUS_OPTIONS = (
     FieldSpec("max_tokens", "int", "truncate each document to this many tokens",
               default="512", low=1),
 )
-_DTYPE = FieldSpec("dtype", "enum", "dtype for running the model", default="auto", choices=DTYPES)
+_DTYPE = FieldSpec("dtype", "enum", "what the model computes in, on any device (auto: "
+                   "float32); `actc run --dtype` sets it for every model", default="auto",
+                   choices=DTYPES)
 _MODEL_OPTIONS = (
     _DTYPE,
     FieldSpec("trust_remote_code", "bool", "run the repository's own modelling code",
