@@ -97,10 +97,12 @@ class RunContext:
         from transformers import AutoModelForCausalLM
 
         dtype = dtype or self.dtype(spec)
+        spread = self._spread(spec, dtype)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, trust_remote_code=self.trusts_code(directory, spec),
-                use_safetensors=not (spec and spec.allow_pickle))
+                use_safetensors=not (spec and spec.allow_pickle),
+                **({"device_map": "auto"} if spread else {}))
         except pickle.UnpicklingError as error:  # weights_only refused an object
             reason = str(error).strip().splitlines()[-1].strip() or "not plain tensors"
             raise RuntimeUserError(
@@ -112,7 +114,21 @@ class RunContext:
             raise RuntimeUserError(f"cannot load the model in {directory}: {error}") from None
         if spec is not None:  # NaN/Inf weights would poison every activation and score
             _require_finite_weights(model, spec.name, directory)
-        return model.to(self.device).eval()
+        return (model if spread else model.to(self.device)).eval()
+
+    def _spread(self, spec: P.ModelSpec | None, dtype: torch.dtype) -> bool:
+        """Whether a model is spread over this machine's GPUs (accelerate's
+        ``device_map="auto"``): when it does not fit the free memory of one and there are
+        several (one rank of several keeps to its own GPU). Hooks and statistics work
+        whatever device a module sits on."""
+        if self.device.type != "cuda" or self.ranks.distributed or torch.cuda.device_count() < 2:
+            return False
+        info = self.plan.models.get(spec.name) if spec is not None else None
+        if info is None or info.parameters is None:
+            return False
+        size = info.parameters * torch.empty((), dtype=dtype).element_size()
+        free, _ = torch.cuda.mem_get_info()
+        return size > 0.8 * free  # room for the activations of a batch
 
     def model_of(self, state: O.ModelState, directory: Path) -> torch.nn.Module:
         """A model in memory for a state: a loaded input model, or a stage loaded from its

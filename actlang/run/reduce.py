@@ -159,11 +159,13 @@ class Reducer:
     @staticmethod
     def _add(acc: MutableMapping[str, torch.Tensor], fields: list[str], parts: torch.Tensor,
              count: torch.Tensor | int) -> None:
-        """Add the blocks' sums ``parts`` [blocks, fields, C] to the float64 accumulators."""
-        sums = parts.sum(0, dtype=torch.float64)  # [fields, C]
+        """Add the blocks' sums ``parts`` [blocks, fields, C] to the float64 accumulators
+        (which may sit on another device: a model spread over several GPUs)."""
+        device = acc["count"].device
+        sums = parts.sum(0, dtype=torch.float64).to(device)  # [fields, C]
         for index, name in enumerate(fields):
             acc[name] += sums[index]
-        acc["count"] += count
+        acc["count"] += count.to(device) if isinstance(count, torch.Tensor) else count
 
     # -- unpaired ---------------------------------------------------------------------------
 

@@ -446,8 +446,9 @@ class _Capture:
                     deltas = expert_local_deltas(self.anchor_modules[module_path], module,
                                                  anchor_hidden.to(hidden.device), expert)
                     for e in entries:
-                        self.paired[e.key][LOCAL_FIELD] += self._expert_slice(
-                            deltas, e).abs().sum(0, dtype=torch.float64)
+                        acc = self.paired[e.key][LOCAL_FIELD]
+                        acc += self._expert_slice(deltas, e).abs().sum(
+                            0, dtype=torch.float64).to(acc.device)
 
         return hook
 
@@ -493,7 +494,8 @@ class _Capture:
         for e in entries:
             h = e.hook
             assert h is not None
-            self.paired[e.key][LOCAL_FIELD] += sums[h.start:h.stop]
+            acc = self.paired[e.key][LOCAL_FIELD]
+            acc += sums[h.start:h.stop].to(acc.device)
 
 
 def _device_of(model: nn.Module) -> torch.device:

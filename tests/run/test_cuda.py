@@ -123,3 +123,22 @@ def test_masked_finetune_on_gpu_keeps_unselected_weights_and_tracks_the_cpu(pair
         kept = torch.ones_like(start, dtype=torch.bool) if moves is None else ~moves
         for final in finals:
             assert torch.equal(final[name][kept], start[kept]), name
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_spread_over_two_gpus_gives_the_statistics_of_one(pair, data) -> None:
+    """accelerate's device_map puts half the layers on each GPU: hooks on either device
+    reduce into the same float64 sums."""
+    from accelerate import dispatch_model
+
+    target, donor = pair
+    space = ChannelSpace.from_config(target.config.to_dict())
+    layers = target.config.num_hidden_layers
+    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1,
+                  "lm_head": 1, **{f"model.layers.{i}": int(i >= layers // 2)
+                                   for i in range(layers)}}
+    spread = [dispatch_model(on(m, torch.device("cpu")), device_map=device_map)
+              for m in (target, donor)]
+    whole = collect_paired_stats(on(target, CUDA), on(donor, CUDA), space, data, batch_size=4)
+    split = collect_paired_stats(*spread, space, data, batch_size=4)
+    assert split.paired.allclose(whole.paired, rtol=1e-5, atol=1e-6)
