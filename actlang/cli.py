@@ -26,7 +26,26 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown joins a paragraph's lines and wraps them to the terminal; rich markup keeps
+    # the docstring's line breaks, which cut sentences in two on a narrow terminal.
+    rich_markup_mode="markdown",
 )
+
+
+def _flags_take_no_value() -> None:
+    """typer 0.29 shows ``<bool>`` after every flag (``--force``, ``--help``), as if it took
+    a value: a flag's help shows no type."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 
 
 def _version(value: bool) -> None:
@@ -157,7 +176,7 @@ def _max_memory(text: Optional[str]) -> Optional[int]:
 
 
 _MAX_MEMORY_OPTION = typer.Option(
-    None, "--max-memory", help="Memory a capture's models may take together before it is "
+    None, "--max-memory", metavar="<size>", help="Memory a capture's models may take together before it is "
     "streamed a layer at a time, e.g. 16GB (default: this machine's memory).")
 
 
@@ -169,8 +188,9 @@ class _Dtype(str, Enum):
 
 
 _DTYPE_OPTION = typer.Option(
-    None, "--dtype", help="What every model computes in, over the spec's `dtype` (auto: "
-    "float32). Statistics are float64 sums either way; cached ones are kept per dtype.")
+    None, "--dtype", metavar="<dtype>", help="auto, float32, bfloat16 or float16: what every "
+    "model computes in, over the spec's `dtype` (auto: float32). Statistics are float64 sums "
+    "either way; cached ones are kept per dtype.")
 
 
 def _checked_with_dtype(spec: Path, json_output: bool, dtype: Optional[_Dtype]):
@@ -341,7 +361,7 @@ def run_command(
     max_memory: Optional[str] = _MAX_MEMORY_OPTION,
     dtype: Optional[_Dtype] = _DTYPE_OPTION,
     nproc: int = typer.Option(
-        1, "--nproc", min=1, help="Split every capture between N processes on this machine "
+        1, "--nproc", metavar="N", help="Split every capture between N processes on this machine "
         "(gloo on CPUs, nccl on GPUs); rank 0 does the rest and writes. The statistics are "
         "the same bits for any N. Under torchrun, leave it out."),
 ) -> None:
@@ -351,6 +371,9 @@ def run_command(
     and evaluations are cached, so re-running after changing a budget runs no forward pass.
     Exit status: 0 success, 1 a mistake in the spec or its inputs, 3 an `expect` gate failed.
     """
+    if nproc < 1:
+        typer.echo("error: --nproc must be at least 1", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from actlang.run.launch import launch
 

@@ -29,6 +29,23 @@ def test_version_and_help() -> None:
         assert command in help_text
 
 
+@pytest.mark.parametrize("command", ["run", "plan", "inspect", "check"])
+def test_help_shows_no_type_for_flags_and_keeps_sentences_whole(command) -> None:
+    import os
+
+    executable = shutil.which("actc", path=str(Path(sys.executable).parent))
+    result = subprocess.run([executable, command, "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "80", "TERM": "dumb"}, timeout=120)
+    assert result.returncode == 0
+    assert "<bool>" not in result.stdout and "range" not in result.stdout
+    if command == "run":  # a paragraph is wrapped to the terminal, not at its source lines
+        flat = " ".join(result.stdout.split())
+        assert "Statistics and evaluations are cached, so re-running" in flat
+        assert max(map(len, result.stdout.splitlines())) <= 80
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        assert "Statistics" not in lines  # no line left with one word of a broken sentence
+
+
 def test_explain_prints_a_codes_entry_and_refuses_an_unknown_code() -> None:
     result = actc("explain", "E205")
     assert result.returncode == 0
