@@ -462,11 +462,25 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
             raise PlanError(error, rule.span) from None
         selectable[op] = Selectable(units=sum(g.n_units for g in groups),
                                     channels=sum(g.n_channels for g in groups))
-        for warning in caught:
-            entry = PlanWarning(str(warning.message), rule.span)
+        messages = [str(warning.message) for warning in caught]
+        messages += _count_meant_as_share(rule.budget, selectable[op].units)
+        for message in messages:
+            entry = PlanWarning(message, rule.span)
             if entry not in found:
                 found.append(entry)
     return selectable, found
+
+
+def _count_meant_as_share(budget: P.Budget, units: int) -> list[str]:
+    """``budget = 3`` selects three units; next to thousands of candidates, ``3%`` was
+    almost surely meant."""
+    count = budget.value
+    if budget.kind != "count" or budget.scope != "global" or count > 100 or \
+            units == 0 or count >= 0.01 * units:
+        return []
+    shown = f"{count:g}"
+    return [f"`budget = {shown}` selects {shown} of {units:,} candidate units "
+            f"({100 * count / units:.2g} %); a share is written with %: `budget = {shown}%`"]
 
 
 def _selects(graph: nx.DiGraph) -> list[O.Select]:

@@ -230,3 +230,15 @@ def test_one_module_is_selected_along_one_axis(write_spec, tmp_path) -> None:
     with pytest.raises(PlanError, match="which another module.* selector on the model `tuned` "
                                         "takes along axis"):
         make_plan(program, Cache(tmp_path / "cache"))
+
+
+def test_a_count_budget_far_below_one_percent_warns_that_a_share_was_meant(actc, write_spec):
+    rule = 'surgery s -> "out/s" {{ target = tuned  transfer sums from base {{ {budget} }} }}'
+    spec = write_spec(rule.format(budget="budget = 1"))
+    planned = actc("plan", str(spec))
+    assert planned.returncode == 0, planned.stderr
+    assert "warning[W501]" in planned.stderr and "`budget = 1%`" in planned.stderr
+    assert f"{spec.name}:{spec.read_text().count(chr(10)) + 1}:" in planned.stderr  # the rule
+    for meant in ("budget = 1%", "budget = 20"):
+        quiet = actc("plan", str(write_spec(rule.format(budget=meant), name="quiet.act")))
+        assert quiet.returncode == 0 and "W501" not in quiet.stderr, quiet.stderr
