@@ -453,34 +453,34 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SelectionWarning)
                 entries = candidate_entries(target.space, rule)
-            for info in (target, donor):
-                _check_raw_axes(rule, info)
-            _check_raw_units(rule, entries)
-            _check_scorable(rule, target.space, entries)
-            groups = unit_groups(target.space, rule, entries)
+                for info in (target, donor):
+                    _check_raw_axes(rule, info)
+                _check_raw_units(rule, entries)
+                _check_scorable(rule, target.space, entries)
+                groups = unit_groups(target.space, rule, entries)
+                selectable[op] = Selectable(units=sum(g.n_units for g in groups),
+                                            channels=sum(g.n_channels for g in groups))
+                _warn_count_meant_as_share(rule.budget, selectable[op].units)
         except RuntimeUserError as error:
             raise PlanError(error, rule.span) from None
-        selectable[op] = Selectable(units=sum(g.n_units for g in groups),
-                                    channels=sum(g.n_channels for g in groups))
-        messages = [str(warning.message) for warning in caught]
-        messages += _count_meant_as_share(rule.budget, selectable[op].units)
-        for message in messages:
-            entry = PlanWarning(message, rule.span)
+        for warning in caught:
+            entry = PlanWarning(str(warning.message), rule.span)
             if entry not in found:
                 found.append(entry)
     return selectable, found
 
 
-def _count_meant_as_share(budget: P.Budget, units: int) -> list[str]:
+def _warn_count_meant_as_share(budget: P.Budget, units: int) -> None:
     """``budget = 3`` selects three units; next to thousands of candidates, ``3%`` was
     almost surely meant."""
     count = budget.value
     if budget.kind != "count" or budget.scope != "global" or count > 100 or \
             units == 0 or count >= 0.01 * units:
-        return []
+        return
     shown = f"{count:g}"
-    return [f"`budget = {shown}` selects {shown} of {units:,} candidate units "
-            f"({100 * count / units:.2g} %); a share is written with %: `budget = {shown}%`"]
+    warnings.warn(f"`budget = {shown}` selects {shown} of {units:,} candidate units "
+                  f"({100 * count / units:.2g} %); a share is written with %: "
+                  f"`budget = {shown}%`", SelectionWarning, stacklevel=2)
 
 
 def _selects(graph: nx.DiGraph) -> list[O.Select]:

@@ -105,7 +105,7 @@ class _Finder(pyast.NodeVisitor):
         elif name is not None and name.endswith("ChannelWarning") and node.args:
             self._add(("W501",), node.args[0], None)  # a SelectionWarning, shown as W501
         elif name == "warn" and len(node.args) > 1 and isinstance(node.args[1], pyast.Name) \
-                and node.args[1].id.endswith("ChannelWarning"):
+                and node.args[1].id.endswith("Warning"):
             self._add(("W501",), node.args[0], None)  # warnings.warn(message, category)
         self.generic_visit(node)
 
