@@ -244,6 +244,10 @@ _CACHE_OPTION = typer.Option(None, "--cache-dir", envvar="ACTLANG_CACHE_DIR",
                              help="Statistics cache (default: ~/.cache/actlang).")
 
 
+_ALL_OPTION = typer.Option(False, "--all", help="Every op of the spec, also those the "
+                           "cache makes unnecessary (after a run, the whole pipeline).")
+
+
 @app.command("plan")
 def plan_command(
     spec: Path = typer.Argument(..., help="The spec to plan.", show_default=False),
@@ -251,6 +255,7 @@ def plan_command(
     cache_dir: Optional[Path] = _CACHE_OPTION,
     max_memory: Optional[str] = _MAX_MEMORY_OPTION,
     dtype: Optional[_Dtype] = _DTYPE_OPTION,
+    every_op: bool = _ALL_OPTION,
 ) -> None:
     """Dry run: what `actc run` would do, what is cached, and what it will cost.
 
@@ -262,7 +267,7 @@ def plan_command(
 
     plan = _planned(spec, json_output, dry_run=True, cache_dir=cache_dir,
                     max_memory=_max_memory(max_memory), dtype=dtype)
-    typer.echo(plan.dumps() if json_output else render_plan(plan))
+    typer.echo(plan.dumps() if json_output else render_plan(plan, every_op))
 
 
 @app.command("graph")
@@ -270,6 +275,7 @@ def graph_command(
     spec: Path = typer.Argument(..., help="The spec.", show_default=False),
     fmt: str = typer.Option("dot", "--format", help="dot (Graphviz) or mermaid."),
     cache_dir: Optional[Path] = _CACHE_OPTION,
+    every_op: bool = _ALL_OPTION,
 ) -> None:
     """Print the optimized operation graph (cached ops dashed / marked)."""
     from actlang.compile.render import render_graph
@@ -278,7 +284,7 @@ def graph_command(
         typer.echo(f"error: unknown format `{fmt}` (dot or mermaid)", err=True)
         raise typer.Exit(EXIT_USER_ERROR)
     plan = _planned(spec, False, dry_run=True, cache_dir=cache_dir)
-    typer.echo(render_graph(plan, fmt))
+    typer.echo(render_graph(plan, fmt, every_op))
 
 
 @app.command("inspect")

@@ -133,6 +133,25 @@ def schedule(graph: nx.DiGraph) -> list[O.Op]:
     return order
 
 
+def defer_cached(graph: nx.DiGraph, order: list[O.Op], cached: set[O.Op]) -> list[O.Op]:
+    """``order`` with each cached op moved to just before its first user (a cached op has
+    no inputs left, so the schedule puts it first; read there, a plan lists a cached
+    statistic before the model and capture it comes from). Still a topological order."""
+    deferred = [op for op in order if op in cached]
+    position = {op: i for i, op in enumerate(op for op in order if op not in cached)}
+    before: dict[int, list[O.Op]] = {}
+    for op in deferred:
+        users = [position[s] for s in graph.successors(op) if s in position]
+        before.setdefault(min(users, default=len(position)), []).append(op)
+    result: list[O.Op] = []
+    for index, op in enumerate([op for op in order if op not in cached] + [None]):
+        result += before.get(index, [])
+        if op is not None:
+            result.append(op)
+    assert len(result) == len(order)
+    return result
+
+
 def last_uses(graph: nx.DiGraph, order: list[O.Op]) -> dict[O.LoadModel, int]:
     """For each load, the index in ``order`` of the last op that uses the loaded model."""
     position = {op: i for i, op in enumerate(order)}

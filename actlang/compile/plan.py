@@ -48,6 +48,7 @@ from actlang.compile.bind import (
 from actlang.compile.cache import CACHE_FORMAT, Cache, digest
 from actlang.compile.lower import lower
 from actlang.compile.passes import (
+    defer_cached,
     drop_cached,
     eliminate_dead_ops,
     fuse_captures,
@@ -163,6 +164,28 @@ class Plan:
     warnings: list[PlanWarning] = field(default_factory=list)
     strategies: dict[O.Capture, CaptureStrategy] = field(default_factory=dict)
     max_memory: int | None = None  # the memory limit the strategies were chosen for
+    #: Every op the spec asks for, before the cache removed any (``actc plan --all``).
+    whole: nx.DiGraph | None = None
+
+    def whole_order(self) -> list[tuple[str, O.Op]]:
+        """Every op of the spec in a topological order, each marked ``+`` (runs), ``=``
+        (cached) or ``-`` (not needed: what uses it is cached). A capture the cache makes
+        smaller shows as the capture that runs."""
+        if self.whole is None:
+            return [(self.mark(op), op) for op in self.order]
+        return [(self.mark(op), self._running(op)) for op in schedule(self.whole)]
+
+    def mark(self, op: O.Op) -> str:
+        """``+`` an op that runs, ``=`` one read from the cache, ``-`` one not needed."""
+        op = self._running(op)
+        return "=" if op in self.cached else "+" if op in self.graph else "-"
+
+    def _running(self, op: O.Op) -> O.Op:
+        """The capture that runs in place of a whole-graph capture the cache made smaller."""
+        if isinstance(op, O.Capture) and op not in self.graph:
+            return next((c for c in self.order if isinstance(c, O.Capture) and
+                         (c.corpus, c.tokenizer) == (op.corpus, op.tokenizer)), op)
+        return op
 
     def to_json(self) -> dict[str, Any]:
         ids = {op: O.op_id(op) for op in self.order}
@@ -251,15 +274,15 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
     limit = max_memory if max_memory is not None else host_memory()
     strategies = {op: choose(op, models, corpus_tokens.get((op.corpus, op.tokenizer)), limit)
                   for op in graph.nodes if isinstance(op, O.Capture)}
-    graph = _stream(graph, strategies)
+    graph = whole = _stream(graph, strategies)
     graph, cached = drop_cached(graph, lambda op: op in keys and not (
         rebuild and isinstance(op, O.Save)) and _in_cache(cache, op, keys[op]))
     graph = eliminate_dead_ops(graph)
-    order = schedule(graph)
+    order = defer_cached(graph, schedule(graph), cached)
     plan = Plan(program, graph, order, cached & set(graph.nodes), models, keys, corpus_tokens,
                 corpus_digests, selectable, warnings=rule_warnings,
                 strategies={op: s for op, s in strategies.items() if op in graph},
-                max_memory=limit)
+                max_memory=limit, whole=whole)
     plan.estimates = _estimate(plan)
     for op, strategy in plan.strategies.items():
         if strategy.streamed or strategy.reason.startswith("in memory although"):

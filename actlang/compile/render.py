@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from actlang.compile import ops as O
+from actlang.compile.passes import schedule
 from actlang.compile.plan import Plan
 
 
@@ -23,8 +24,9 @@ def human_count(n: float) -> str:
     return f"{n:g}"
 
 
-def render_plan(plan: Plan) -> str:
-    """Terraform-like text: models, ops marked `+` (new) or `=` (cached), then estimates."""
+def render_plan(plan: Plan, every_op: bool = False) -> str:
+    """Terraform-like text: models, ops marked `+` (new) or `=` (cached), then estimates.
+    ``every_op``: also the ops the cache makes unnecessary, marked `-`."""
     lines = [f"Plan for {plan.program.file}", "", "Models:"]
     width = max((len(n) for n in plan.models), default=0)
     for name, info in sorted(plan.models.items()):
@@ -38,10 +40,16 @@ def render_plan(plan: Plan) -> str:
                      f"{size:>9}  computes in {info.spec.compute_dtype:<8}  "
                      f"{info.directory}{weights}")
     new = sum(1 for op in plan.order if op not in plan.cached)
-    lines += ["", f"Operations ({new} new, {len(plan.order) - new} cached):"]
-    for op in plan.order:
-        mark = "=" if op in plan.cached else "+"
-        lines.append(f"  {mark} {op.label}{_detail(plan, op)}")
+    listed = plan.whole_order() if every_op else \
+        [("=" if op in plan.cached else "+", op) for op in plan.order]
+    unneeded = sum(1 for mark, _ in listed if mark == "-")
+    lines += ["", f"Operations ({new} new, {len(plan.order) - new} cached"
+              + (f", {unneeded} not needed" if every_op else "") + "):"]
+    for mark, op in listed:
+        lines.append(f"  {mark} {op.label}{_detail(plan, op) if mark != '-' else ''}")
+    if not every_op and plan.whole is not None and \
+            plan.whole.number_of_nodes() > len(plan.order):
+        lines.append("  (ops the cache makes unnecessary are left out: `actc plan --all`)")
     est = plan.estimates
     approx = "" if est.exact else "  (lower bounds: some sizes are unknown)"
     lines += ["", f"Estimates:{approx}",
@@ -79,21 +87,28 @@ def _detail(plan: Plan, op: O.Op) -> str:
     return ""
 
 
-def render_graph(plan: Plan, fmt: str) -> str:
-    """The optimized graph as Graphviz dot or a Mermaid flowchart."""
-    ids = {op: O.op_id(op).replace("-", "_") for op in plan.order}
+def render_graph(plan: Plan, fmt: str, every_op: bool = False) -> str:
+    """The optimized graph as Graphviz dot or a Mermaid flowchart: cached ops dashed /
+    marked. ``every_op``: the whole graph of the spec, with the ops the cache makes
+    unnecessary dotted / marked and every edge."""
+    graph = plan.whole if every_op and plan.whole is not None else plan.graph
+    ops = schedule(graph) if graph is not plan.graph else plan.order
+    marks = {op: plan.mark(op) for op in ops}
+    ids = {op: O.op_id(op).replace("-", "_") for op in ops}
+    edges = [(a, b) for a, b in graph.edges if a in ids and b in ids]
     if fmt == "dot":
+        styles = {"+": "", "=": ", style=dashed", "-": ", style=dotted"}
         lines = ["digraph actc {", "  rankdir=LR;", "  node [shape=box, fontsize=10];"]
-        for op in plan.order:
-            style = ", style=dashed" if op in plan.cached else ""
+        for op in ops:
             label = op.label.replace('"', '\\"')
-            lines.append(f'  {ids[op]} [label="{label}"{style}];')
-        lines += sorted(f"  {ids[a]} -> {ids[b]};" for a, b in plan.graph.edges)
+            lines.append(f'  {ids[op]} [label="{label}"{styles[marks[op]]}];')
+        lines += sorted(f"  {ids[a]} -> {ids[b]};" for a, b in edges)
         return "\n".join(lines + ["}"])
     assert fmt == "mermaid", fmt
+    notes = {"+": "", "=": " (cached)", "-": " (not needed)"}
     lines = ["flowchart LR"]
-    for op in plan.order:
+    for op in ops:
         label = op.label.replace('"', "'")
-        lines.append(f'  {ids[op]}["{label}{" (cached)" if op in plan.cached else ""}"]')
-    lines += sorted(f"  {ids[a]} --> {ids[b]}" for a, b in plan.graph.edges)
+        lines.append(f'  {ids[op]}["{label}{notes[marks[op]]}"]')
+    lines += sorted(f"  {ids[a]} --> {ids[b]}" for a, b in edges)
     return "\n".join(lines)

@@ -195,3 +195,39 @@ def test_pickle_donor_is_refused_unless_the_spec_allows_it(actc, pair, tmp_path)
     assert changed and all(torch.equal(moved[n][moved[n] != base[n]], state[n][moved[n] != base[n]])
                            for n in changed)  # every moved element is the pickled donor's
     assert all(op["status"] == "cached" for op in run_json(actc, allowed)["ops"])
+
+
+def test_after_a_run_plan_all_shows_the_whole_pipeline_in_dependency_order(actc, write_spec):
+    spec = write_spec('surgery s -> "out/s" { target = tuned  '
+                      'transfer sums from base { budget = 10% } }')
+    before = actc("plan", str(spec))
+    assert before.returncode == 0, before.stderr
+    run_json(actc, spec)
+    after = actc("plan", str(spec))
+    assert "(0 new, 1 cached)" in after.stdout and "`actc plan --all`" in after.stdout
+    every = actc("plan", str(spec), "--all")
+    assert every.returncode == 0, every.stderr
+    listed = [line.strip() for line in every.stdout.splitlines() if line[:4] in ("  + ", "  = ", "  - ")]
+    ops = [line for line in before.stdout.splitlines() if line[:4] == "  + "]
+    assert len(listed) == len(ops)  # every op of the spec, once
+    assert [line[2:].split("  [")[0] for line in listed] == \
+        [line.strip()[2:].split("  [")[0] for line in ops]  # in the same, topological order
+    assert listed[-1].startswith("= save s") and all(m[0] in "-=" for m in listed)
+    graph = actc("graph", str(spec), "--all", "--format", "mermaid")
+    assert graph.stdout.count("(not needed)") == len(listed) - sum(m[0] == "=" for m in listed)
+
+
+def test_a_cached_op_is_listed_just_before_its_first_user():
+    import networkx as nx
+
+    from actlang.compile.passes import defer_cached
+
+    graph = nx.DiGraph([("load", "capture"), ("capture", "score"), ("stat", "score"),
+                        ("score", "save")])
+    graph.add_node("eval")
+    order = ["stat", "eval", "load", "capture", "score", "save"]  # what the schedule gives
+    deferred = defer_cached(graph, order, {"stat", "eval"})
+    assert deferred == ["load", "capture", "stat", "score", "save", "eval"]
+    assert list(nx.topological_sort(graph.subgraph(deferred)))  # still a valid order
+    position = {op: i for i, op in enumerate(deferred)}
+    assert all(position[a] < position[b] for a, b in graph.edges)
