@@ -14,6 +14,11 @@ saves real torch models. ``actc`` runs the installed command line with a private
 (``actc_in`` anywhere, ``run_actc`` with other options); ``hashes`` fingerprints inputs.
 
 Nothing here imports torch: ``tests/lang`` and ``tests/compile`` run without it.
+
+**Tests never write into the repository.** Hypothesis keeps its example database in the
+system's temporary directory, pytest's own cache is off (``-p no:cacheprovider`` in
+pyproject.toml), and the session fails if it ends with a file the repository did not have,
+or without one it had (bytecode and the virtual environment aside).
 """
 
 from __future__ import annotations
@@ -28,8 +33,52 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from actlang.arch.zoo import ZooManifest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+# Failing examples are replayed from here, not from a .hypothesis folder in the repository.
+settings.register_profile("actlang", database=DirectoryBasedExampleDatabase(
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), "actlang-hypothesis")))
+settings.load_profile("actlang")
+
+
+def repository_files() -> set[str]:
+    """Every file and folder of the repository, but the virtual environment, git's own
+    folder and Python's bytecode."""
+    found = set()
+    for folder, subfolders, files in os.walk(REPOSITORY):
+        subfolders[:] = [d for d in subfolders if d not in (".venv", ".git", "__pycache__")]
+        relative = os.path.relpath(folder, REPOSITORY)
+        found.update(os.path.join(relative, name) for name in subfolders + files
+                     if not name.endswith(".pyc"))
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = repository_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    after = repository_files()
+    if before != after:
+        changed = [f"+ {p}" for p in sorted(after - before)] + \
+            [f"- {p}" for p in sorted(before - after)]
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("\ntests wrote into the repository (they must write only into "
+                                "temporary directories):\n  " + "\n  ".join(changed[:20]),
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
 
 #: The vocabulary of a pair's word-level tokenizer (after <pad>, <bos>, <eos>, <unk>).
 WORDS = [str(i) for i in range(10)] + ["plus", "is", "the", "cat", "dog", "sees", "."]
