@@ -399,12 +399,15 @@ def run_command(
     from actlang.compile.resolve import Builders
     from actlang.lang.diagnostics import Diagnostic
     from actlang.resources import stdlib_digest
-    from actlang.run.console import BarsProgress, print_notes, print_results
+    from actlang.run.console import (
+        BarsProgress,
+        PlanningDisplay,
+        print_notes,
+        print_results,
+    )
     from actlang.run.executor import Executor
-    from actlang.run.gguf import convert_gguf
     from actlang.run.ranks import from_environment, plan_digest
     from actlang.run.worker import serve
-    from actlang.zoo.build import build_zoo
 
     program, sources = _checked_with_dtype(spec, json_output, dtype)
     if output is not None:
@@ -415,19 +418,19 @@ def run_command(
     ranks = None
     try:
         ranks = from_environment()
-        builders = Builders(zoo_builder=build_zoo, gguf_converter=convert_gguf)
 
-        def planned():
+        def planned(display: PlanningDisplay):
+            builders = Builders(zoo_builder=display.zoo_builder,
+                                gguf_converter=display.gguf_converter)
             return make_plan(program, cache, dry_run=False, rebuild=force, builders=builders,
                              max_memory=_max_memory(max_memory))
 
         if ranks.is_root:
-            with console.status("planning (the first use of the zoo builds it, of a GGUF "
-                                "file converts it: seconds to minutes)"):
-                plan = planned()
+            with PlanningDisplay(console) as display:
+                plan = planned(display)
         ranks.barrier()  # the other ranks plan once rank 0 has built what the plan needs
         if not ranks.is_root:
-            plan = planned()
+            plan = planned(PlanningDisplay(Console(stderr=True, quiet=True)))
         ranks.check_agreement(plan_digest(plan, spec_text))
         if not ranks.is_root:
             serve(plan, cache, ranks)

@@ -2,16 +2,80 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichBars
 from rich.table import Table
 
 from actlang.compile import ops as O
 from actlang.run.context import Progress
 from actlang.run.results import RunResult, SurgeryResult
+
+
+class PlanningDisplay:
+    """`actc run`'s planning on stderr: a spinner, and, only when planning builds a zoo or
+    converts a GGUF file (once; both are cached), a line that says so, then the zoo's
+    training steps as a bar with the time left.
+
+    Use :meth:`zoo_builder` and :meth:`gguf_converter` as the plan's builders."""
+
+    def __init__(self, console: Console):
+        self.bars = RichBars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             _Counted(MofNCompleteColumn()), TimeElapsedColumn(),
+                             _Counted(TimeRemainingColumn()), console=console, transient=True)
+        self.task = self.bars.add_task("planning", total=None)
+
+    def __enter__(self) -> "PlanningDisplay":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def zoo_builder(self, root: Path, seed: int, profile: str) -> Any:
+        from actlang.zoo.build import build_zoo
+
+        console = self.bars.console
+        console.print(f"building the {profile} zoo (seed {seed}): once, then it is cached "
+                      f"in {root}")
+
+        def progress(training: str, done: int, total: int) -> None:
+            self.bars.update(self.task, description=f"zoo: training {training}",
+                             completed=done, total=total)
+
+        manifest = build_zoo(root, seed=seed, profile=profile, progress=progress,
+                             log=lambda line: console.print(f"[dim]{line}[/dim]"))
+        self.bars.reset(self.task, description="planning", total=None)
+        console.print(f"zoo built in {manifest.build_seconds:.0f} s")
+        return manifest
+
+    def gguf_converter(self, path: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
+        from actlang.run.gguf import convert_gguf
+
+        self.bars.console.print(f"converting {path.name} into the cache (once)")
+        return convert_gguf(path, out_dir, overwrite=overwrite)
+
+
+class _Counted(ProgressColumn):
+    """A column shown only for work of a known size (no ``0/?`` next to a spinner)."""
+
+    def __init__(self, column: ProgressColumn):
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Any) -> Any:
+        return self.column.render(task) if task.total is not None else ""
 
 
 class BarsProgress(Progress):

@@ -188,8 +188,12 @@ def _evaluate(model, tok, abilities, cfg: ZooConfig) -> tuple[dict, dict]:
     return acc, ppl
 
 
+#: A build's progress: (what is training, training steps done, steps of the whole build).
+BuildProgress = Callable[[str, int, int], None]
+
+
 def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], progress: BuildProgress) -> None:
     t0 = time.perf_counter()
     abilities = make_abilities(config.data, seed)
     corpora = write_corpora(abilities, tmp / "data")
@@ -237,27 +241,37 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     def mixture(mix):
         return [(texts[name], w) for name, w in mix]
 
-    def run(model, tcfg, mix, stage, row_mask=None):
-        return train(model, tok, mixture(mix), tc(tcfg, stage), row_mask)
+    # the steps of every training run below (planted_decoy trains twice)
+    total = sum(c.steps for c in (config.base, config.tuned, config.lang_b, config.facts,
+                                  config.planted, config.decoy, config.planted))
+    done = 0
+
+    def run(name, model, tcfg, mix, stage, row_mask=None):
+        def step() -> None:
+            nonlocal done
+            done += 1
+            progress(name, done, total)
+
+        return train(model, tok, mixture(mix), tc(tcfg, stage), row_mask, on_step=step)
 
     # recover: base, tuned
     base = make_model(config.model, len(tok), seed, pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    r = run(base, config.base, config.base_mix, 1)
+    r = run("base", base, config.base, config.base_mix, 1)
     finish("base", base, None, "recover", dict(config.base_mix), config.base, r)
 
     tuned = _clone(base)
-    r = run(tuned, config.tuned, config.tuned_mix, 2)
+    r = run("tuned", tuned, config.tuned, config.tuned_mix, 2)
     finish("tuned", tuned, "base", "recover", dict(config.tuned_mix), config.tuned, r)
     del built["tuned"]
 
     # merge: two mild specialists of base
     spec_b = _clone(base)
-    r = run(spec_b, config.lang_b, config.lang_b_mix, 3)
+    r = run("lang_b", spec_b, config.lang_b, config.lang_b_mix, 3)
     finish("lang_b", spec_b, "base", "merge", dict(config.lang_b_mix), config.lang_b, r)
     del built["lang_b"]
     spec_f = _clone(base)
-    r = run(spec_f, config.facts, config.facts_mix, 4)
+    r = run("facts", spec_f, config.facts, config.facts_mix, 4)
     finish("facts", spec_f, "base", "merge", dict(config.facts_mix), config.facts, r)
     del built["facts"]
 
@@ -266,13 +280,13 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     damage_rows = _random_rows(base, config.planted_fraction, rng)
     decoy_rows = _random_rows(base, config.planted_fraction, rng, exclude=damage_rows)
     planted = _clone(base)
-    r = run(planted, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
+    r = run("planted", planted, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
     finish("planted", planted, "base", "planted", dict(config.planted_mix),
            config.planted, r, row_mask="damage")
 
     decoy = _clone(base)
-    r1 = run(decoy, config.decoy, config.decoy_mix, 6, _mask(base, decoy_rows))
-    r2 = run(decoy, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
+    r1 = run("planted_decoy", decoy, config.decoy, config.decoy_mix, 6, _mask(base, decoy_rows))
+    r2 = run("planted_decoy", decoy, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
     r2.seconds += r1.seconds
     finish("planted_decoy", decoy, "base", "planted", dict(config.planted_mix),
            config.planted, r2, row_mask="decoy, then damage")
@@ -346,11 +360,14 @@ def build_zoo(
     *,
     force: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: BuildProgress | None = None,
 ) -> ZooManifest:
     """Build the zoo for ``(config or profile, seed)`` under ``root`` (default
     :func:`cache_root`), or return the cached one.  Deterministic: the same inputs give
     byte-identical safetensors.  ``force`` rebuilds (replacing the cached directory).
-    A :class:`RealZooConfig` (profile ``real``) builds the real zoo (:mod:`actlang.zoo.real`)."""
+    A :class:`RealZooConfig` (profile ``real``) builds the real zoo (:mod:`actlang.zoo.real`).
+    ``log`` gets a line per model built; ``progress`` each training step (what trains,
+    steps done, steps of the whole build)."""
     config = config or zoo_config(profile)
     root = Path(root) if root is not None else cache_root()
     key = zoo_key(config, seed)
@@ -365,7 +382,7 @@ def build_zoo(
             if isinstance(config, RealZooConfig):
                 build_real_into(tmp, config, seed, key, log, _save)
             else:
-                _build_into(tmp, config, seed, key, log)
+                _build_into(tmp, config, seed, key, log, progress or (lambda *_: None))
         os.chmod(tmp, 0o755)
         if force and final.exists():
             shutil.rmtree(final)

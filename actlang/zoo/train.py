@@ -21,7 +21,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -115,11 +115,13 @@ def train(
     mixture: Sequence[tuple[Sequence[str], float]],
     cfg: TrainConfig,
     row_mask: Mapping[str, torch.Tensor] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on a weighted mixture ``[(texts, weight), ...]``.
 
     Each example of a batch picks a corpus with probability proportional to its weight, then
     a uniformly random text of it (Python ``random.Random(cfg.seed)``: deterministic).
+    ``on_step`` is called after each optimizer step (progress).
     """
     start = time.perf_counter()
     corpora = [_encode(tokenizer, texts) for texts, _ in mixture]
@@ -182,6 +184,8 @@ def train(
                 for name, (keep, orig) in frozen_copy.items():
                     params[name][keep] = orig
         losses.append(float(out.loss.detach()))
+        if on_step is not None:
+            on_step()
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

@@ -146,3 +146,35 @@ def test_zoo_model_path_builds_on_first_use(tmp_path):
     assert zoo_model_path("planted", seed=2, profile="tiny", root=tmp_path) == path
     with pytest.raises(KeyError):
         zoo_model_path("nope", profile="tiny", root=tmp_path)
+
+
+def test_progress_counts_every_training_step_of_the_build(tmp_path):
+    seen: list[tuple[str, int, int]] = []
+    build_zoo(tmp_path, seed=3, profile="tiny", progress=lambda *step: seen.append(step))
+    config = zoo_config("tiny")
+    total = sum(c.steps for c in (config.base, config.tuned, config.lang_b, config.facts,
+                                  config.planted, config.decoy, config.planted))
+    assert [done for _, done, _ in seen] == list(range(1, total + 1))
+    assert {t for _, _, t in seen} == {total}
+    assert [name for name, _, _ in seen][0] == "base" and seen[-1][0] == "planted_decoy"
+
+
+def test_actc_run_says_it_builds_the_zoo_only_when_it_does(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.act"
+    spec.write_text('use std.zoo\nsurgery s -> "out" { target = zoo.tuned\n'
+                    '  transfer zoo.arithmetic from zoo.base { budget = 5% }\n  eval = [] }\n')
+    actc = shutil.which("actc", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "ACTLANG_CACHE_DIR": str(tmp_path / "cache"),
+           "ACTLANG_ZOO_PROFILE": "tiny"}
+    first, again = (subprocess.run([actc, "run", str(spec), *extra], cwd=tmp_path, env=env,
+                                   capture_output=True, text=True, timeout=600)
+                    for extra in ([], ["--force"]))
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert "building the tiny zoo (seed 0)" in first.stderr and "zoo built in" in first.stderr
+    assert "zoo: tuned" in first.stderr  # a line per model trained
+    assert "building" not in again.stderr and "zoo built" not in again.stderr  # built: silent
