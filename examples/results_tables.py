@@ -25,7 +25,7 @@ def load(directory: Path) -> list[dict]:
 
 
 def final(row: dict) -> float | None:
-    for column in ("after finetune", "after transfer"):
+    for column in ("after finetune", "after transfer", "after merge"):
         if column in row:
             return row[column]
     return None

@@ -248,7 +248,8 @@ def state_label(state: ModelState) -> str:
     if isinstance(state, P.ModelSpec):
         return state.name
     if isinstance(state, Finetune):
-        return f"{state.source.target.name} after transfer + finetune"
+        how = "merge" if isinstance(state.source, MergeModels) else "transfer"
+        return f"{state.source.target.name} after {how} + finetune"
     if isinstance(state, Transfer):
         return f"{state.target.name} after transfer"
     return f"{state.target.name} after merge"

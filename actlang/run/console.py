@@ -127,9 +127,9 @@ def eval_table(result: SurgeryResult) -> Table:
 
 def summary_table(results: list[SurgeryResult]) -> Table:
     """One table for a run of several outputs: a row per (output, ability) with the inputs'
-    scores (target, donor) and the output's, after transfer and after fine-tune."""
+    scores (target, donor) and the output's, after transfer (or merge) and after fine-tune."""
     table = Table(title="results")
-    for column in ("surgery", "point", "ability", "target", "donor", "after transfer",
+    for column in ("surgery", "point", "ability", "target", "donor", "after transfer / merge",
                    "after finetune"):
         table.add_column(column, justify="left" if column in ("surgery", "point", "ability")
                          else "right")
@@ -140,7 +140,8 @@ def summary_table(results: list[SurgeryResult]) -> Table:
             donors = [v for k, v in row.items() if k.startswith("donor (")]
             table.add_row(r.surgery.sweep_group or r.surgery.name, point, ability,
                           _fmt(target), " / ".join(_fmt(v) for v in donors) or "—",
-                          _fmt(row.get("after transfer")), _fmt(row.get("after finetune")))
+                          _fmt(row.get("after transfer", row.get("after merge"))),
+                          _fmt(row.get("after finetune")))
     return table
 
 

@@ -494,7 +494,8 @@ def _eval_table(surgery: P.SurgerySpec, stages: dict[str, O.ModelState],
     columns: dict[str, O.ModelState] = {f"target ({surgery.target.name})": surgery.target}
     for donor in donors:
         columns[f"donor ({donor.name})"] = donor
-    columns["after transfer"] = stages["transferred"]
+    merged = isinstance(stages["transferred"], O.MergeModels)  # a whole-model baseline
+    columns["after merge" if merged else "after transfer"] = stages["transferred"]
     if stages["output"] is not stages["transferred"]:
         columns["after finetune"] = stages["output"]
     table: dict[str, dict[str, float]] = {}

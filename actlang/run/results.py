@@ -56,8 +56,8 @@ class SurgeryResult:
     """One output of a run: its before/after table, gates and transfer summary.
 
     Attributes:
-        evals: ability -> column ("target (m)", "donor (m)", "after transfer",
-            "after finetune") -> the ability's primary metric.
+        evals: ability -> column ("target (m)", "donor (m)", "after transfer" or "after
+            merge", "after finetune") -> the ability's primary metric.
         transfer: what the transfer or merge op reported (channels, parameters changed).
     """
 

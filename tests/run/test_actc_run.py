@@ -231,3 +231,12 @@ def test_a_cached_op_is_listed_just_before_its_first_user():
     assert list(nx.topological_sort(graph.subgraph(deferred)))  # still a valid order
     position = {op: i for i, op in enumerate(deferred)}
     assert all(position[a] < position[b] for a, b in graph.edges)
+
+
+def test_a_merge_baselines_column_says_merge_not_transfer(actc, write_spec):
+    spec = write_spec('surgery m -> "out/m" { target = tuned  merge linear from [base, tuned]\n'
+                      '  eval = [sums] }')
+    result = run_json(actc, spec)
+    (surgery,) = result["surgeries"]
+    columns = set(surgery["evals"]["sums"])
+    assert "after merge" in columns and "after transfer" not in columns
