@@ -605,18 +605,29 @@ def channel_map_section(index: int, selection: Selection, space: ChannelSpace, p
 def _selection_summary(selection: Selection) -> dict[str, Any]:
     mask = selection.mask
     summary = mask.summary()
+    units, candidates = mask.meta.get("units_selected"), mask.meta.get("units_total")
     return {"name": selection.name, "ability": selection.ability, "channels": mask.n_channels,
             "channels_moving": selection.moving,
             "input_features": mask.n_inputs, "channels_total": summary["channels_total"],
-            "fraction": summary["fraction"], "meta": mask.meta}
+            "fraction": summary["fraction"],
+            # what the plan counts: the units the rule chose among, as `actc plan` shows them
+            "units": units, "candidate_units": candidates,
+            "fraction_of_candidates": units / candidates if units is not None and candidates
+            else None, "meta": mask.meta}
 
 
 def _selection_cells(index: int, selection: Selection, summary: Mapping[str, Any]) -> list[str]:
     meta = selection.mask.meta
     score = selection.scores.method if selection.scores is not None else meta.get("score", "none")
     moving = "—" if selection.moving is None else str(selection.moving)
+    granularity = meta.get("granularity", "channel")
+    chosen = "—" if summary["units"] is None else \
+        f"{summary['units']:,} of {summary['candidate_units']:,}" + \
+        ("" if granularity == "channel" else f" {granularity}s")
+    share = "—" if summary["fraction_of_candidates"] is None else \
+        _pct(summary["fraction_of_candidates"])
     return [f"#{index}", _esc(selection.name), _esc(selection.ability), str(summary["channels"]),
-            moving, str(summary["channels_total"]), _pct(summary["fraction"]),
+            moving, chosen, share,
             _esc(meta.get("budget", meta.get("selection", "—"))), _esc(meta.get("granularity", "—")),
             _esc(score)]
 
@@ -634,7 +645,8 @@ def selections_section(selections: Sequence[Selection], space: ChannelSpace, plo
                        "No channel selections (a whole-model method, or no transfer).")
     summaries = [_selection_summary(s) for s in selections]
     maps = [channel_map_section(i, s, space, plots) for i, s in enumerate(selections, 1)]
-    table = _table(["#", "selection", "ability", "channels", "moving weights", "of", "share of all",
+    table = _table(["#", "selection", "ability", "channels", "moving weights",
+                    "chosen of the candidates", "share of the candidates",
                     "budget", "granularity", "score"],
                    [_selection_cells(i, s, summary) for i, (s, summary)
                     in enumerate(zip(selections, summaries), 1)], "lllrrrrlll")

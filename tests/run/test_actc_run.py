@@ -240,3 +240,20 @@ def test_a_merge_baselines_column_says_merge_not_transfer(actc, write_spec):
     (surgery,) = result["surgeries"]
     columns = set(surgery["evals"]["sums"])
     assert "after merge" in columns and "after transfer" not in columns
+
+
+def test_the_report_counts_the_candidates_the_plan_counts(actc, write_spec, tmp_path):
+    import re
+
+    spec = write_spec('surgery s -> "out/s" { target = tuned  '
+                      'transfer sums from base { budget = 10% } }')
+    planned = actc("plan", str(spec))
+    chosen, candidates = map(lambda n: int(n.replace(",", "")), re.search(
+        r"select 10% of sums channels \(channel\)\s+\[([\d,]+) of ([\d,]+) channels\]",
+        planned.stdout).groups())
+    run_json(actc, spec)
+    report = json.loads((tmp_path / "out/s/report.json").read_text())
+    (selection,) = report["selections"]
+    assert selection["candidate_units"] == candidates
+    assert selection["units"] <= chosen  # unchanged channels are never chosen
+    assert f"of {candidates:,}" in (tmp_path / "out/s/report.md").read_text()
