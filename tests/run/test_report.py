@@ -297,7 +297,8 @@ def test_selections_section(tmp_path):
     assert s.data["selections"][0]["channels"] == sels[0].mask.n_channels
     assert s.data["selections"][3]["map"] is None and s.data["selections"][2]["map"]["rows"][-1] == "global"
     assert _rows(s.markdown, "#1")[0] == ["#1", "zoo.arithmetic from zoo.base", "arithmetic", "11", "—",
-                                          "352", "3.1 %", "5%", "channel", "paired_absdiff"]
+                                          "11 of 224", "4.9 %", "5%", "channel",
+                                          "paired_absdiff"]
     moving = selections_section([dataclasses.replace(sels[0], moving=7)], space, tmp_path)
     assert _rows(moving.markdown, "#1")[0][3:5] == ["11", "7"]
     assert moving.data["selections"][0]["channels_moving"] == 7
