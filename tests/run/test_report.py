@@ -303,7 +303,7 @@ def test_selections_section(tmp_path):
     assert _rows(moving.markdown, "#1")[0][3:5] == ["11", "7"]
     assert moving.data["selections"][0]["channels_moving"] == 7
     assert _rows(s.markdown, "#2")[0][-1] == "random(seed=3)"
-    assert _rows(s.markdown, "#4")[0][3:] == ["0", "—", "352", "0.0 %", "empty", "—", "paired_absdiff"]
+    assert _rows(s.markdown, "#4")[0][3:] == ["0", "—", "—", "—", "empty", "—", "paired_absdiff"]
     assert [line for line in s.markdown.splitlines() if line.startswith("### ")] == [
         "### #1 zoo.arithmetic from zoo.base", "### #2 random control", "### #3 mlp only", "### #4 nothing"]
     none = selections_section([], space, NO_PLOTS)
