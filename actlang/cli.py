@@ -495,8 +495,8 @@ app.add_typer(cache_app, name="cache")
 @cache_app.command("ls")
 def cache_ls(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
     """List cached statistics and evaluations."""
+    from actlang.arch.sizes import human_bytes
     from actlang.compile.cache import Cache
-    from actlang.compile.render import human_bytes
 
     cache = Cache(cache_dir)
     for entry in cache.entries():
@@ -506,8 +506,8 @@ def cache_ls(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
 @cache_app.command("du")
 def cache_du(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
     """Show how much space the cache takes."""
+    from actlang.arch.sizes import human_bytes
     from actlang.compile.cache import Cache
-    from actlang.compile.render import human_bytes
 
     cache = Cache(cache_dir)
     entries = list(cache.entries())
@@ -521,8 +521,8 @@ def cache_du(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
 @cache_app.command("clear")
 def cache_clear(cache_dir: Optional[Path] = _CACHE_OPTION) -> None:
     """Remove cached statistics and evaluations (the zoo stays)."""
+    from actlang.arch.sizes import human_bytes
     from actlang.compile.cache import Cache
-    from actlang.compile.render import human_bytes
 
     freed = Cache(cache_dir).clear()
     typer.echo(f"freed {human_bytes(freed)}")

@@ -272,8 +272,7 @@ def make_plan(program: P.Program, cache: Cache, *, dry_run: bool = True,
     corpus_tokens, corpus_digests = _corpora(graph, models, cache, dry_run, program)
     keys = _cache_keys(graph, models, corpus_digests)
     limit = max_memory if max_memory is not None else host_memory()
-    strategies = {op: choose(op, models, corpus_tokens.get((op.corpus, op.tokenizer)), limit)
-                  for op in graph.nodes if isinstance(op, O.Capture)}
+    strategies = _strategies(graph, models, corpus_tokens, limit, program)
     graph = whole = _stream(graph, strategies)
     graph, cached = drop_cached(graph, lambda op: op in keys and not (
         rebuild and isinstance(op, O.Save)) and _in_cache(cache, op, keys[op]))
@@ -711,6 +710,19 @@ def _corpora(graph: nx.DiGraph, models: dict[str, ModelInfo], cache: Cache, dry_
         tokens[(corpus, tokenizer)] = tokenized.n_tokens
         digests[(corpus, tokenizer)] = tokenized.digest()
     return tokens, digests
+
+
+def _strategies(graph: nx.DiGraph, models: dict[str, ModelInfo], tokens: dict[tuple, int | None],
+                limit: int | None, program: P.Program) -> dict[O.Capture, CaptureStrategy]:
+    """How each capture runs; a limit no strategy fits is an error at the ability whose
+    corpus the capture reads."""
+    strategies = {}
+    for op in sorted((op for op in graph.nodes if isinstance(op, O.Capture)), key=O.op_id):
+        try:
+            strategies[op] = choose(op, models, tokens.get((op.corpus, op.tokenizer)), limit)
+        except RuntimeUserError as error:
+            raise PlanError(error, op_span(op, program)) from None
+    return strategies
 
 
 def op_span(op: O.Op, program: P.Program) -> Span | None:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import math
 
+from actlang.arch.sizes import human_bytes
 from actlang.compile import ops as O
 from actlang.compile.passes import schedule
 from actlang.compile.plan import Plan
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def human_count(n: float) -> str:

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
+from actlang.arch.errors import RuntimeUserError
+from actlang.arch.sizes import human_bytes
 from actlang.compile import ops as O
 
 __all__ = ["CaptureStrategy", "choose", "host_memory"]
@@ -75,12 +77,15 @@ def choose(capture: O.Capture, models: Mapping[str, object], tokens: int | None,
     if lone or None in streamed:
         why = f"{lone[0]} runs alone (nothing to stream it with)" if lone else \
             "a model's layer sizes are unknown"
-        return CaptureStrategy(False, f"in memory although the models ({_gb(whole)}) exceed "
-                               f"the {_gb(limit)} limit: {why}", whole)
+        return CaptureStrategy(False, f"in memory although the models ({human_bytes(whole)}) "
+                               f"exceed the {human_bytes(limit)} limit: {why}", whole)
     peak = sum(streamed)  # type: ignore[arg-type]
-    return CaptureStrategy(True, f"the models need {_gb(whole)} together, over the "
-                           f"{_gb(limit)} limit; a layer at a time needs {_gb(peak)}", peak)
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+    if peak > limit:
+        raise RuntimeUserError(
+            f"the memory limit {human_bytes(limit)} is below what this capture needs even a "
+            f"decoder layer at a time ({human_bytes(peak)}: a layer and the embeddings of each "
+            f"model, and the corpus's hidden states; {human_bytes(whole)} in memory)",
+            hint="raise --max-memory, or give the corpus fewer documents (limit = N)")
+    return CaptureStrategy(True, f"the models need {human_bytes(whole)} together, over the "
+                           f"{human_bytes(limit)} limit; a layer at a time needs "
+                           f"{human_bytes(peak)}", peak)

@@ -100,16 +100,24 @@ def test_actc_streams_a_pair_over_its_memory_limit_to_the_same_output(actc, writ
     neither model for it, and the run writes the bytes an in-memory run writes."""
     spec = write_spec('surgery s -> "out/s" { target = tuned '
                       'transfer sums from base { budget = 10% }  eval = [] }')
-    planned = actc("plan", str(spec), "--json", "--max-memory", "10KB")
+    in_memory = json.loads(actc("plan", str(spec), "--json").stdout)
+    (whole,) = in_memory["captures"]
+    assert whole["strategy"] == "in memory"
+    limit = str(whole["peak_memory_bytes"] - 1)  # the pair no longer fits
+    planned = actc("plan", str(spec), "--json", "--max-memory", limit)
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)
     (capture,) = plan["captures"]
-    assert capture["strategy"] == "streamed" and "over the 0.0 GB limit" in capture["reason"]
+    assert capture["strategy"] == "streamed" and "over the" in capture["reason"]
+    assert capture["peak_memory_bytes"] < int(limit)
     assert not [op for op in plan["ops"] if op["kind"] == "load"]
-    in_memory = json.loads(actc("plan", str(spec), "--json").stdout)
-    assert in_memory["captures"][0]["strategy"] == "in memory"
+    # a limit below one layer at a time: an error at the ability, before any work
+    tiny = actc("plan", str(spec), "--max-memory", "10KB")
+    assert tiny.returncode == 1 and "is below what this capture needs" in tiny.stderr
+    assert "error[E501]" in tiny.stderr and "ability sums" in tiny.stderr
+    assert "Traceback" not in tiny.stderr
 
-    streamed = actc("run", str(spec), "--max-memory", "10KB", "--output", "streamed")
+    streamed = actc("run", str(spec), "--max-memory", limit, "--output", "streamed")
     assert streamed.returncode == 0, streamed.stderr[-3000:]
     shutil.rmtree(tmp_path / "cache")  # the in-memory run captures again, it reuses nothing
     whole = actc("run", str(spec), "--output", "whole")
