@@ -210,7 +210,8 @@ def score(ctx: RunContext, op: O.Score, inputs: Inputs, cached: bool) -> Outcome
     if method.inputs == "none":
         return Outcome(R.random_scores(space, op.score.seed))
     if method.inputs == "weights":
-        scores = R.weight_delta_scores(space, ctx.checkpoint(op.donor), ctx.checkpoint(op.target))
+        scores = R.weight_delta_scores(space, ctx.checkpoint(op.donor), ctx.checkpoint(op.target),
+                                       _selectable(ctx, op))
         return Outcome(scores.normalized("zscore" if op.normalize == "zscore" else None))
 
     def on(corpus: P.Corpus) -> Scores:
@@ -232,6 +233,15 @@ def score(ctx: RunContext, op: O.Score, inputs: Inputs, cached: bool) -> Outcome
         assert op.ability.control is not None, "the checker requires a control corpus"
         scores = R.contrastive(scores, on(op.ability.control), op.contrast)
     return Outcome(scores)
+
+
+def _selectable(ctx: RunContext, op: O.Score) -> list[Entry]:
+    """The entries any rule sharing this score may select: what a weight score reads
+    (embeddings and the output head, the largest tensors, only when a rule names them)."""
+    space = ctx.space(op.target)
+    keys = {e.key for select in ctx.plan.graph.successors(op) if isinstance(select, O.Select)
+            for e in candidate_entries(space, select.rule, warn=False)}
+    return [e for e in space if e.key in keys]
 
 
 def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outcome:

@@ -107,3 +107,27 @@ def test_every_declared_score_runs_through_the_executor(write_spec, tmp_path, mo
         assert float(scores.flat().abs().sum()) > 0, name  # the two models differ
     assert len(result.surgeries) == len(SCORES)
     assert all(s.transfer["parameters_changed"] > 0 for s in result.surgeries)
+
+
+def test_a_weight_score_reads_only_what_its_rules_may_select(write_spec, tmp_path):
+    """weight_delta over the embeddings and the output head (the largest tensors, never
+    selected by default) was most of its time and memory: it scores its rules' candidates."""
+    from actlang.compile import ops as O
+    from actlang.compile.cache import Cache
+    from actlang.compile.plan import make_plan
+    from actlang.lang.checker import check_file
+    from actlang.run.context import RunContext
+    from actlang.run.handlers import _selectable
+
+    spec = write_spec('surgery s -> "out/s" { target = tuned\n'
+                      '  transfer sums from base { budget = 10%  score = weight_delta } }\n'
+                      'surgery t -> "out/t" { target = tuned\n'
+                      '  transfer sums from base { budget = 10%  score = weight_delta\n'
+                      '    channels = [mlp.*] } }\n')
+    program = check_file(spec)
+    plan = make_plan(program, Cache(tmp_path / "cache"), dry_run=True)
+    (score,) = [op for op in plan.order if isinstance(op, O.Score)]  # shared by both rules
+    entries = _selectable(RunContext(plan, Cache(tmp_path / "cache"), tmp_path), score)
+    kinds = {e.kind for e in entries}
+    assert kinds and not kinds & {"embed", "lm_head"}
+    assert any(k.startswith("mlp") for k in kinds) and any(k.startswith("attn") for k in kinds)
