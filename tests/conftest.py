@@ -34,15 +34,19 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from actlang.arch.zoo import ZooManifest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-# Failing examples are replayed from here, not from a .hypothesis folder in the repository.
+# Hypothesis keeps its files (failing examples to replay, a cache of Unicode tables) here,
+# not in a .hypothesis folder of the directory the tests run in.
+HYPOTHESIS_HOME = os.path.join(os.environ.get("TMPDIR", "/tmp"), "actlang-hypothesis")
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
 settings.register_profile("actlang", database=DirectoryBasedExampleDatabase(
-    os.path.join(os.environ.get("TMPDIR", "/tmp"), "actlang-hypothesis")))
+    os.path.join(HYPOTHESIS_HOME, "examples")))
 settings.load_profile("actlang")
 
 

@@ -16,6 +16,7 @@ vocabularies before any heavy work, naming the first mismatching tensor.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,29 +152,27 @@ class Checkpoint:
         return {k: v.shape for k, v in self._infos.items()}
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a new CPU tensor the caller owns)."""
+        """One tensor, the caller's to read and write: a private (copy-on-write) mapping of
+        the file. Pages only read stay the page cache's, so reading a model's tensors takes
+        no private memory, and two processes reading one model share it; a page written
+        becomes the caller's own copy, and the file never changes."""
         info = self.info(name)
         if self._pickled is not None:
             return self._pickled[name].clone()
         assert info.file is not None
-        buf = bytearray(info.nbytes)
-        with open(info.file, "rb", buffering=0) as f:
-            fd = f.fileno()
-            view = memoryview(buf)
-            pos, done = info.start, 0
-            if not hasattr(os, "preadv"):
-                f.seek(pos)
-            while done < info.nbytes:
-                if hasattr(os, "preadv"):
-                    n = os.preadv(fd, [view[done:]], pos + done)
-                else:
-                    n = f.readinto(view[done:])
-                if not n:
-                    raise RuntimeUserError(f"{info.file} is truncated while reading {name}")
-                done += n
+        dtype = self.dtype(name)
         if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=self.dtype(name))
-        return torch.frombuffer(buf, dtype=self.dtype(name)).reshape(info.shape)
+            return torch.empty(info.shape, dtype=dtype)
+        with open(info.file, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size < info.start + info.nbytes:
+                raise RuntimeUserError(f"{info.file} is truncated while reading {name}")
+            start = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(f.fileno(), info.start + info.nbytes - start,
+                               access=mmap.ACCESS_COPY, offset=start)
+        if hasattr(mapped, "madvise"):  # read ahead: the tensor is read whole, in order
+            mapped.madvise(mmap.MADV_WILLNEED)
+        return torch.frombuffer(mapped, dtype=dtype, offset=info.start - start,
+                                count=info.nbytes // dtype.itemsize).reshape(info.shape)
 
     def raw_slice(self, name: str) -> FileSlice | None:
         """Where tensor ``name``'s bytes are (``None`` for a pickle checkpoint)."""
