@@ -159,43 +159,57 @@ def _work_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """mergekit ``rescaled_masked_tensor`` with the L1 norm: the masked task vector scaled so
-    its L1 norm is the unmasked one's (left as is where either norm is below 1e-7)."""
-    masked = delta * mask
-    if not rescale:
-        return masked
-    before, after = delta.abs().sum(), masked.abs().sum()
+def _rescale_(kept: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """mergekit ``rescaled_masked_tensor`` with the L1 norm, in place: the masked task vector
+    ``kept`` scaled by ``before / after`` (its L1 norms unmasked and masked) so it keeps its
+    L1 norm (left as is where either norm is below 1e-7)."""
     if before < _RESCALE_EPS or after < _RESCALE_EPS:
-        return masked
-    return masked * (before / after)
+        return kept
+    return kept.mul_(before / after)
 
 
 _RESCALE_EPS = 1e-7
 
 
-def _magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
-    """mergekit ``sparsify.magnitude``: keep the ``max(1, int(density·numel))`` entries of
-    largest magnitude (a positive density keeps at least one), optionally L1-rescaled."""
+def _magnitude_(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+    """mergekit ``sparsify.magnitude``, in place on ``delta``: keep the ``max(1,
+    int(density·numel))`` entries of largest magnitude (a positive density keeps at least
+    one), optionally L1-rescaled.
+
+    Which entries: those above the k-th largest magnitude, then, among those equal to it,
+    the first in index order — what a stable descending sort keeps, found by a selection
+    (linear time, one copy) rather than a sort (n log n, two copies)."""
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
+        return delta.zero_()
     k = max(1, int(density * delta.numel()))
-    w = delta.abs().reshape(-1).float()
-    keep = torch.argsort(w, descending=True, stable=True)[:k]
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
-    mask[keep] = 1
-    return _rescaled(delta, mask.view(delta.shape), rescale)
+    magnitude = delta.abs().reshape(-1)
+    ranked = magnitude.float()  # mergekit ranks float32 magnitudes (itself, for float32)
+    threshold = torch.kthvalue(ranked, ranked.numel() - k + 1).values
+    keep = ranked > threshold
+    short = k - int(keep.sum())
+    if short > 0:  # equal magnitudes at the threshold: the first ones, in index order
+        keep[(ranked == threshold).nonzero().squeeze(1)[:short]] = True
+    del ranked
+    before = magnitude.sum() if rescale else None
+    delta.mul_(keep.view(delta.shape))  # x * 1.0 or x * 0.0, as mergekit's float mask
+    if not rescale:
+        return delta
+    return _rescale_(delta, before, magnitude.mul_(keep).sum())
 
 
-def _bernoulli(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """mergekit ``sparsify.bernoulli``: keep each entry with probability ``density``;
-    ``rescale`` scales the kept entries so the task vector keeps its L1 norm."""
+def _bernoulli_(delta: torch.Tensor, density: float, rescale: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """mergekit ``sparsify.bernoulli``, in place on ``delta``: keep each entry with
+    probability ``density``; ``rescale`` scales the kept entries so the task vector keeps its
+    L1 norm."""
     if density >= 1:
         return delta
     mask = torch.bernoulli(torch.full(delta.shape, density, dtype=torch.float32), generator=generator)
-    return _rescaled(delta, mask.to(delta.dtype), rescale)
+    before = delta.abs().sum() if rescale else None
+    delta.mul_(mask.to(delta.dtype))
+    return _rescale_(delta, before, delta.abs().sum()) if rescale else delta
 
 
 def merge_tensor_mergekit(
@@ -238,33 +252,48 @@ def merge_tensor_mergekit(
             res.div_(w.sum())
         return res.to(ref.dtype)
 
+    # Task vectors one donor at a time, weighted in place; sums accumulate into zeros in
+    # donor order — the bits of mergekit's stack-then-sum(0), without the stacked copies.
     b = ref.to(work)
-    deltas = []
-    for t, d in zip(tensors, ds):
+    weights = torch.tensor(ws, dtype=work).unbind(0)
+    weighted = []
+    for t, d, w in zip(tensors, ds, weights):
         delta = t.to(work) - b
         if spec.sparsify == "magnitude":
-            delta = _magnitude(delta, d, resc)
+            delta = _magnitude_(delta, d, resc)
         elif spec.sparsify == "random":
-            delta = _bernoulli(delta, d, resc, generator)
-        deltas.append(delta)
-    stacked = torch.stack(deltas)
-    w = torch.tensor(ws, dtype=work).view(-1, *([1] * ref.dim()))
-    weighted = stacked * w
+            delta = _bernoulli_(delta, d, resc, generator)
+        weighted.append(delta.mul_(w))
     if spec.sign_consensus:
-        majority = (weighted.sum(0) >= 0).to(work) * 2 - 1
-        mask = (weighted.sign() == majority).to(work)
-        mixed = (weighted * mask).sum(0)
-        divisor = (w * mask).sum(0)
+        total = _sum(weighted, work)
+        positive = total.ge_(0).bool()  # the majority sign: + where the sum is >= 0
+        del total
+        mixed = torch.zeros_like(b)
+        divisor = torch.zeros_like(b)
+        for term, w in zip(weighted, weights):
+            agrees = torch.where(positive, term > 0, term < 0)  # sign(term) == majority
+            mixed += term.mul_(agrees)
+            divisor += agrees * w
         divisor[divisor == 0] = 1
     else:
-        mixed = weighted.sum(0)
-        divisor = w.sum(0)
-        divisor[divisor.abs() < 1e-8] = 1
+        mixed = _sum(weighted, work)
+        divisor = _sum(list(weights), work)
+        if divisor.abs() < 1e-8:
+            divisor = torch.ones((), dtype=work)
+    del weighted
     if norm:
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     if float(lambda_) != 1.0:
-        mixed = mixed * float(lambda_)
-    return (b + mixed).to(ref.dtype)
+        mixed.mul_(float(lambda_))
+    return mixed.add_(b).to(ref.dtype)  # θ_b + mixed (addition commutes, bit for bit)
+
+
+def _sum(terms: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``Σ terms`` added into zeros in order: what ``torch.stack(terms).sum(0)`` computes."""
+    total = torch.zeros_like(terms[0], dtype=dtype)
+    for term in terms:
+        total += term
+    return total
 
 
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

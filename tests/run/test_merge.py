@@ -327,3 +327,18 @@ def test_changed_elements_are_counted_by_their_bits(dtype):
         assert _n_bits_differ(zero, -zero) == 3
         nan = torch.full((2,), float("nan"), dtype=dtype)
         assert _n_bits_differ(nan, nan.clone()) == 0
+
+
+@pytest.mark.parametrize("density", [0.001, 0.1, 0.37, 0.5, 0.99])
+def test_magnitude_selection_keeps_what_a_stable_sort_keeps_even_among_equal_magnitudes(density):
+    """The k-th largest magnitude found by selection, ties at it broken by index: the same
+    entries a stable descending argsort keeps (many equal magnitudes here)."""
+    from actlang.run.merge import _magnitude_
+
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randint(-4, 5, (37, 29), generator=g).float()
+    k = max(1, int(density * delta.numel()))
+    order = torch.argsort(delta.abs().reshape(-1), descending=True, stable=True)[:k]
+    mask = torch.zeros(delta.numel())
+    mask[order] = 1
+    assert torch.equal(_magnitude_(delta.clone(), density), delta * mask.view(delta.shape))
