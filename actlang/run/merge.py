@@ -170,6 +170,9 @@ def _rescale_(kept: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> 
 
 _RESCALE_EPS = 1e-7
 
+#: Elements a pass over a large tensor handles at once (its temporaries stay small).
+_BLOCK = 1 << 20
+
 
 def _magnitude_(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
     """mergekit ``sparsify.magnitude``, in place on ``delta``: keep the ``max(1,
@@ -186,7 +189,7 @@ def _magnitude_(delta: torch.Tensor, density: float, rescale: bool = False) -> t
     k = max(1, int(density * delta.numel()))
     magnitude = delta.abs().reshape(-1)
     ranked = magnitude.float()  # mergekit ranks float32 magnitudes (itself, for float32)
-    threshold = torch.kthvalue(ranked, ranked.numel() - k + 1).values
+    threshold = _kth_largest(ranked, k)
     keep = ranked > threshold
     short = k - int(keep.sum())
     if short > 0:  # equal magnitudes at the threshold: the first ones, in index order
@@ -197,6 +200,39 @@ def _magnitude_(delta: torch.Tensor, density: float, rescale: bool = False) -> t
     if not rescale:
         return delta
     return _rescale_(delta, before, magnitude.mul_(keep).sum())
+
+
+def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th largest of 1-D ``values`` (no NaN), exactly, without ``kthvalue``'s
+    copies of the whole tensor (its values, and an int64 index each: 3x the tensor).
+
+    A strided sample of about a million values brackets the answer, ``[low, high]``; two
+    counting passes check that the k-th largest lies inside it, and ``kthvalue`` runs on
+    the values inside only (under 1 % of them). If the sample misleads, it runs on all."""
+    n = values.numel()
+    if n <= _SAMPLED:
+        return torch.kthvalue(values, n - k + 1).values
+    sample = values[:: n // _SAMPLED].sort(descending=True).values
+    rank = k * sample.numel() // n  # where the k-th largest falls in the sample
+    margin = 8 * int(math.sqrt(sample.numel())) + 16
+    high = sample[max(0, rank - margin)]
+    low = sample[min(sample.numel() - 1, rank + margin)]
+    above = _count(values, lambda block: block > high)
+    at_least = _count(values, lambda block: block >= low)
+    if not above < k <= at_least:
+        return torch.kthvalue(values, n - k + 1).values
+    inside = torch.cat([block[(block >= low) & (block <= high)]
+                        for block in values.split(_BLOCK)])
+    return torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
+
+
+#: Values above which the k-th largest is found from a sample.
+_SAMPLED = 1 << 20
+
+
+def _count(values: torch.Tensor, test: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """How many of ``values`` pass ``test``, a block at a time."""
+    return sum(int(test(block).sum()) for block in values.split(_BLOCK))
 
 
 def _bernoulli_(delta: torch.Tensor, density: float, rescale: bool,
@@ -273,7 +309,7 @@ def merge_tensor_mergekit(
         for term, w in zip(weighted, weights):
             agrees = torch.where(positive, term > 0, term < 0)  # sign(term) == majority
             mixed += term.mul_(agrees)
-            divisor += agrees * w
+            divisor.add_(agrees, alpha=float(w))  # + w·mask: w·1 or w·0, exact either way
         divisor[divisor == 0] = 1
     else:
         mixed = _sum(weighted, work)
@@ -306,7 +342,10 @@ def _n_bits_differ(a: torch.Tensor, b: torch.Tensor) -> int:
     if a.numel() == 0:
         return 0
     as_int = _SAME_WIDTH_INT[a.element_size()]
-    return int((a.contiguous().view(as_int) != b.contiguous().view(as_int)).sum())
+    x, y = a.contiguous().view(as_int).reshape(-1), b.contiguous().view(as_int).reshape(-1)
+    # in blocks: a whole-tensor comparison and its int64 sum would take 9 bytes an element
+    return sum(int(torch.ne(x[i:i + _BLOCK], y[i:i + _BLOCK]).sum())
+               for i in range(0, x.numel(), _BLOCK))
 
 
 @dataclass

@@ -342,3 +342,21 @@ def test_magnitude_selection_keeps_what_a_stable_sort_keeps_even_among_equal_mag
     mask = torch.zeros(delta.numel())
     mask[order] = 1
     assert torch.equal(_magnitude_(delta.clone(), density), delta * mask.view(delta.shape))
+
+
+@pytest.mark.parametrize("kind", ["normal", "few values", "sorted", "one value", "spikes"])
+def test_the_sampled_kth_largest_is_the_exact_one(kind):
+    """Above a million values the k-th largest is bracketed from a sample: exact whatever
+    the data (many equal values, sorted input, a few huge ones), for any k."""
+    from actlang.run.merge import _kth_largest
+
+    n = 3_000_017
+    g = torch.Generator().manual_seed(11)
+    values = {"normal": lambda: torch.randn(n, generator=g).abs(),
+              "few values": lambda: torch.randint(0, 7, (n,), generator=g).float(),
+              "sorted": lambda: torch.arange(n, dtype=torch.float32) / n,
+              "one value": lambda: torch.full((n,), 0.25),
+              "spikes": lambda: torch.where(torch.rand(n, generator=g) < 1e-4,
+                                            torch.tensor(1e30), torch.rand(n, generator=g))}[kind]()
+    for k in (1, 2, 999, n // 3, n // 2 + 1, n - 5, n):
+        assert _kth_largest(values, k) == torch.kthvalue(values, n - k + 1).values, (kind, k)
