@@ -25,6 +25,7 @@ a spec before; ``--cold`` times the first run instead.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ CASES = ("linear", "task_arithmetic", "ties", "transfer")
 class Measured:
     cpu: float
     private: int  # bytes
+    estimate: int | None = None  # actc plan's peak memory, bytes
 
 
 def _models(root: Path, layers: int) -> dict[str, Path]:
@@ -163,22 +165,28 @@ def main() -> None:
             (work / "config.yml").write_text(_mergekit_config(case, dirs))
             (work / "spec.act").write_text(_actc_spec(case, dirs))
             reference = _measure([mergekit, "config.yml", "merged", "--quiet"], env, work)
+            planned = subprocess.run([actc, "plan", "spec.act", "--json"], env=env, cwd=work,
+                                     capture_output=True, text=True, check=True)
+            estimate = json.loads(planned.stdout)["estimates"]["peak_memory_bytes"]
             run = [actc, "run", "spec.act", "--force", "--json"]
             if not args.cold:
                 _measure(run, env, work)  # the digest memo warm, as after any earlier run
             ours = _measure(run, env, work)
+            ours.estimate = estimate
             rows.append((case, reference, ours))
             print(f"{case:16s} CPU s {reference.cpu:6.1f} / {ours.cpu:6.1f} "
                   f"({ours.cpu / reference.cpu:.2f}x)   private MB "
                   f"{reference.private / 1e6:6.0f} / {ours.private / 1e6:6.0f} "
-                  f"({ours.private / reference.private:.2f}x)", flush=True)
+                  f"({ours.private / reference.private:.2f}x)   plan {estimate / 1e6:6.0f} "
+                  f"({estimate / ours.private:.2f}x measured)", flush=True)
             shutil.rmtree(work / "merged", ignore_errors=True)
             shutil.rmtree(work / "out", ignore_errors=True)
-        table = ["| case | CPU s mergekit / actc | private peak MB mergekit / actc |",
-                 "|---|---|---|"]
+        table = ["| case | CPU s mergekit / actc | private peak MB mergekit / actc | "
+                 "`actc plan` peak estimate MB |", "|---|---|---|---|"]
         table += [f"| {case}{' (mergekit: linear)' if case == 'transfer' else ''} | "
                   f"{r.cpu:.1f} / {o.cpu:.1f} ({o.cpu / r.cpu:.2f}x) | {r.private / 1e6:,.0f} / "
-                  f"{o.private / 1e6:,.0f} ({o.private / r.private:.2f}x) |"
+                  f"{o.private / 1e6:,.0f} ({o.private / r.private:.2f}x) | "
+                  f"{o.estimate / 1e6:,.0f} ({o.estimate / o.private:.2f}x measured) |"
                   for case, r, o in rows]
         print("\n".join(table))
         if args.write:

@@ -34,7 +34,7 @@ from actlang.arch.adapters import ChannelSpace, Entry, RawSelector
 from actlang.arch.errors import RuntimeUserError, SelectionWarning
 from actlang.arch.files import has_tokenizer, pickle_files, safetensors_files
 from actlang.arch.gguf import read_gguf_header
-from actlang.arch.registry import SCORES, ScoreMethod
+from actlang.arch.registry import MERGE_METHODS, SCORES, ScoreMethod
 from actlang.arch.safetensors import Headers, check_compatible
 from actlang.arch.selection import measures_outputs, output_axis, raw_twin
 from actlang.compile import ops as O
@@ -98,6 +98,7 @@ class ModelInfo:
     parameters: int | None = None
     weight_bytes: int | None = None
     has_weights: bool = False
+    largest_tensor: int | None = None  # elements: weight work holds a few of its size
     identity: str | None = None
     space: ChannelSpace | None = None
     gguf: Path | None = None  # the .gguf file of a gguf model
@@ -386,7 +387,8 @@ def _directory_info(spec: P.ModelSpec, directory: Path | None, cache: Cache,
     info.space = ChannelSpace.from_pretrained(directory, trust_remote_code=spec.trust_remote_code,
                                               memo=derived_memo(cache))
     info.model_type = info.space.model_type
-    info.parameters, info.weight_bytes, info.has_weights = _size(directory, info.space, spec.allow_pickle)
+    info.parameters, info.weight_bytes, info.has_weights, info.largest_tensor = \
+        _size(directory, info.space, spec.allow_pickle)
     if info.has_weights:
         info.identity = model_identity(spec, directory, cache, compute=not dry_run)
     elif not dry_run:
@@ -414,16 +416,23 @@ def _check_remote_code(spec: P.ModelSpec, directory: Path) -> None:
                 "`trust_remote_code = true`")
 
 
-def _size(directory: Path, space: ChannelSpace, allow_pickle: bool) -> tuple[int, int, bool]:
-    """(parameters, weight bytes, has weights): exact from safetensors headers, or estimated
-    from the channel space for a directory holding only a config or (allowed) pickle files,
-    which are not unpickled to plan. Pickle files the spec does not allow are an error."""
+def _size(directory: Path, space: ChannelSpace, allow_pickle: bool
+          ) -> tuple[int, int, bool, int | None]:
+    """(parameters, weight bytes, has weights, elements of the largest tensor): exact from
+    safetensors headers, or estimated from the channel space for a directory holding only a
+    config or (allowed) pickle files, which are not unpickled to plan (the largest tensor
+    is then taken to be the embedding). Pickle files the spec does not allow are an error."""
     if safetensors_files(directory) or (pickle_files(directory) and not allow_pickle):
         infos = Headers.open(directory).infos.values()  # refuses pickle files
-        return sum(i.numel for i in infos), sum(i.nbytes for i in infos), True
+        return (sum(i.numel for i in infos), sum(i.nbytes for i in infos), True,
+                max((i.numel for i in infos), default=0))
     parameters = config_parameters(space)
     dtype = space.config.get("dtype") or space.config.get("torch_dtype") or "float32"
-    return parameters, parameters * _DTYPE_BYTES.get(str(dtype), 4), bool(pickle_files(directory))
+    dims = space.dims
+    embedding = dims["vocab"] * dims["hidden"] if dims.get("vocab") and dims.get("hidden") \
+        else None
+    return parameters, parameters * _DTYPE_BYTES.get(str(dtype), 4), \
+        bool(pickle_files(directory)), embedding
 
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -1056,16 +1065,41 @@ def _estimate(plan: Plan) -> Estimates:
             params = plan.models[op.source.target.name].parameters or 0
             est.flops += 6.0 * params * op.spec.steps * op.spec.batch_size * \
                 op.spec.data.options.max_tokens
+        elif isinstance(op, (O.MergeModels, O.Transfer)):
+            # Weight work reads tensors mapped from their files (the page cache's memory, not
+            # the run's) and holds a few work tensors of the largest one's size at a time.
+            largest = _largest_tensor(plan, op)
+            est.exact &= largest is not None
+            tensors = MERGE_METHODS[op.merge.method].peak_tensors(len(op.merge.donors)) \
+                if isinstance(op, O.MergeModels) else _TRANSFER_TENSORS
+            est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()) +
+                                        int(tensors * _WORK_BYTES * (largest or 0)))
         elif isinstance(op, O.Save) and op not in plan.cached:
             size = plan.models[op.surgery.target.name].weight_bytes
             est.exact &= size is not None
             est.bytes_written += size or 0
-            # Writing streams tensor by tensor: an output shard, plus a fine-tuned copy.
-            extra = min(size or 0, op.surgery.shard_size)
-            if isinstance(op.state, O.Finetune):
-                extra += 4 * (size or 0)  # weights, gradients, two AdamW moments (float32)
-            est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()) + extra)
+            if isinstance(op.state, O.Finetune):  # weights, gradients, two AdamW moments
+                est.peak_memory_bytes = max(est.peak_memory_bytes,
+                                            sum(live.values()) + 4 * (size or 0))
         est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()))
         for name in [n for n, last in last_use.items() if last == index]:
             live.pop(name, None)
+    est.peak_memory_bytes += RUNTIME_BYTES
     return est
+
+
+#: What the interpreter, torch and transformers hold before any model (measured: 0.19 GB).
+RUNTIME_BYTES = 200_000_000
+#: Bytes of a work tensor's element: weight work computes in float32.
+_WORK_BYTES = 4
+#: Work tensors of the largest tensor's size a transfer holds: the target's tensor as it is
+#: written (its changed pages copied), the donor's moved elements and their masks.
+_TRANSFER_TENSORS = 2.0
+
+
+def _largest_tensor(plan: Plan, op: O.MergeModels | O.Transfer) -> int | None:
+    """Elements of the largest tensor the weight work reads."""
+    models = [op.target, *op.merge.donors] if isinstance(op, O.MergeModels) else \
+        [op.target, *(select.rule.donor for select, _ in op.selections)]
+    sizes = [plan.models[m.name].largest_tensor for m in models]
+    return None if None in sizes else max(sizes)  # type: ignore[type-var]
