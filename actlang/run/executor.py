@@ -48,7 +48,6 @@ from actlang.compile.plan import (
 from actlang.run import stats as S
 from actlang.run.context import Progress, RunContext, quiet_libraries
 from actlang.run.handlers import HANDLERS
-from actlang.run.memory import return_freed_memory
 from actlang.run.ranks import SINGLE, Ranks
 from actlang.run.results import OpRecord, RunResult, SurgeryResult
 
@@ -84,7 +83,6 @@ class Executor:
     def run(self) -> RunResult:
         from actlang.run.output import guarded_outputs
 
-        return_freed_memory()  # a tensor's temporaries do not outlive it (run/memory.py)
 
         protected = protected_paths(self.plan.program, self.cache)
         with guarded_outputs(protected):

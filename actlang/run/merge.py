@@ -217,8 +217,8 @@ def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     margin = 8 * int(math.sqrt(sample.numel())) + 16
     high = sample[max(0, rank - margin)]
     low = sample[min(sample.numel() - 1, rank + margin)]
-    above = _count(values, lambda block: block > high)
-    at_least = _count(values, lambda block: block >= low)
+    above = _count(values, lambda block, _: torch.gt(block, high, out=_mask(block)))
+    at_least = _count(values, lambda block, _: torch.ge(block, low, out=_mask(block)))
     if not above < k <= at_least:
         return torch.kthvalue(values, n - k + 1).values
     inside = torch.cat([block[(block >= low) & (block <= high)]
@@ -230,9 +230,24 @@ def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
 _SAMPLED = 1 << 20
 
 
-def _count(values: torch.Tensor, test: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """How many of ``values`` pass ``test``, a block at a time."""
-    return sum(int(test(block).sum()) for block in values.split(_BLOCK))
+def _count(values: torch.Tensor, test: Callable[[torch.Tensor, int], torch.Tensor]) -> int:
+    """How many of 1-D ``values`` pass ``test(block, start)``, a block at a time (``test``
+    writes its answer into ``_mask(block)``: one buffer, no allocation per block)."""
+    return sum(int(torch.count_nonzero(test(block, start)))
+               for start, block in zip(range(0, values.numel(), _BLOCK), values.split(_BLOCK)))
+
+
+_FULL_BLOCK_MASK: list[torch.Tensor] = []
+
+
+def _mask(block: torch.Tensor) -> torch.Tensor:
+    """A bool buffer of ``block``'s size, the same one for every full block (fresh memory
+    costs page faults, and a tensor has hundreds of blocks)."""
+    if block.numel() != _BLOCK:
+        return torch.empty(block.numel(), dtype=torch.bool)
+    if not _FULL_BLOCK_MASK:
+        _FULL_BLOCK_MASK.append(torch.empty(_BLOCK, dtype=torch.bool))
+    return _FULL_BLOCK_MASK[0]
 
 
 def _bernoulli_(delta: torch.Tensor, density: float, rescale: bool,
@@ -343,9 +358,7 @@ def _n_bits_differ(a: torch.Tensor, b: torch.Tensor) -> int:
         return 0
     as_int = _SAME_WIDTH_INT[a.element_size()]
     x, y = a.contiguous().view(as_int).reshape(-1), b.contiguous().view(as_int).reshape(-1)
-    # in blocks: a whole-tensor comparison and its int64 sum would take 9 bytes an element
-    return sum(int(torch.ne(x[i:i + _BLOCK], y[i:i + _BLOCK]).sum())
-               for i in range(0, x.numel(), _BLOCK))
+    return _count(x, lambda block, at: torch.ne(block, y[at:at + block.numel()], out=_mask(block)))
 
 
 @dataclass

@@ -25,6 +25,7 @@ are refused: their layers cannot be read tensor by tensor under their module nam
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -38,7 +39,6 @@ from actlang.arch.errors import RuntimeUserError
 from actlang.run import stats as S
 from actlang.run.checkpoint import Checkpoint
 from actlang.run.corpus import Batch
-from actlang.run.memory import return_freed_memory
 from actlang.run.ranks import SINGLE, Ranks
 
 __all__ = ["StreamedModel", "collect_lockstep_stats_streamed"]
@@ -201,7 +201,7 @@ def collect_lockstep_stats_streamed(
     too: the partner's layer and the anchor's are in memory together. Under several
     ``ranks`` each streams the models over its share of the batches.
     """
-    return_freed_memory()
+    _return_freed_memory()
     models = [d if isinstance(d, StreamedModel) else
               StreamedModel(d, space.naming, dtype=dtype, device=device) for d in directories]
     batches = list(S._batches(data, batch_size))
@@ -272,6 +272,20 @@ def _check_reached(stats: S.ChannelStats, entries: Sequence[Entry],
     if silent:
         raise RuntimeUserError(f"streamed capture never ran the module of {silent[0]}",
                                hint="it runs outside the decoder layers: capture in memory")
+
+
+def _return_freed_memory() -> None:
+    """Have glibc give freed blocks of 128 KB and up back to the system at once. By default
+    it raises that threshold as large blocks are freed (up to 32 MB), so a layer's freed
+    tensors would stay in the heap and the next layer's come on top: streaming frees a
+    layer after every layer, and its peak is what it is only if the memory goes back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator decides
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 128 * 1024)
+    libc.mallopt(m_trim_threshold, 128 * 1024)
 
 
 @contextlib.contextmanager
