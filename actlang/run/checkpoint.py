@@ -191,6 +191,28 @@ class Checkpoint:
         return {n: t for n, t in self.iter_tensors()}
 
 
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system: glibc keeps freed blocks under 32 MB
+    for reuse, so the temporaries of a pass over a model's tensors (a layer's masks, task
+    vectors, differences) would add up to far more than one tensor's — measured: the
+    selection of a transfer between 1.35 GB models held 0.9 GB after it ended. Called after
+    each tensor of such a pass. (No-op with another allocator.)"""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def require_finite(name: str, tensor: torch.Tensor, made_by: str) -> torch.Tensor:
     """``tensor`` itself, or a :class:`RuntimeUserError` if an output tensor would hold NaN
     or Inf (an input model's weights are broken where they were read)."""

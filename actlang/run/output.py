@@ -57,7 +57,12 @@ from actlang.compile.plan import (
     output_marker,
     replace_problem,
 )
-from actlang.run.checkpoint import DTYPE_TO_ST, FileSlice, natural_key
+from actlang.run.checkpoint import (
+    DTYPE_TO_ST,
+    FileSlice,
+    natural_key,
+    release_freed_memory,
+)
 
 __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
@@ -164,6 +169,7 @@ def write_safetensors(path: Path, layout: Sequence[OutTensor],
             else:
                 f.write(_tensor_bytes(x))
             del x
+            release_freed_memory()
     return offset
 
 

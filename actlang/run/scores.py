@@ -34,7 +34,7 @@ import torch
 from actlang.arch.adapters import ChannelSpace, Entry, TensorPart
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.registry import NORMALIZATIONS, SCORES
-from actlang.run.checkpoint import Checkpoint, as_checkpoint
+from actlang.run.checkpoint import Checkpoint, as_checkpoint, release_freed_memory
 from actlang.run.stats import ChannelStats
 
 __all__ = [
@@ -211,6 +211,7 @@ def _per_channel(source: Checkpoint, target: Checkpoint, entries: Iterable[Entry
             value = sl.sum(dim=other) if other else sl
             out[e.key] = value if e.key not in out else combine(out[e.key], value)
         del d
+        release_freed_memory()
     return out
 
 

@@ -122,12 +122,15 @@ def merge_tensor(
     overlap: str = "mean",
     scores: Sequence[torch.Tensor | None] | None = None,
     labels: Sequence[str] | None = None,
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, int, int]:
     """One tensor's transfer: ``(result, elements moved, elements with > 1 donor)``.
 
     ``masks[i]`` (bool, shape of ``trg``) says where donor ``i`` applies (``None``: nowhere);
     ``srcs[i]`` is needed only where ``masks[i]`` is set. The result *is* ``trg`` (same
-    object) when nothing moves.
+    object) when nothing moves, and with ``in_place`` (``trg`` is the caller's copy: a
+    copy-on-write mapping of the target's file, whose pages become private only where an
+    element moves into them).
     """
     active = [i for i, m in enumerate(masks) if m is not None and lams[i] != 0 and bool(m.any())]
     if not active:
@@ -151,7 +154,13 @@ def merge_tensor(
         t = trg.to(work)
         return (t + lams[i] * (src.to(work) - t)).to(trg.dtype)
 
-    out = trg.clone()
+    out = trg if in_place else trg.clone()
+    if len(active) == 1:  # one donor: write its elements only, touch nothing else
+        (i,) = active
+        m = masks[i]
+        assert m is not None
+        out[m] = value(i)[m]
+        return out, int(torch.count_nonzero(m)), 0
     moved = torch.zeros(trg.shape, dtype=torch.bool)
     # earliest donor wins where masks overlap (the priority policy; others fix overlaps below)
     for i in reversed(active):
@@ -165,7 +174,7 @@ def merge_tensor(
         for i in active:
             count += masks[i]  # type: ignore[operator]
         over = count > 1
-        n_over = int(over.sum())
+        n_over = int(torch.count_nonzero(over))
         if n_over:
             if overlap == "error":
                 who = [labels[i] if labels else f"donor {i}" for i in active]
@@ -197,7 +206,7 @@ def merge_tensor(
                     winner = torch.where(better, torch.tensor(i), winner)
                 for i in active:
                     out = torch.where(over & (winner == i), value(i), out)
-    return out, int(moved.sum()), n_over
+    return out, int(torch.count_nonzero(moved)), n_over
 
 
 def transfer(
@@ -249,7 +258,8 @@ def transfer(
         scores = None
         if overlap == "max_score" and sum(need) > 1:
             scores = [d.mask.element_scores(name, tuple(t.shape)) if n else None for d, n in zip(donors, need)]
-        out, moved, over = merge_tensor(name, t, src_t, masks, [d.lam for d in donors], overlap, scores, labels)
+        out, moved, over = merge_tensor(name, t, src_t, masks, [d.lam for d in donors], overlap,
+                                        scores, labels, in_place=True)
         require_finite(name, out, "transfer")
         if moved:
             report.tensors_changed.append(name)
