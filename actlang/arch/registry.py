@@ -363,11 +363,11 @@ class MergeMethod(Option):
     def peak_tensors(self, donors: int) -> float:
         """The most work tensors of one tensor's size a merge holds at once (measured with
         ``bench/bench_merge.py``): the result for ``linear``; else each donor's weighted task
-        vector and their sum, and with the elected sign also its divisor, the sum it is
-        elected from and three masks of one byte an element."""
+        vector and their sum; a magnitude selection adds the task vector's magnitudes and
+        its keep mask while it runs."""
         if not self.needs_base:
             return 1.0
-        return donors + (3.25 if self.sign_consensus else 1.0)
+        return donors + (2.5 if self.sparsify == "magnitude" else 1.0)
 
 
 _DARE_FIELDS = ("base", "weights", "density", "lambda", "rescale", "seed", "normalize")

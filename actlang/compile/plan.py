@@ -1092,9 +1092,9 @@ def _estimate(plan: Plan) -> Estimates:
 RUNTIME_BYTES = 200_000_000
 #: Bytes of a work tensor's element: weight work computes in float32.
 _WORK_BYTES = 4
-#: Work tensors of the largest tensor's size a transfer holds: the target's tensor as it is
-#: written (its changed pages copied), the donor's moved elements and their masks.
-_TRANSFER_TENSORS = 2.0
+#: Work tensors of the largest tensor's size a transfer holds (measured): its element mask
+#: and the moved elements, and the pages of the target's tensor they are written into.
+_TRANSFER_TENSORS = 1.0
 
 
 def _largest_tensor(plan: Plan, op: O.MergeModels | O.Transfer) -> int | None:

@@ -315,25 +315,29 @@ def merge_tensor_mergekit(
         elif spec.sparsify == "random":
             delta = _bernoulli_(delta, d, resc, generator)
         weighted.append(delta.mul_(w))
-    if spec.sign_consensus:
-        total = _sum(weighted, work)
-        positive = total.ge_(0).bool()  # the majority sign: + where the sum is >= 0
-        del total
+    if spec.sign_consensus:  # elementwise: a block at a time, so its masks stay small
         mixed = torch.zeros_like(b)
-        divisor = torch.zeros_like(b)
-        for term, w in zip(weighted, weights):
-            agrees = torch.where(positive, term > 0, term < 0)  # sign(term) == majority
-            mixed += term.mul_(agrees)
-            divisor.add_(agrees, alpha=float(w))  # + w·mask: w·1 or w·0, exact either way
-        divisor[divisor == 0] = 1
+        terms = [t.reshape(-1).split(_BLOCK) for t in weighted]
+        for index, out in enumerate(mixed.view(-1).split(_BLOCK)):
+            block = [t[index] for t in terms]
+            positive = _sum(block, work) >= 0  # the majority sign: + where the sum is >= 0
+            divisor = torch.zeros_like(out)
+            for term, w in zip(block, weights):
+                agrees = torch.where(positive, term > 0, term < 0)  # sign(term) == majority
+                out += term.mul_(agrees)
+                divisor.add_(agrees, alpha=float(w))  # + w·mask: w·1 or w·0, exact either way
+            if norm:
+                divisor[divisor == 0] = 1
+                out.div_(divisor)
+        del terms
     else:
         mixed = _sum(weighted, work)
         divisor = _sum(list(weights), work)
         if divisor.abs() < 1e-8:
             divisor = torch.ones((), dtype=work)
+        if norm:
+            mixed.div_(divisor)
     del weighted
-    if norm:
-        mixed.div_(divisor)
     if float(lambda_) != 1.0:
         mixed.mul_(float(lambda_))
     return mixed.add_(b).to(ref.dtype)  # θ_b + mixed (addition commutes, bit for bit)
