@@ -408,6 +408,7 @@ def run_command(
     from actlang.run.executor import Executor
     from actlang.run.ranks import from_environment, plan_digest
     from actlang.run.worker import serve
+    from actlang.zoo.build import build_zoo
 
     program, sources = _checked_with_dtype(spec, json_output, dtype)
     if output is not None:
@@ -426,11 +427,11 @@ def run_command(
                              max_memory=_max_memory(max_memory))
 
         if ranks.is_root:
-            with PlanningDisplay(console) as display:
+            with PlanningDisplay(console, build_zoo) as display:
                 plan = planned(display)
         ranks.barrier()  # the other ranks plan once rank 0 has built what the plan needs
         if not ranks.is_root:
-            plan = planned(PlanningDisplay(Console(stderr=True, quiet=True)))
+            plan = planned(PlanningDisplay(Console(stderr=True, quiet=True), build_zoo))
         ranks.check_agreement(plan_digest(plan, spec_text))
         if not ranks.is_root:
             serve(plan, cache, ranks)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -28,9 +28,16 @@ class PlanningDisplay:
     converts a GGUF file (once; both are cached), a line that says so, then the zoo's
     training steps as a bar with the time left.
 
-    Use :meth:`zoo_builder` and :meth:`gguf_converter` as the plan's builders."""
+    Use :meth:`zoo_builder` and :meth:`gguf_converter` as the plan's builders.
 
-    def __init__(self, console: Console):
+    Args:
+        console: where it prints (stderr).
+        build_zoo: builds a zoo (:func:`actlang.zoo.build.build_zoo`, a layer above this
+            one: the command line passes it in).
+    """
+
+    def __init__(self, console: Console, build_zoo: Callable[..., Any]):
+        self.build_zoo = build_zoo
         self.bars = RichBars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                              _Counted(MofNCompleteColumn()), TimeElapsedColumn(),
                              _Counted(TimeRemainingColumn()), console=console, transient=True)
@@ -44,8 +51,6 @@ class PlanningDisplay:
         self.bars.__exit__(*exc)
 
     def zoo_builder(self, root: Path, seed: int, profile: str) -> Any:
-        from actlang.zoo.build import build_zoo
-
         console = self.bars.console
         console.print(f"building the {profile} zoo (seed {seed}): once, then it is cached "
                       f"in {root}")
@@ -54,8 +59,8 @@ class PlanningDisplay:
             self.bars.update(self.task, description=f"zoo: training {training}",
                              completed=done, total=total)
 
-        manifest = build_zoo(root, seed=seed, profile=profile, progress=progress,
-                             log=lambda line: console.print(f"[dim]{line}[/dim]"))
+        manifest = self.build_zoo(root, seed=seed, profile=profile, progress=progress,
+                                  log=lambda line: console.print(f"[dim]{line}[/dim]"))
         self.bars.reset(self.task, description="planning", total=None)
         console.print(f"zoo built in {manifest.build_seconds:.0f} s")
         return manifest
