@@ -42,12 +42,15 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.score_mask.to(device))
 
 
-def batches(corpus: TokenizedCorpus, batch_size: int = 8) -> Iterator[Batch]:
-    """Right-padded batches of ``batch_size`` sequences, in corpus order."""
+def batches(corpus: TokenizedCorpus, batch_size: int = 8,
+            indices: range | None = None) -> Iterator[Batch]:
+    """Right-padded batches of ``batch_size`` sequences, in corpus order; with ``indices``,
+    only those batches (a rank's share: the others are never padded)."""
     if batch_size < 1:
         raise RuntimeUserError(f"batch_size must be >= 1, got {batch_size}")
     sequences = corpus.sequences
-    for start in range(0, len(sequences), batch_size):
+    starts = range(0, len(sequences), batch_size)
+    for start in (starts if indices is None else starts[indices.start:indices.stop]):
         chunk = sequences[start : start + batch_size]
         width = max(len(i) for i, _ in chunk)
         ids = torch.full((len(chunk), width), corpus.pad_token_id, dtype=torch.long)

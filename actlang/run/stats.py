@@ -580,7 +580,7 @@ def collect_stats(
         with _Capture(model, ents) as cap, torch.inference_mode():
             sums = _Pass([cap], ents, [("unpaired", _check_fields("unpaired", fields), device)],
                          ranks)
-            for index, batch in sums.batches(_batches(data, batch_size)):
+            for index, batch in sums.batches(data, batch_size):
                 batch = batch.to(device)
                 cap.set_batch(batch.score_mask, device)
                 with sums.batch(index):
@@ -664,7 +664,7 @@ def collect_lockstep_stats(
     with lockstep_captures(models, ents, space, data, unpaired=unpaired, labels=labels,
                            meta=meta, fields=fields, unpaired_fields=unpaired_fields,
                            local=local, ranks=ranks) as (captures, sums, results):
-        for index, batch in sums.batches(_batches(data, batch_size)):
+        for index, batch in sums.batches(data, batch_size):
             with sums.batch(index):
                 for model, capture, device, logits in zip(models, captures, devices, need):
                     on_device = batch.to(device)
@@ -776,11 +776,15 @@ class _Pass:
         self.sizes = {e.key: e.size for e in entries}
         self.phases = [BatchTree()]
 
-    def batches(self, batches: Iterable[Batch]) -> Iterator[tuple[int, Batch]]:
-        """This rank's share of ``batches``, with their indices."""
-        batches = list(batches)
-        share = self.ranks.batches(len(batches))
-        return ((index, batches[index]) for index in share)
+    def batches(self, data: TokenizedCorpus | Iterable[Batch], batch_size: int
+                ) -> Iterator[tuple[int, Batch]]:
+        """This rank's share of the corpus's batches, with their indices (a tokenized
+        corpus's other batches are never made)."""
+        if isinstance(data, TokenizedCorpus):
+            share = self.ranks.batches(data.n_batches(batch_size))
+            return zip(share, batches(data, batch_size, share))
+        listed = list(data)
+        return ((index, listed[index]) for index in self.ranks.batches(len(listed)))
 
     def next_phase(self) -> None:
         """The batches are run again on other modules (a streamed capture's next layer)."""

@@ -219,7 +219,7 @@ def collect_lockstep_stats_streamed(
                                    unpaired=unpaired, labels=labels, meta=meta, fields=fields,
                                    unpaired_fields=unpaired_fields, local=local, ranks=ranks)
     with lockstep as (captures, sums, results):
-        share = list(sums.batches(batches))  # this rank's batches, with their indices
+        share = list(sums.batches(batches, batch_size))  # this rank's, with their indices
 
         def each_model(index: int, batch: Batch, run: Callable[[int, StreamedModel], Any]) -> None:
             """``run`` for every model, the anchor first, its hooks set for batch ``index``."""
