@@ -13,6 +13,7 @@ and what the report needs), an evaluation its metrics.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,15 +247,18 @@ def _selectable(ctx: RunContext, op: O.Score) -> list[Entry]:
 
 def select(ctx: RunContext, op: O.Select, inputs: Inputs, cached: bool) -> Outcome:
     """Select a rule's channels; by default only channels whose parameters differ."""
-    from actlang.run.scores import changed_channels
+    from actlang.run.scores import changed_channels, restrict
     from actlang.run.select import select_channels
 
     rule = op.rule
     space = ctx.space(op.scores.target)
     scores = inputs[op.scores]
     entries = candidate_entries(space, rule, warn=False)  # the plan warned
-    changed = changed_channels(space, ctx.checkpoint(rule.donor), ctx.checkpoint(op.scores.target),
-                               entries)
+    # a weight score found which channels differ in the same read of the weights
+    changed = restrict(scores.changed, entries) if scores.changed is not None else None
+    if changed is None:
+        changed = changed_channels(space, ctx.checkpoint(rule.donor),
+                                   ctx.checkpoint(op.scores.target), entries)
     maximum = rule.max_per_module
     mask = select_channels(
         scores, space, runtime_budget(rule.budget), entries=entries,
@@ -427,17 +431,34 @@ def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
         warnings=[w.message for w in ctx.plan.warnings
                   if w.span in {t.span for t in surgery.transfers}],
         ops=[ctx.records[o] for o in ctx.plan.order if o in ancestors and o in ctx.records])
+    # A stage the run wrote (in its work directory, removed when the run ends) is linked
+    # into place, not copied: its files are complete and nothing writes them again. Anything
+    # else (an input model's own files) is copied, so that the output shares nothing with it.
+    place = _link_or_copy if _is_within(stage.directory, ctx.work) else shutil.copy2
     with atomic_output_dir(surgery.output, overwrite=ctx.force) as tmp:
         for item in stage.directory.iterdir():
             if item.is_dir():
-                shutil.copytree(item, tmp / item.name)
+                shutil.copytree(item, tmp / item.name, copy_function=place)
             else:
-                shutil.copy2(item, tmp / item.name)
+                place(item, tmp / item.name)
         (tmp / "run_results.json").write_text(json.dumps(payload, indent=2) + "\n")
         if (tmp / "README.md").is_file():  # the stage's card is titled by its op id
             retitle_model_card(tmp / "README.md", _title(surgery))
         _report(ctx, tmp, surgery, stage, evals, gates)
     return Outcome(result, {"output": surgery.output})
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    return path.resolve().is_relative_to(directory.resolve())
+
+
+def _link_or_copy(source: str | Path, destination: str | Path) -> None:
+    """A hard link (no bytes copied: a 1.35 GB model took 5 s of system time to copy), or a
+    copy where the file system cannot link (another device, no hard links)."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def _title(surgery: P.SurgerySpec) -> str:

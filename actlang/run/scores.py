@@ -27,14 +27,19 @@ Controls at equal budget: :func:`random_scores` (seeded) and :func:`weight_delta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
 from actlang.arch.adapters import ChannelSpace, Entry, TensorPart
 from actlang.arch.errors import RuntimeUserError
 from actlang.arch.registry import NORMALIZATIONS, SCORES
-from actlang.run.checkpoint import Checkpoint, as_checkpoint, release_freed_memory
+from actlang.run.checkpoint import (
+    Checkpoint,
+    as_checkpoint,
+    one_thread,
+    release_freed_memory,
+)
 from actlang.run.stats import ChannelStats
 
 __all__ = [
@@ -43,6 +48,7 @@ __all__ = [
     "contrastive",
     "random_scores",
     "changed_channels",
+    "weight_pass",
     "weight_delta_scores",
 ]
 
@@ -55,6 +61,9 @@ class Scores:
     def __init__(self, values: Mapping[str, torch.Tensor], method: str = "custom") -> None:
         self.values = {k: v.detach().to(torch.float64).cpu() for k, v in values.items()}
         self.method = method
+        #: which channels and input features differ between the two models, when the scores
+        #: came from the pass over their weights that found it (:func:`weight_pass`)
+        self.changed: Changed | None = None
 
     def __getitem__(self, key: str) -> torch.Tensor:
         try:
@@ -78,7 +87,9 @@ class Scores:
             return self
         if how != "zscore":
             raise RuntimeUserError(f"Scores.normalized supports 'zscore', not {how!r}")
-        return Scores({k: _zscore(v) for k, v in self.values.items()}, f"{self.method}+zscore")
+        scores = Scores({k: _zscore(v) for k, v in self.values.items()}, f"{self.method}+zscore")
+        scores.changed = self.changed
+        return scores
 
     def flat(self) -> torch.Tensor:
         return torch.cat(list(self.values.values())) if self.values else torch.zeros(0, dtype=torch.float64)
@@ -188,31 +199,59 @@ def random_scores(space: ChannelSpace, seed: int = 0, entries: Iterable[Entry] |
     return Scores({e.key: torch.rand(e.size, generator=g, dtype=torch.float64) for e in ents}, f"random(seed={seed})")
 
 
-def _per_channel(source: Checkpoint, target: Checkpoint, entries: Iterable[Entry],
-                 reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-                 inputs: bool = False) -> dict[str, torch.Tensor]:
-    """Per channel of each entry, ``combine`` over its tensors of ``reduce(src, trg)``
-    summed over every axis but the channel axis. Reads one tensor pair at a time.
+#: What one pass over the weights of a donor and a target yields per entry: the weight-delta
+#: score, and which channels and input features differ at all (see :func:`weight_pass`).
+Changed = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
-    With ``inputs``, the entries' input-feature slices (``attn.o`` columns per head,
-    ``mlp.down`` columns per neuron) are reduced instead of their channels."""
-    ents = list(entries)
-    out: dict[str, torch.Tensor] = {}
-    by_tensor: dict[str, list[tuple[Entry, TensorPart]]] = {}
+
+def weight_pass(space: ChannelSpace, source: Checkpoint | str | Path,
+                target: Checkpoint | str | Path, entries: Iterable[Entry] | None = None, *,
+                score: bool = True) -> tuple[Scores | None, Changed]:
+    """One read of each tensor pair the entries touch: :func:`weight_delta_scores` (with
+    ``score``) and :func:`changed_channels` together, the same values as each on its own.
+
+    Per tensor: the squared difference in float64, computed in place in one buffer (the
+    same elementwise values as ``(a.double() - b.double()).square()``, summed over each
+    channel's slice by the same reductions, so the scores keep their bits), and one mask of
+    the elements whose bits differ, reduced with ``any`` per channel and per input feature.
+    Runs on one thread (:func:`~actlang.run.checkpoint.one_thread`)."""
+    src, trg = as_checkpoint(source), as_checkpoint(target)
+    ents = list(space if entries is None else entries)
+    parts: dict[str, list[tuple[Entry, TensorPart, bool]]] = {}
+    for e in ents:  # tensors in the order of the entries' parts: the order sums are taken in
+        for part in e.parts:
+            parts.setdefault(part.name, []).append((e, part, False))
     for e in ents:
-        for part in (e.inputs if inputs else e.parts):
-            by_tensor.setdefault(part.name, []).append((e, part))
-    for name, uses in by_tensor.items():
-        d = reduce(source.get(name), target.get(name))
-        for e, part in uses:
-            sl = d.narrow(part.axis, part.offset, part.size)
-            other = [i for i in range(sl.dim()) if i != part.axis]
-            value = sl.sum(dim=other) if other else sl
-            out[e.key] = value if e.key not in out else combine(out[e.key], value)
-        del d
-        release_freed_memory()
-    return out
+        for part in e.inputs:
+            parts.setdefault(part.name, []).append((e, part, True))
+    squares: dict[str, torch.Tensor] = {}
+    channels: dict[str, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    with one_thread():
+        for name, uses in parts.items():
+            a, b = src.get(name), trg.get(name)
+            differ = _bits_differ(a, b)
+            d = None
+            if score and any(not is_input for _, _, is_input in uses):
+                d = a.to(torch.float64, copy=True)
+                d.sub_(b)
+                d.square_()
+            del a, b
+            for e, part, is_input in uses:
+                other = [i for i in range(differ.dim()) if i != part.axis]
+                mask = differ.narrow(part.axis, part.offset, part.size)
+                any_ = mask.any(dim=other) if other else mask.clone()
+                found = inputs if is_input else channels
+                found[e.key] = any_ if e.key not in found else found[e.key] | any_
+                if d is not None and not is_input:
+                    sl = d.narrow(part.axis, part.offset, part.size)
+                    value = sl.sum(dim=other) if other else sl.clone()
+                    squares[e.key] = value if e.key not in squares else squares[e.key] + value
+            del d, differ
+            release_freed_memory()
+        scores = Scores({k: v.sqrt() for k, v in squares.items()}, "weight_delta") \
+            if score else None
+    return scores, (channels, inputs)
 
 
 def weight_delta_scores(
@@ -222,31 +261,37 @@ def weight_delta_scores(
     entries: Iterable[Entry] | None = None,
 ) -> Scores:
     """``||theta_src[channel] - theta_trg[channel]||_2`` over each channel's weight slice and
-    bias element: the *weight-delta* control. Reads one tensor pair at a time."""
-    squares = _per_channel(as_checkpoint(source), as_checkpoint(target),
-                           space if entries is None else entries,
-                           lambda a, b: (a.to(torch.float64) - b.to(torch.float64)).square(),
-                           torch.add)
-    return Scores({k: v.sqrt() for k, v in squares.items()}, "weight_delta")
+    bias element: the *weight-delta* control. Reads one tensor pair at a time; the scores
+    carry which channels differ at all (``Scores.changed``, from the same read)."""
+    scores, changed = weight_pass(space, source, target, entries)
+    assert scores is not None
+    scores.changed = changed
+    return scores
 
 
 def _bits_differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise: the two tensors' bits differ (NaN payloads and -0.0 included)."""
     if a.dtype != b.dtype:
-        return torch.ones(a.shape, dtype=torch.int32)
+        return torch.ones(a.shape, dtype=torch.bool)
     as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return (a.view(as_int) != b.view(as_int)).to(torch.int32)
+    return a.view(as_int) != b.view(as_int)
 
 
 def changed_channels(space: ChannelSpace, source: Checkpoint | str | Path,
                      target: Checkpoint | str | Path, entries: Iterable[Entry] | None = None,
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                     ) -> Changed:
     """Which channels (and input features) have parameters that differ between the two
     checkpoints at all: ``(channels, inputs)``, bool per entry. A channel whose parameters
     are bit-identical cannot change anything when transferred."""
-    src, trg = as_checkpoint(source), as_checkpoint(target)
-    ents = list(space if entries is None else entries)
-    channels = _per_channel(src, trg, ents, _bits_differ, torch.add)
-    inputs = _per_channel(src, trg, [e for e in ents if e.inputs], _bits_differ, torch.add,
-                          inputs=True)
-    return ({k: v > 0 for k, v in channels.items()}, {k: v > 0 for k, v in inputs.items()})
+    return weight_pass(space, source, target, entries, score=False)[1]
+
+
+def restrict(changed: Changed, entries: Iterable[Entry]) -> Changed | None:
+    """``changed`` for ``entries`` only (what :func:`changed_channels` of those entries
+    returns), or ``None`` if it does not cover them all."""
+    ents = list(entries)
+    channels, inputs = changed
+    if any(e.key not in channels or (e.inputs and e.key not in inputs) for e in ents):
+        return None
+    return ({e.key: channels[e.key] for e in ents},
+            {e.key: inputs[e.key] for e in ents if e.inputs})

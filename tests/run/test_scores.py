@@ -18,10 +18,12 @@ from actlang.run.checkpoint import Checkpoint
 from actlang.run.executor import Executor
 from actlang.run.scores import (
     Scores,
+    changed_channels,
     compute_scores,
     contrastive,
     random_scores,
     weight_delta_scores,
+    weight_pass,
 )
 from actlang.run.select import kind_candidates
 from actlang.run.stats import ChannelStats
@@ -68,6 +70,34 @@ def test_weight_delta_is_the_norm_of_each_channels_parameter_change(family_dirs)
     ref = (d.double().square().sum(0) + db.double().square()).sqrt()
     torch.testing.assert_close(s["layers.1.mlp.up"], ref)
     assert set(s.keys()) == set(space.keys())
+
+
+def test_one_pass_over_the_weights_finds_the_scores_and_the_changed_channels(family_dirs):
+    """weight_pass reads each tensor pair once for both: the same bits as the definitions
+    (the float64 squared difference summed per channel; any element's bits differing)."""
+    trg_dir, src_dir = family_dirs["llama"]
+    space = ChannelSpace.from_pretrained(trg_dir)
+    trg, src = Checkpoint.open(trg_dir), Checkpoint.open(src_dir)
+    scores, (channels, inputs) = weight_pass(space, src_dir, trg_dir)
+    assert changed_channels(space, src_dir, trg_dir)[0].keys() == channels.keys()
+    for e in space:
+        squares, differ = None, None
+        for part in e.parts:
+            a, b = src.get(part.name), trg.get(part.name)
+            d = (a.double() - b.double()).square().narrow(part.axis, part.offset, part.size)
+            other = [i for i in range(d.dim()) if i != part.axis]
+            s = d.sum(dim=other) if other else d
+            squares = s if squares is None else squares + s
+            ne = (a.view(torch.int32) != b.view(torch.int32)).narrow(part.axis, part.offset, part.size)
+            n = ne.any(dim=other) if other else ne
+            differ = n if differ is None else differ | n
+        assert torch.equal(scores[e.key].view(torch.int64), squares.sqrt().view(torch.int64)), e.key
+        assert torch.equal(channels[e.key], differ), e.key
+        for part in e.inputs:
+            ne = src.get(part.name).view(torch.int32) != trg.get(part.name).view(torch.int32)
+            other = [i for i in range(ne.dim()) if i != part.axis]
+            assert torch.equal(inputs[e.key], ne.narrow(part.axis, part.offset, part.size).any(dim=other))
+    assert any(bool(v.any()) for v in channels.values()) and set(inputs) == {e.key for e in space if e.inputs}
 
 
 def test_random_scores_are_seeded_uniform_values_for_every_channel():
