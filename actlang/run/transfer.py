@@ -41,6 +41,7 @@ from actlang.run.checkpoint import (
     as_checkpoint,
     check_compatible,
     natural_key,
+    one_thread,
     require_finite,
 )
 from actlang.run.mask import ChannelMask
@@ -52,6 +53,7 @@ __all__ = [
     "TransferReport",
     "apply_masks_",
     "merge_tensor",
+    "move_slices",
     "transfer",
 ]
 
@@ -113,6 +115,63 @@ def _check_args(donors: Sequence[Donor], overlap: str) -> None:
             raise RuntimeUserError(f"lambda of donor {d.label(i)} is not finite: {d.lam}")
 
 
+def _work_dtype(trg: torch.Tensor) -> torch.dtype:
+    return torch.float32 if trg.dtype in (torch.float16, torch.bfloat16) or not trg.is_floating_point() else trg.dtype
+
+
+def _check_donor_tensor(name: str, trg: torch.Tensor, src: torch.Tensor, donor: str) -> None:
+    if tuple(src.shape) != tuple(trg.shape):
+        raise RuntimeUserError(f"shapes differ at tensor {name}: target {list(trg.shape)}, donor {list(src.shape)}")
+    if trg.is_floating_point() != src.is_floating_point():  # raw codes, not weights
+        raise RuntimeUserError(
+            f"tensor {name} holds {str(src.dtype).removeprefix('torch.')} values in "
+            f"{donor} and {str(trg.dtype).removeprefix('torch.')} in the target",
+            hint="a quantized or otherwise converted checkpoint cannot be mixed with "
+                 "real weights; use both models in floating point")
+
+
+def _interpolate(trg: torch.Tensor, src: torch.Tensor, lam: float, work: torch.dtype) -> torch.Tensor:
+    """``trg + lam (src - trg)`` elementwise, in ``work``, as ``trg``'s dtype (``src``
+    itself, converted, for ``lam == 1``)."""
+    if lam == 1:
+        return src.to(trg.dtype)
+    t = trg.to(work)
+    return (t + lam * (src.to(work) - t)).to(trg.dtype)
+
+
+def move_slices(name: str, trg: torch.Tensor, src: torch.Tensor, axes: Mapping[int, torch.Tensor],
+                lam: float, label: str = "donor") -> int | None:
+    """One donor's transfer into ``trg`` in place, a selected slice along each axis at a time:
+    the elements :func:`merge_tensor` moves given ``ChannelMask.element_mask`` of ``axes``
+    (bool per index along each masked axis), with the same values, without building that
+    mask or gathering through it. Returns the number of elements moved, or ``None`` where
+    this cannot be done slice by slice (several axes with ``lam != 1``: a slice must not
+    read what another has written); then nothing was written."""
+    shape = tuple(trg.shape)
+    selected: dict[int, torch.Tensor] = {}
+    for axis, m in axes.items():
+        if not bool(m.any()):
+            continue
+        if axis >= len(shape) or m.numel() > shape[axis]:
+            raise RuntimeUserError(
+                f"the mask does not fit tensor {name}: {m.numel()} entries along axis {axis}, "
+                f"tensor shape {list(shape)}", hint="the mask was made for another model")
+        selected[axis] = m.nonzero().reshape(-1)
+    if not selected or lam == 0:
+        return 0
+    if len(selected) > 1 and lam != 1:
+        return None
+    _check_donor_tensor(name, trg, src, label)
+    work = _work_dtype(trg)
+    for axis, index in selected.items():  # lam == 1 where slices cross: both copy the donor's
+        trg.index_copy_(axis, index, _interpolate(trg.index_select(axis, index),
+                                                  src.index_select(axis, index), lam, work))
+    untouched = 1
+    for axis, size in enumerate(shape):
+        untouched *= size - (len(selected[axis]) if axis in selected else 0)
+    return math.prod(shape) - untouched
+
+
 def merge_tensor(
     name: str,
     trg: torch.Tensor,
@@ -135,24 +194,13 @@ def merge_tensor(
     active = [i for i, m in enumerate(masks) if m is not None and lams[i] != 0 and bool(m.any())]
     if not active:
         return trg, 0, 0
-    work = torch.float32 if trg.dtype in (torch.float16, torch.bfloat16) or not trg.is_floating_point() else trg.dtype
+    work = _work_dtype(trg)
 
     def value(i: int) -> torch.Tensor:
         src = srcs[i]
         assert src is not None, name
-        if tuple(src.shape) != tuple(trg.shape):
-            raise RuntimeUserError(f"shapes differ at tensor {name}: target {list(trg.shape)}, donor {list(src.shape)}")
-        if trg.is_floating_point() != src.is_floating_point():  # raw codes, not weights
-            donor = labels[i] if labels else f"donor {i}"
-            raise RuntimeUserError(
-                f"tensor {name} holds {str(src.dtype).removeprefix('torch.')} values in "
-                f"{donor} and {str(trg.dtype).removeprefix('torch.')} in the target",
-                hint="a quantized or otherwise converted checkpoint cannot be mixed with "
-                     "real weights; use both models in floating point")
-        if lams[i] == 1:
-            return src.to(trg.dtype)
-        t = trg.to(work)
-        return (t + lams[i] * (src.to(work) - t)).to(trg.dtype)
+        _check_donor_tensor(name, trg, src, labels[i] if labels else f"donor {i}")
+        return _interpolate(trg, src, lams[i], work)
 
     out = trg if in_place else trg.clone()
     if len(active) == 1:  # one donor: write its elements only, touch nothing else
@@ -251,6 +299,18 @@ def transfer(
             # unchanged: copy the target's bytes verbatim, without loading the tensor
             raw = trg.raw_slice(name)
             return raw if raw is not None else trg.get(name)
+        if sum(touched) == 1:  # one donor: its selected slices, written in place
+            i = touched.index(True)
+            t = trg.get(name)
+            moved = move_slices(name, t, srcs[i].get(name), donors[i].mask.tensors[name],
+                                donors[i].lam, labels[i])
+            if moved is not None:
+                require_finite(name, t, "transfer")
+                if moved:
+                    report.tensors_changed.append(name)
+                    report.per_tensor[name] = moved
+                    report.elements_moved += moved
+                return t
         masks = [d.mask.element_mask(name, shape) if n else None for d, n in zip(donors, touched)]
         need = [m is not None for m in masks]
         t = trg.get(name)
@@ -281,12 +341,13 @@ def transfer(
     else:
         tmpdir = None
     try:
-        write_model_dir(
-            out_dir, layout, produce, source_dir=trg.path,
-            base_models=list(base_models) if base_models is not None else [str(trg.path), *[str(s.path) for s in srcs]],
-            tags=tags, spec_text=spec_text, description=description, max_shard_size=max_shard_size,
-            overwrite=overwrite, input_dirs=[s.path for s in srcs], extra_files=extras, progress=progress,
-        )
+        with one_thread():  # a pass over the weights: see one_thread
+            write_model_dir(
+                out_dir, layout, produce, source_dir=trg.path,
+                base_models=list(base_models) if base_models is not None else [str(trg.path), *[str(s.path) for s in srcs]],
+                tags=tags, spec_text=spec_text, description=description, max_shard_size=max_shard_size,
+                overwrite=overwrite, input_dirs=[s.path for s in srcs], extra_files=extras, progress=progress,
+            )
     finally:
         if tmpdir is not None:
             import shutil

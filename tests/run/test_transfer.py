@@ -15,7 +15,13 @@ from actlang.run.checkpoint import Checkpoint
 from actlang.run.mask import ChannelMask
 from actlang.run.scores import random_scores
 from actlang.run.select import select_channels
-from actlang.run.transfer import Donor, apply_masks_, merge_tensor, transfer
+from actlang.run.transfer import (
+    Donor,
+    apply_masks_,
+    merge_tensor,
+    move_slices,
+    transfer,
+)
 
 from .conftest import make_model, perturbed, save_model
 
@@ -162,6 +168,28 @@ def test_overlap_policies():
         merge_tensor("w", trg, [s1, s2], [m1, m2], [1.0, 1.0], "error", labels=["a", "b"])
     out, moved, _ = merge_tensor("w", trg, [s1, s2], [m1, m2], [0.5, 0.0], "error")
     assert out[0].tolist() == [1.0, 1.0, 0.0] and moved == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lam", [1.0, 0.5, -0.3])
+@pytest.mark.parametrize("axes", [(0,), (1,), (0, 1)])
+def test_one_donor_moves_slices_as_merge_tensor_moves_elements(dtype, lam, axes):
+    """The one-donor fast path writes the selected rows/columns in place: the same bits and
+    count as merge_tensor through the element mask (several axes only with lam 1)."""
+    g = torch.Generator().manual_seed(0)
+    trg, src = torch.randn(7, 5, generator=g).to(dtype), torch.randn(7, 5, generator=g).to(dtype)
+    masks = {0: torch.tensor([1, 0, 0, 1, 1, 0], dtype=torch.bool),  # shorter than the axis
+             1: torch.tensor([0, 1, 0, 0, 1], dtype=torch.bool)}
+    mask = ChannelMask({}, tensors={"w": {a: masks[a] for a in axes}})
+    ref, moved_ref, _ = merge_tensor("w", trg, [src], [mask.element_mask("w", (7, 5))], [lam])
+    out = trg.clone()
+    moved = move_slices("w", out, src, mask.tensors["w"], lam)
+    if len(axes) > 1 and lam != 1:
+        assert moved is None and torch.equal(out, trg)  # nothing written
+        return
+    assert moved == moved_ref
+    assert torch.equal(out.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                       ref.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
 
 
 def test_two_donors_merge_files(family_dirs, tmp_path):
