@@ -45,6 +45,7 @@ CASES = ("linear", "task_arithmetic", "ties", "transfer")
 class Measured:
     cpu: float
     private: int  # bytes
+    rss: int = 0  # peak resident set (VmHWM), bytes
     estimate: int | None = None  # actc plan's peak memory, bytes
 
 
@@ -85,17 +86,21 @@ def _measure(command: list[str], env: dict[str, str], cwd: Path) -> Measured:
     """Run ``command``; its CPU seconds and the peak of its private memory."""
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    peak = 0
+    peak = rss = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        # VmHWM, not ru_maxrss: a child's ru_maxrss counts the resident set it had when it
+        # was forked from this process, before it ran the command (torch, the models made)
+        nonlocal peak, rss
         status = Path(f"/proc/{process.pid}/status")
         while not done.is_set():
             try:
                 for line in status.read_text().splitlines():
                     if line.startswith("RssAnon:"):
                         peak = max(peak, int(line.split()[1]) * 1024)
+                    elif line.startswith("VmHWM:"):
+                        rss = max(rss, int(line.split()[1]) * 1024)
             except OSError:
                 return
             time.sleep(0.01)
@@ -110,7 +115,7 @@ def _measure(command: list[str], env: dict[str, str], cwd: Path) -> Measured:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return Measured(usage.ru_utime + usage.ru_stime, peak)
+    return Measured(usage.ru_utime + usage.ru_stime, peak, rss)
 
 
 def _mergekit_config(case: str, dirs: dict[str, Path]) -> str:
@@ -178,22 +183,23 @@ def main() -> None:
                   f"({ours.cpu / reference.cpu:.2f}x)   private MB "
                   f"{reference.private / 1e6:6.0f} / {ours.private / 1e6:6.0f} "
                   f"({ours.private / reference.private:.2f}x)   plan {estimate / 1e6:6.0f} "
-                  f"({estimate / ours.private:.2f}x measured)", flush=True)
+                  f"({estimate / ours.rss:.2f}x peak RSS {ours.rss / 1e6:.0f})", flush=True)
             shutil.rmtree(work / "merged", ignore_errors=True)
             shutil.rmtree(work / "out", ignore_errors=True)
         table = ["| case | CPU s mergekit / actc | private peak MB mergekit / actc | "
-                 "`actc plan` peak estimate MB |", "|---|---|---|---|"]
+                 "actc peak RSS MB | `actc plan` peak estimate MB |", "|---|---|---|---|---|"]
         table += [f"| {case}{' (mergekit: linear)' if case == 'transfer' else ''} | "
                   f"{r.cpu:.1f} / {o.cpu:.1f} ({o.cpu / r.cpu:.2f}x) | {r.private / 1e6:,.0f} / "
-                  f"{o.private / 1e6:,.0f} ({o.private / r.private:.2f}x) | "
-                  f"{o.estimate / 1e6:,.0f} ({o.estimate / o.private:.2f}x measured) |"
+                  f"{o.private / 1e6:,.0f} ({o.private / r.private:.2f}x) | {o.rss / 1e6:,.0f} | "
+                  f"{o.estimate / 1e6:,.0f} ({o.estimate / o.rss:.2f}x measured) |"
                   for case, r, o in rows]
         print("\n".join(table))
         if args.write:
             write_section("merge", "## Weight work vs mergekit 0.1.5 (`bench/bench_merge.py`)\n\n"
                           f"Machine: {machine()}. Three fp32 Llamas of {nbytes / 1e9:.2f} GB; "
                           "each command measured whole (CPU seconds; peak private memory, "
-                          "RssAnon); actc "
+                          "RssAnon; actc's peak resident set, VmHWM, which `actc plan` "
+                          "estimates: see the plan-memory section); actc "
                           f"{'with a cold' if args.cold else 'with a warm'} digest memo.\n\n"
                           + "\n".join(table))
     finally:

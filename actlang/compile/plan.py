@@ -1039,6 +1039,10 @@ def _estimate(plan: Plan) -> Estimates:
     live: dict[str, int] = {}
     last_use = {load.model.name: index
                 for load, index in last_uses(plan.graph, plan.order).items()}
+
+    def resident() -> int:  # the models loaded, and what running them takes
+        return sum(live.values()) + (MODELLING_BYTES if live else 0)
+
     for index, op in enumerate(plan.order):
         if isinstance(op, O.LoadModel):
             size = plan.models[op.model.name].compute_bytes
@@ -1049,8 +1053,8 @@ def _estimate(plan: Plan) -> Estimates:
             est.exact &= tokens is not None
             strategy = plan.strategies.get(op)
             if strategy is not None and strategy.streamed and strategy.peak_bytes:
-                est.peak_memory_bytes = max(est.peak_memory_bytes,
-                                            sum(live.values()) + strategy.peak_bytes)
+                est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()) +
+                                            MODELLING_BYTES + strategy.peak_bytes)
             for model in (m for models in op.passes() for m in models):  # each runs once
                 est.forward_passes += 1
                 est.tokens += tokens or 0
@@ -1062,38 +1066,60 @@ def _estimate(plan: Plan) -> Estimates:
                 tokens = plan.corpus_tokens.get((spec.corpus, target)) or 0
                 est.flops += 2.0 * params * tokens
         elif isinstance(op, O.Finetune):
-            params = plan.models[op.source.target.name].parameters or 0
+            target = plan.models[op.source.target.name]
+            params = target.parameters or 0
             est.flops += 6.0 * params * op.spec.steps * op.spec.batch_size * \
                 op.spec.data.options.max_tokens
+            # beside the models still loaded (the target's, for its tokenizer and masks)
+            size = target.compute_bytes
+            est.exact &= size is not None
+            est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()) +
+                                        MODELLING_BYTES + int(_FINETUNE_COPIES * (size or 0)))
         elif isinstance(op, (O.MergeModels, O.Transfer)):
-            # Weight work reads tensors mapped from their files (the page cache's memory, not
-            # the run's) and holds a few work tensors of the largest one's size at a time.
+            # Weight work maps a tensor of each input at a time from its file (resident while
+            # it is read) and holds a few work tensors of the largest one's size.
             largest = _largest_tensor(plan, op)
             est.exact &= largest is not None
-            tensors = MERGE_METHODS[op.merge.method].peak_tensors(len(op.merge.donors)) \
-                if isinstance(op, O.MergeModels) else _TRANSFER_TENSORS
-            est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()) +
+            if isinstance(op, O.MergeModels):  # work tensors, and one mapped of each input
+                inputs = {*op.merge.donors, *([op.merge.base] if op.merge.base else [])}
+                tensors = MERGE_METHODS[op.merge.method].peak_tensors(len(op.merge.donors)) + \
+                    len(inputs)
+            else:
+                tensors = _TRANSFER_TENSORS
+            est.peak_memory_bytes = max(est.peak_memory_bytes, resident() +
                                         int(tensors * _WORK_BYTES * (largest or 0)))
         elif isinstance(op, O.Save) and op not in plan.cached:
             size = plan.models[op.surgery.target.name].weight_bytes
             est.exact &= size is not None
             est.bytes_written += size or 0
-            if isinstance(op.state, O.Finetune):  # weights, gradients, two AdamW moments
-                est.peak_memory_bytes = max(est.peak_memory_bytes,
-                                            sum(live.values()) + 4 * (size or 0))
-        est.peak_memory_bytes = max(est.peak_memory_bytes, sum(live.values()))
+        est.peak_memory_bytes = max(est.peak_memory_bytes, resident())
         for name in [n for n, last in last_use.items() if last == index]:
             live.pop(name, None)
     est.peak_memory_bytes += RUNTIME_BYTES
     return est
 
 
-#: What the interpreter, torch and transformers hold before any model (measured: 0.19 GB).
-RUNTIME_BYTES = 200_000_000
+# Peak memory is the run's peak resident set (VmHWM): what a machine must hold for the run
+# to go at speed. It counts model weights mapped from their files (transformers maps fp32
+# safetensors; weight work maps a tensor of each input at a time): page-cache pages, shared
+# and evictable, but read again and again, and charged to a container's memory limit.
+# Measured by bench/bench_plan_memory.py (capture, fine-tune) and bench/bench_merge.py.
+
+#: What the interpreter, torch and the pages of their libraries a run touches hold
+#: (measured: 0.35 GB resident in weight work, of which 0.2-0.3 GB private).
+RUNTIME_BYTES = 350_000_000
+#: What running a model adds while one is loaded: transformers' modelling code, the pages of
+#: the kernels a forward pass touches, activations (measured: 0.2 GB beside the runtime).
+MODELLING_BYTES = 200_000_000
+#: A fine-tune's memory in units of its model's size: the weights (private once trained),
+#: their gradients, AdamW's two moments, and a step's temporaries (measured: 4.7 for
+#: SmolLM2-135M, every parameter training; 4.3 for the transferred channels only).
+_FINETUNE_COPIES = 4.5
 #: Bytes of a work tensor's element: weight work computes in float32.
 _WORK_BYTES = 4
-#: Work tensors of the largest tensor's size a transfer holds (measured): its element mask
-#: and the moved elements, and the pages of the target's tensor they are written into.
+#: Tensors of the largest one's size a transfer holds (measured): the pages of the target's
+#: tensor the moved elements are written into, and the mapped tensors it reads (tensors that
+#: no mask touches are copied file to file, never mapped).
 _TRANSFER_TENSORS = 1.0
 
 

@@ -242,3 +242,21 @@ def test_a_count_budget_far_below_one_percent_warns_that_a_share_was_meant(actc,
     for meant in ("budget = 1%", "budget = 20"):
         quiet = actc("plan", str(write_spec(rule.format(budget=meant), name="quiet.act")))
         assert quiet.returncode == 0 and "W501" not in quiet.stderr, quiet.stderr
+
+
+def test_a_finetunes_peak_counts_the_models_still_loaded_and_its_training_state(write_spec,
+                                                                                tmp_path) -> None:
+    """Peak memory is resident memory: the runtime, the models loaded while an op runs
+    (the target stays loaded through its fine-tune), and a fine-tune's weights, gradients,
+    AdamW moments and temporaries (measured: bench/bench_plan_memory.py)."""
+    from actlang.compile.plan import _FINETUNE_COPIES, MODELLING_BYTES, RUNTIME_BYTES
+
+    plain = 'surgery s -> "out/s" { target = tuned  transfer sums from base { budget = 5% } }'
+    tuned = plain.replace("} }", "}\n  finetune { data = text  steps = 2 } }")
+    plans = [make_plan(check_file(write_spec(text)), Cache(tmp_path / "cache"))
+             for text in (plain, tuned)]
+    size = plans[0].models["tuned"].compute_bytes
+    both = size + plans[0].models["base"].compute_bytes
+    runtime = RUNTIME_BYTES + MODELLING_BYTES
+    assert plans[0].estimates.peak_memory_bytes == runtime + both  # the capture's pair
+    assert plans[1].estimates.peak_memory_bytes == runtime + size + int(_FINETUNE_COPIES * size)
