@@ -54,10 +54,12 @@ def test_recover_example(runner, tmp_path) -> None:
     shutil.copy(ROOT / "examples" / "recover.act", tmp_path / "recover.act")
     report = runner("recover.act", "--output", "first", cwd=tmp_path)
     evals = surgery(report, "recover")["evals"]["zoo.arithmetic"]
-    target, donor = evals["target (zoo.tuned)"], evals["donor (zoo.base)"]
+    target, donor = evals["target (zoo.planted)"], evals["donor (zoo.base)"]
     assert donor >= 0.5, f"the base model should know arithmetic: {evals}"
     assert target <= 0.5 * donor, f"forgetting is not real: {evals}"
     assert evals["after finetune"] > target, evals
+    gates = surgery(report, "recover")["gates"]
+    assert len(gates) == 2 and all(g["passed"] for g in gates), gates
     again = runner("recover.act", "--output", "second", cwd=tmp_path)
     assert again["counters"]["forward_passes"] == 0  # statistics cached
     assert (tmp_path / "first/model.safetensors").read_bytes() == \
