@@ -54,7 +54,7 @@ def test_recover_example(runner, tmp_path) -> None:
     shutil.copy(ROOT / "examples" / "recover.act", tmp_path / "recover.act")
     report = runner("recover.act", "--output", "first", cwd=tmp_path)
     evals = surgery(report, "recover")["evals"]["zoo.arithmetic"]
-    target, donor = evals["target (zoo.planted)"], evals["donor (zoo.base)"]
+    target, donor = evals["target (zoo.planted_decoy)"], evals["donor (zoo.base)"]
     assert donor >= 0.5, f"the base model should know arithmetic: {evals}"
     assert target <= 0.5 * donor, f"forgetting is not real: {evals}"
     assert evals["after finetune"] > target, evals
