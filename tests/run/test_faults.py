@@ -324,8 +324,9 @@ KILLS = {
     "statistics cache write": "replace:*/cache/stats/*/*.safetensors",
     # the handler has read the donor's and the target's weights to find changed channels
     "selection": "call:actlang.run.select:select_channels",
-    # the second changed tensor: the transferred weights half written in the work directory
-    "transfer": "call:actlang.run.transfer:merge_tensor#2",
+    # the second changed tensor (one donor: its slices moved in place): the transferred
+    # weights half written in the work directory
+    "transfer": "call:actlang.run.transfer:move_slices#2",
     "fine-tune": "call:actlang.run.finetune:causal_lm_loss#2",
     # the third evaluation: of the fine-tuned stage, in the work directory
     "evaluation": "call:actlang.run.evaluate:exact_match#3",
