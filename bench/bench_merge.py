@@ -31,22 +31,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CASES = ("linear", "task_arithmetic", "ties", "transfer")
-
-
-@dataclass
-class Measured:
-    cpu: float
-    private: int  # bytes
-    rss: int = 0  # peak resident set (VmHWM), bytes
-    estimate: int | None = None  # actc plan's peak memory, bytes
 
 
 def _models(root: Path, layers: int) -> dict[str, Path]:
@@ -80,42 +69,6 @@ def _models(root: Path, layers: int) -> dict[str, Path]:
         write_safetensors(directory / "model.safetensors", layout, tensor)
         dirs[name] = directory
     return dirs
-
-
-def _measure(command: list[str], env: dict[str, str], cwd: Path) -> Measured:
-    """Run ``command``; its CPU seconds and the peak of its private memory."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    peak = rss = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        # VmHWM, not ru_maxrss: a child's ru_maxrss counts the resident set it had when it
-        # was forked from this process, before it ran the command (torch, the models made)
-        nonlocal peak, rss
-        status = Path(f"/proc/{process.pid}/status")
-        while not done.is_set():
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-                    elif line.startswith("VmHWM:"):
-                        rss = max(rss, int(line.split()[1]) * 1024)
-            except OSError:
-                return
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    done.set()
-    sampler.join()
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return Measured(usage.ru_utime + usage.ru_stime, peak, rss)
 
 
 def _mergekit_config(case: str, dirs: dict[str, Path]) -> str:
@@ -152,7 +105,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
     args = ap.parse_args()
-    from bench._common import machine, write_section
+    from bench._common import machine, measure, write_section
 
     mergekit = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent))
     actc = shutil.which("actc", path=str(Path(sys.executable).parent))
@@ -169,16 +122,15 @@ def main() -> None:
             work.mkdir()
             (work / "config.yml").write_text(_mergekit_config(case, dirs))
             (work / "spec.act").write_text(_actc_spec(case, dirs))
-            reference = _measure([mergekit, "config.yml", "merged", "--quiet"], env, work)
+            reference = measure([mergekit, "config.yml", "merged", "--quiet"], env, work)
             planned = subprocess.run([actc, "plan", "spec.act", "--json"], env=env, cwd=work,
                                      capture_output=True, text=True, check=True)
             estimate = json.loads(planned.stdout)["estimates"]["peak_memory_bytes"]
             run = [actc, "run", "spec.act", "--force", "--json"]
             if not args.cold:
-                _measure(run, env, work)  # the digest memo warm, as after any earlier run
-            ours = _measure(run, env, work)
-            ours.estimate = estimate
-            rows.append((case, reference, ours))
+                measure(run, env, work)  # the digest memo warm, as after any earlier run
+            ours = measure(run, env, work)
+            rows.append((case, reference, ours, estimate))
             print(f"{case:16s} CPU s {reference.cpu:6.1f} / {ours.cpu:6.1f} "
                   f"({ours.cpu / reference.cpu:.2f}x)   private MB "
                   f"{reference.private / 1e6:6.0f} / {ours.private / 1e6:6.0f} "
@@ -191,8 +143,8 @@ def main() -> None:
         table += [f"| {case}{' (mergekit: linear)' if case == 'transfer' else ''} | "
                   f"{r.cpu:.1f} / {o.cpu:.1f} ({o.cpu / r.cpu:.2f}x) | {r.private / 1e6:,.0f} / "
                   f"{o.private / 1e6:,.0f} ({o.private / r.private:.2f}x) | {o.rss / 1e6:,.0f} | "
-                  f"{o.estimate / 1e6:,.0f} ({o.estimate / o.rss:.2f}x measured) |"
-                  for case, r, o in rows]
+                  f"{e / 1e6:,.0f} ({e / o.rss:.2f}x measured) |"
+                  for case, r, o, e in rows]
         print("\n".join(table))
         if args.write:
             write_section("merge", "## Weight work vs mergekit 0.1.5 (`bench/bench_merge.py`)\n\n"

@@ -31,39 +31,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._common import PROBE  # noqa: E402
+
 CASES = ("capture", "finetune", "finetune_transferred")
-PROBE = [
-    "The river flows past the old mill and into the quiet valley below.",
-    "She opened the window to let the cool morning air into the kitchen.",
-    "Most birds build their nests in spring, when food is easy to find.",
-    "The library closes at six, so we should leave before it gets dark.",
-    "A good teacher explains a hard idea with a simple example.",
-    "He wrote a long letter to his grandmother about the summer trip.",
-    "Bread rises because yeast turns sugar into gas inside the dough.",
-    "The train was late, and the station filled with tired travellers.",
-    "Water boils at a lower temperature high up in the mountains.",
-    "They planted tomatoes, beans and a row of sunflowers by the fence.",
-    "The museum shows paintings from many centuries and countries.",
-    "Children learn to read by listening to stories every evening.",
-    "The doctor asked him to rest and drink plenty of water.",
-    "Snow covered the roofs, and the streets were silent all night.",
-    "Our team finished the project a week earlier than planned.",
-    "The old bridge was repaired with stone from the nearby hills.",
-]
-
-
-@dataclass
-class Measured:
-    cpu: float
-    rss: int  # peak resident set, bytes
-    private: int  # peak RssAnon, bytes
 
 
 def _models(root: Path) -> dict[str, Path]:
@@ -112,48 +86,13 @@ def _spec(case: str, models: dict[str, Path]) -> str:
             f"{finetune}  eval = []\n}}\n")
 
 
-def _measure(command: list[str], env: dict[str, str], cwd: Path) -> Measured:
-    """Run ``command``: its CPU seconds, peak resident set and peak private memory."""
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    private = rss = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        # VmHWM, not ru_maxrss: a child's ru_maxrss counts the resident set it had when it
-        # was forked from this process, before it ran the command
-        nonlocal private, rss
-        status = Path(f"/proc/{process.pid}/status")
-        while not done.is_set():
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        private = max(private, int(line.split()[1]) * 1024)
-                    elif line.startswith("VmHWM:"):
-                        rss = max(rss, int(line.split()[1]) * 1024)
-            except OSError:
-                return
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stderr = process.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
-    _, status, usage = os.wait4(process.pid, 0)
-    done.set()
-    sampler.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return Measured(usage.ru_utime + usage.ru_stime, rss, private)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/actlang-bench-plan-memory"))
     ap.add_argument("--write", action="store_true", help="record the table in BENCHMARKS.md")
     args = ap.parse_args()
-    from bench._common import machine, write_section
+    from bench._common import machine, measure, write_section
 
     actc = shutil.which("actc", path=str(Path(sys.executable).parent))
     root = args.workdir.absolute()
@@ -169,7 +108,7 @@ def main() -> None:
         planned = subprocess.run([actc, "plan", "spec.act", "--json"], env=env, cwd=work,
                                  capture_output=True, text=True, check=True)
         estimate = json.loads(planned.stdout)["estimates"]["peak_memory_bytes"]
-        measured = _measure([actc, "run", "spec.act", "--force", "--json"], env, work)
+        measured = measure([actc, "run", "spec.act", "--force", "--json"], env, work)
         rows.append((case, estimate, measured))
         print(f"{case:22s} plan {estimate / 1e9:5.2f} GB   peak RSS {measured.rss / 1e9:5.2f} GB "
               f"({estimate / measured.rss:.2f}x)   private {measured.private / 1e9:5.2f} GB   "

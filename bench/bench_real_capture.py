@@ -29,26 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench._common import machine, write_section  # noqa: E402
-
-PROBE = [
-    "The river flows past the old mill and into the quiet valley below.",
-    "She opened the window to let the cool morning air into the kitchen.",
-    "Most birds build their nests in spring, when food is easy to find.",
-    "The library closes at six, so we should leave before it gets dark.",
-    "A good teacher explains a hard idea with a simple example.",
-    "He wrote a long letter to his grandmother about the summer trip.",
-    "Bread rises because yeast turns sugar into gas inside the dough.",
-    "The train was late, and the station filled with tired travellers.",
-    "Water boils at a lower temperature high up in the mountains.",
-    "They planted tomatoes, beans and a row of sunflowers by the fence.",
-    "The museum shows paintings from many centuries and countries.",
-    "Children learn to read by listening to stories every evening.",
-    "The doctor asked him to rest and drink plenty of water.",
-    "Snow covered the roofs, and the streets were silent all night.",
-    "Our team finished the project a week earlier than planned.",
-    "The old bridge was repaired with stone from the nearby hills.",
-]
+from bench._common import PROBE, machine, write_section  # noqa: E402
 
 
 def _smollm2(directory: Path) -> Path:
