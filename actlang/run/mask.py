@@ -42,6 +42,25 @@ def _split_tkey(k: str) -> tuple[str, int]:
     return name, int(axis)
 
 
+
+def moving_axes(name: str, axes: Mapping[int, torch.Tensor],
+                shape: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """The masks of ``axes`` (bool per index along an axis of tensor ``name``) that select
+    anything, each checked to fit ``shape``."""
+    out = {}
+    for axis, m in axes.items():
+        if not bool(m.any()):
+            continue
+        if axis >= len(shape) or m.numel() > shape[axis]:
+            raise RuntimeUserError(
+                f"the mask does not fit tensor {name}: {m.numel()} entries along axis {axis}, "
+                f"tensor shape {list(shape)}",
+                hint="the mask was made for another model",
+            )
+        out[axis] = m
+    return out
+
+
 class ChannelMask:
     """A selection of channels of one model, per entry and per tensor axis."""
 
@@ -133,15 +152,7 @@ class ChannelMask:
         if not axes:
             return None
         out: torch.Tensor | None = None
-        for axis, m in axes.items():
-            if not bool(m.any()):
-                continue
-            if axis >= len(shape) or m.numel() > shape[axis]:
-                raise RuntimeUserError(
-                    f"the mask does not fit tensor {name}: {m.numel()} entries along axis {axis}, "
-                    f"tensor shape {list(shape)}",
-                    hint="the mask was made for another model",
-                )
+        for axis, m in moving_axes(name, axes, shape).items():
             if m.numel() < shape[axis]:
                 m = torch.cat([m, torch.zeros(shape[axis] - m.numel(), dtype=torch.bool)])
             view = [1] * len(shape)

@@ -44,7 +44,7 @@ from actlang.run.checkpoint import (
     one_thread,
     require_finite,
 )
-from actlang.run.mask import ChannelMask
+from actlang.run.mask import ChannelMask, moving_axes
 from actlang.run.output import DEFAULT_MAX_SHARD_SIZE, OutTensor, write_model_dir
 
 __all__ = [
@@ -148,15 +148,8 @@ def move_slices(name: str, trg: torch.Tensor, src: torch.Tensor, axes: Mapping[i
     this cannot be done slice by slice (several axes with ``lam != 1``: a slice must not
     read what another has written); then nothing was written."""
     shape = tuple(trg.shape)
-    selected: dict[int, torch.Tensor] = {}
-    for axis, m in axes.items():
-        if not bool(m.any()):
-            continue
-        if axis >= len(shape) or m.numel() > shape[axis]:
-            raise RuntimeUserError(
-                f"the mask does not fit tensor {name}: {m.numel()} entries along axis {axis}, "
-                f"tensor shape {list(shape)}", hint="the mask was made for another model")
-        selected[axis] = m.nonzero().reshape(-1)
+    selected = {axis: m.nonzero().reshape(-1)
+                for axis, m in moving_axes(name, axes, shape).items()}
     if not selected or lam == 0:
         return 0
     if len(selected) > 1 and lam != 1:
