@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, MutableMapping
+from typing import MutableMapping
 
 import torch
+
+from actlang.run.checkpoint import one_thread
 
 __all__ = ["BLOCK_BYTES", "Reducer", "ScoredRows", "work_dtype"]
 
@@ -43,20 +45,6 @@ BLOCK_BYTES = 1 << 20
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """The precision sums are taken in: float32, or float64 for float64 activations."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run CPU ops on the calling thread only (restoring the thread count after)."""
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,7 +173,7 @@ class Reducer:
         blocks = self._blocks(rows, width, dtype, device)
         parts = self._buffer("parts", (len(blocks), len(fields), width), dtype, device)
         column = {name: index for index, name in enumerate(fields)}
-        with _one_thread(device):
+        with one_thread() if device.type == "cpu" else contextlib.nullcontext():
             for index, block in enumerate(blocks):
                 xb = self._load(x[block], self._keep(rows, device, block), "x", dtype)
                 part = parts[index]
@@ -224,7 +212,7 @@ class Reducer:
         blocks = self._blocks(rows, width, dtype, device)
         parts = self._buffer("parts", (len(blocks), len(fields), width), dtype, device)
         column = {name: index for index, name in enumerate(fields)}
-        with _one_thread(device):
+        with one_thread() if device.type == "cpu" else contextlib.nullcontext():
             for index, block in enumerate(blocks):
                 keep = self._keep(rows, device, block)
                 ab = self._load(a[block], keep, "a", dtype)

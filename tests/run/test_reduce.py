@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actlang.run.reduce import Reducer, ScoredRows, _one_thread
+from actlang.run.checkpoint import one_thread
+from actlang.run.reduce import Reducer, ScoredRows
 
 UNPAIRED = ("count", "sum", "sum_abs", "sum_sq", "count_pos")
 PAIRED = ("count", "sum_diff", "sum_absdiff", "sum_sqdiff", "sum_abs_a", "sum_abs_b")
@@ -144,7 +145,7 @@ def test_scored_rows_are_runs_scaled_by_rows_per_position():
 def test_one_thread_restores_the_thread_count_even_on_error():
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
-        with _one_thread(torch.device("cpu")):
+        with one_thread():
             assert torch.get_num_threads() == 1
             raise RuntimeError("boom")
     assert torch.get_num_threads() == threads
