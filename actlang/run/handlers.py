@@ -441,6 +441,7 @@ def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
                 shutil.copytree(item, tmp / item.name, copy_function=place)
             else:
                 place(item, tmp / item.name)
+        (tmp / "run_results.json").unlink(missing_ok=True)  # never written through a link
         (tmp / "run_results.json").write_text(json.dumps(payload, indent=2) + "\n")
         if (tmp / "README.md").is_file():  # the stage's card is titled by its op id
             retitle_model_card(tmp / "README.md", _title(surgery))

@@ -253,11 +253,15 @@ def model_card(*, name: str, base_models: Sequence[str], tags: Sequence[str] = (
 
 
 def retitle_model_card(card: Path, name: str) -> None:
-    """Give a README.md that :func:`model_card` wrote another title (its first heading)."""
+    """Give a README.md that :func:`model_card` wrote another title (its first heading).
+    The card is replaced, not rewritten in place: an output's files may be hard links to a
+    stage's, which must not change."""
     lines = card.read_text(encoding="utf-8").split("\n")
     heading = next(i for i, line in enumerate(lines) if line.startswith("# "))
     lines[heading] = f"# {name}"
-    card.write_text("\n".join(lines), encoding="utf-8")
+    fresh = card.with_name(card.name + ".retitled")
+    fresh.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(fresh, card)
 
 
 def _inside(a: Path, b: Path) -> bool:

@@ -66,3 +66,17 @@ def test_without_exchange_the_output_is_still_replaced(tmp_path: Path, monkeypat
         (staging / "weights.txt").write_text("new")
     assert (out / "weights.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_retitling_a_card_never_writes_through_a_hard_link(tmp_path):
+    # save links a stage's files into the output; the output's card gets its own title
+    from actlang.run.output import retitle_model_card
+
+    stage = tmp_path / "stage.md"
+    stage.write_text("# finetune-5e6d67ea02\n\nbody\n")
+    card = tmp_path / "README.md"
+    os.link(stage, card)
+    retitle_model_card(card, "recover")
+    assert card.read_text() == "# recover\n\nbody\n"
+    assert stage.read_text() == "# finetune-5e6d67ea02\n\nbody\n"
+    assert not list(tmp_path.glob("*.retitled"))
