@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from actlang.arch import corpus as C
 from actlang.arch.adapters import ChannelSpace
 from actlang.arch.corpus import TokenizedCorpus
 from actlang.arch.errors import RuntimeUserError
@@ -22,6 +23,7 @@ from actlang.compile import ops as O
 from actlang.compile.bind import runtime_corpus
 from actlang.compile.cache import Cache
 from actlang.compile.plan import Plan
+from actlang.compile.resolve import zoo_corpus
 from actlang.lang import program as P
 from actlang.run.checkpoint import Checkpoint
 from actlang.run.ranks import SINGLE, Ranks
@@ -169,16 +171,45 @@ class RunContext:
                                    hint="a model directory needs its tokenizer files "
                                    "(tokenizer.json, tokenizer_config.json) to run") from None
 
+    # -- corpora
+
+    def documents(self, corpus: P.Corpus) -> C.Corpus:
+        """A corpus's documents; a zoo corpus reads the zoo the plan built."""
+        documents = runtime_corpus(corpus, self.cache)
+        if documents is None:
+            raise zoo_changed_during_run()
+        return documents
+
+    def jsonl(self, corpus: P.ZooCorpus | P.JsonlCorpus) -> P.JsonlCorpus:
+        """A question/answer corpus as the jsonl file it is (a zoo split: the zoo's file)."""
+        if isinstance(corpus, P.JsonlCorpus):
+            return corpus
+        resolved = zoo_corpus(corpus, self.cache)
+        if resolved is None:
+            raise zoo_changed_during_run()
+        return resolved
+
     def data(self, corpus: P.Corpus, tokenizer_model: P.ModelSpec) -> TokenizedCorpus:
         """A corpus tokenized by a model's tokenizer (once per run)."""
         key = (corpus, tokenizer_model)
         if key not in self._tokenized:
-            documents = runtime_corpus(corpus, self.cache)
-            assert documents is not None, "run plans build every zoo they read"
+            documents = self.documents(corpus)
             tokenizer = self.tokenizer(self.directory(tokenizer_model))
             self._tokenized[key] = documents.tokenize(tokenizer,
                                                       max_length=corpus.options.max_tokens)
         return self._tokenized[key]
+
+
+def zoo_changed_during_run() -> RuntimeUserError:
+    """The plan built (or found) every zoo the run reads, so a zoo that is missing now was
+    planned under another key: the key hashes actlang's zoo code and the cache root, so an
+    upgrade of actlang, an edit of its zoo code or a move of ``ACTLANG_CACHE_DIR`` while the
+    run was going changes it."""
+    return RuntimeUserError(
+        "the zoo this run reads is no longer where the plan found it: actlang's zoo code or "
+        "the cache directory changed while the run was going",
+        hint="run again: the new plan builds the zoo that this actlang needs (the finished "
+        "steps stay cached)")
 
 
 def _require_finite_weights(model: torch.nn.Module, name: str, directory: Path) -> None:

@@ -29,9 +29,8 @@ from actlang.compile.bind import (
     candidate_entries,
     raw_entries,
     runtime_budget,
-    runtime_corpus,
 )
-from actlang.compile.resolve import built_zoo, zoo_corpus, zoo_ref
+from actlang.compile.resolve import built_zoo, zoo_ref
 from actlang.lang import program as P
 from actlang.run import stats as S
 from actlang.run.context import RunContext
@@ -385,28 +384,20 @@ def evaluate(ctx: RunContext, op: O.Evaluate, inputs: Inputs, cached: bool) -> O
     metrics: dict[str, float] = {}
     for spec in op.ability.evals:
         if isinstance(spec, P.ExactMatchEval):
-            jsonl = _as_jsonl(spec.corpus, ctx)
+            assert isinstance(spec.corpus, (P.ZooCorpus, P.JsonlCorpus)), \
+                "the checker allows exact_match on zoo and jsonl corpora only"
+            jsonl = ctx.jsonl(spec.corpus)
             records = jsonl_records(jsonl.path, limit=spec.corpus.options.limit,
                                     seed=spec.corpus.options.seed)
             metrics.setdefault("exact_match", exact_match(
                 model, tokenizer, records, jsonl.prompt, jsonl.answer, spec.max_new_tokens))
         else:
-            documents = runtime_corpus(spec.corpus, ctx.cache)
-            assert documents is not None, "run plans build every zoo they read"
+            documents = ctx.documents(spec.corpus)
             metrics.setdefault("perplexity", perplexity(model, tokenizer,
                                                         [d.text for d in documents]))
     if key is not None:
         ctx.cache.store_json(key, metrics)
     return Outcome(metrics, metrics)
-
-
-def _as_jsonl(corpus: P.Corpus, ctx: RunContext) -> P.JsonlCorpus:
-    if isinstance(corpus, P.ZooCorpus):
-        resolved = zoo_corpus(corpus, ctx.cache)
-        assert resolved is not None, "run plans build every zoo they read"
-        return resolved
-    assert isinstance(corpus, P.JsonlCorpus), "the checker allows exact_match on jsonl only"
-    return corpus
 
 
 def save(ctx: RunContext, op: O.Save, inputs: Inputs, cached: bool) -> Outcome:
