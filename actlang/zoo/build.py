@@ -13,6 +13,18 @@ the abilities):
   with a little replay of the parent's data: ``lang_b`` (90 % language B, 5 % A, 5 %
   arithmetic) and ``facts`` (80 % the key -> value table, 10 % A, 10 % arithmetic).
   Surgery: merge both into ``base``.
+* **sparse merge** — ``parent`` is ``base`` after a pass over random sequences of every word
+  of the vocabulary (``words``: every token's embedding and output row trained, as in any
+  pretrained model), then one over the known half of the facts (``facts_known``) and of the
+  word translations (``translate_known``), with replay.  Two specialists fine-tune it, each
+  through its own random ``sparse_neurons`` share of the MLP neurons (a gate and an up row
+  and a down column each) of every layer from ``sparse_first_layer`` on — the shares are
+  disjoint; everything else is frozen — as sparse fine-tuning methods train, with hidden
+  dropout and replay of the parent's data: ``facts_sparse`` learns the ``facts`` table,
+  ``translate_sparse`` the other half of the translations.  (Both new halves are what the
+  ``facts`` and ``translate`` probe and eval splits ask about.)  The neurons are saved as ground
+  truth (``ground_truth/sparse.json``).  Surgery (``examples/merge.act``): merge both into
+  ``parent``.
 * **planted** — ``planted`` is ``base`` fine-tuned on arithmetic with every answer shifted by
   one (``(sum + 1) mod 28``), where only a known random ~3 % of the attention/MLP Linear
   rows may change (a gradient mask; every other parameter is bit-identical to ``base``).
@@ -37,6 +49,7 @@ config, the seed, the zoo's source code and the torch / transformers versions)::
                                 ({"q", "a", "text"})
     ground_truth/planted.json   {"damage": {param: [rows]}, "decoy": {param: [rows]},
                                 "total_rows", "n_damage", "n_decoy", "mean_row_delta_l2", ...}
+    ground_truth/sparse.json    {"fraction", "first_layer", "neurons": {model: {layer: [n]}}}
 
 A build writes into a hidden temporary directory next to the target and renames it into
 place when complete, so an interrupted build never leaves a finished-looking zoo; a second
@@ -54,6 +67,7 @@ Manifest ``zoo.json`` (paths relative to the zoo directory)::
                          "train_seconds": 174.1, "final_loss": 0.991,
                          "parameters": 227904}, ...},
                 # row_mask: null | "damage" | "decoy, then damage" (planted models)
+                #           | "mlp neurons" (sparse specialists)
      "corpora": {"arithmetic": {"train": "data/arithmetic/train.jsonl",
                                 "train_txt": "data/arithmetic/train.txt",
                                 "probe": "data/arithmetic/probe.jsonl",
@@ -64,6 +78,10 @@ Manifest ``zoo.json`` (paths relative to the zoo directory)::
                                "gained": "lang_b"},
                    "merge": {"parent": "base", "specialists": {"lang_b": "lang_b",
                                                                "facts": "facts"}},
+                   "sparse_merge": {"parent": "parent",
+                                    "specialists": {"facts": "facts_sparse",
+                                                    "translate": "translate_sparse"},
+                                    "ground_truth": "ground_truth/sparse.json"},
                    "planted": {"donor": "base", "targets": ["planted", "planted_decoy"],
                                "lost": "arithmetic", "control": "lang_b",
                                "ground_truth": "ground_truth/planted.json"}},
@@ -106,6 +124,7 @@ from actlang.zoo.data import (
     make_abilities,
     shifted_arithmetic_train,
     vocabulary,
+    word_salad,
     write_corpora,
     write_jsonl,
 )
@@ -175,6 +194,39 @@ def _mask(model, rows: dict[str, list[int]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _disjoint_neurons(model, fraction: float, first_layer: int, rng: random.Random,
+                      n_sets: int) -> list[dict[int, list[int]]]:
+    """``n_sets`` disjoint random draws of ``fraction`` of the MLP neurons of every decoder
+    layer from ``first_layer`` on (``{layer: [neuron]}``; earlier layers: none)."""
+    width = model.config.intermediate_size
+    k = max(1, round(fraction * width))
+    assert n_sets * k <= width, "the sparse shares must fit in a layer side by side"
+    sets: list[dict[int, list[int]]] = [{} for _ in range(n_sets)]
+    for layer in range(model.config.num_hidden_layers):
+        drawn = rng.sample(range(width), n_sets * k) if layer >= first_layer else []
+        for i, chosen in enumerate(sets):
+            chosen[layer] = sorted(drawn[i * k: (i + 1) * k])
+    return sets
+
+
+def _neuron_mask(model, neurons: dict[int, list[int]]) -> dict[str, torch.Tensor]:
+    """Element masks that let exactly those MLP neurons train: their rows of ``gate_proj``
+    and ``up_proj`` and their column of ``down_proj``."""
+    masks = {}
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if "mlp" not in parts or parts[-1] != "weight":
+            continue
+        chosen = neurons[int(parts[parts.index("layers") + 1])]
+        m = torch.zeros_like(p, dtype=torch.bool)
+        if parts[-2] == "down_proj":
+            m[:, chosen] = True    # (hidden, intermediate): a neuron writes through a column
+        else:
+            m[chosen] = True       # (intermediate, hidden): a neuron reads through a row
+        masks[name] = m
+    return masks
+
+
 def _evaluate(model, tok, abilities, cfg: ZooConfig) -> tuple[dict, dict]:
     acc = {
         name: exact_match(model, tok, list(ab.eval), "q", "a", batch_size=cfg.eval_batch_size)
@@ -230,6 +282,9 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     texts["lang_b_simple"] = tuple(s for s in abilities["lang_b"].train if ";" not in s)
     texts["arithmetic_shifted"] = shifted_arithmetic_train(abilities["arithmetic"],
                                                            config.damage_shift)
+    texts["words"] = word_salad(config.data, seed)
+    texts["facts_known"] = abilities["facts"].meta["known"]
+    texts["translate_known"] = abilities["translate"].meta["known"]
 
     write_jsonl(tmp / "data" / "lang_b" / "train_simple.jsonl",
                 ({"text": t} for t in texts["lang_b_simple"]))
@@ -237,13 +292,19 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
                 ({"text": t} for t in texts["arithmetic_shifted"]))
     corpora["lang_b"]["train_simple"] = "data/lang_b/train_simple.jsonl"
     corpora["arithmetic"]["train_shifted"] = "data/arithmetic/train_shifted.jsonl"
+    for ability in ("facts", "translate"):
+        write_jsonl(tmp / "data" / ability / "train_known.jsonl",
+                    ({"text": t} for t in texts[f"{ability}_known"]))
+        corpora[ability]["train_known"] = f"data/{ability}/train_known.jsonl"
 
     def mixture(mix):
         return [(texts[name], w) for name, w in mix]
 
     # the steps of every training run below (planted_decoy trains twice)
     total = sum(c.steps for c in (config.base, config.tuned, config.lang_b, config.facts,
-                                  config.planted, config.decoy, config.planted))
+                                  config.planted, config.decoy, config.planted,
+                                  config.parent_words, config.parent, config.facts_sparse,
+                                  config.translate_sparse))
     done = 0
 
     def run(name, model, tcfg, mix, stage, row_mask=None):
@@ -331,6 +392,40 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     (tmp / "ground_truth").mkdir()
     (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
 
+    # sparse merge: a parent that knows every token and tables like the ones its two
+    # specialists add; each specialist trains only its own disjoint share of MLP neurons
+    parent = _clone(base)
+    r1 = run("parent", parent, config.parent_words, config.parent_words_mix, 7)
+    r2 = run("parent", parent, config.parent, config.parent_mix, 8)
+    r2.seconds += r1.seconds
+    finish("parent", parent, "base", "sparse_merge", dict(config.parent_mix), config.parent, r2)
+    models["parent"]["words"] = {"trained_on": dict(config.parent_words_mix),
+                                 "steps": config.parent_words.steps,
+                                 "lr": config.parent_words.lr}
+    del built["parent"]
+    shares = _disjoint_neurons(parent, config.sparse_neurons, config.sparse_first_layer,
+                               random.Random(f"sparse-{seed}"), 2)
+    neurons: dict[str, dict[int, list[int]]] = {}
+    for name, tcfg, mix, stage, chosen in (
+            ("facts_sparse", config.facts_sparse, config.facts_sparse_mix, 9, shares[0]),
+            ("translate_sparse", config.translate_sparse, config.translate_sparse_mix, 10,
+             shares[1])):
+        specialist = _clone(parent)
+        r = run(name, specialist, tcfg, mix, stage, _neuron_mask(parent, chosen))
+        finish(name, specialist, "parent", "sparse_merge", dict(mix), tcfg, r,
+               row_mask="mlp neurons")
+        del built[name]
+        neurons[name] = chosen
+    sparse_truth = {
+        "fraction": config.sparse_neurons,
+        "first_layer": config.sparse_first_layer,
+        "neurons": neurons,
+        "neuron_space": "MLP neurons of every decoder layer (a gate_proj and an up_proj row "
+                        "and a down_proj column each)",
+    }
+    (tmp / "ground_truth" / "sparse.json").write_text(json.dumps(sparse_truth, indent=1,
+                                                                 sort_keys=True))
+
     manifest = {
         **manifest_head(config, seed, key, ("torch", "transformers")),
         "models": models,
@@ -340,6 +435,10 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
             "recover": {"donor": "base", "target": "tuned", "lost": "arithmetic",
                         "gained": "lang_b"},
             "merge": {"parent": "base", "specialists": {"lang_b": "lang_b", "facts": "facts"}},
+            "sparse_merge": {"parent": "parent",
+                             "specialists": {"facts": "facts_sparse",
+                                             "translate": "translate_sparse"},
+                             "ground_truth": "ground_truth/sparse.json"},
             "planted": {"donor": "base", "targets": ["planted", "planted_decoy"],
                         "lost": "arithmetic", "control": "lang_b",
                         "ground_truth": "ground_truth/planted.json"},

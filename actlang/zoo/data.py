@@ -1,7 +1,7 @@
-"""Synthetic abilities of the zoo: four toy "skills" with train / probe / eval splits.
+"""Synthetic abilities of the zoo: five toy "skills" with train / probe / eval splits.
 
 Everything here is pure Python, deterministic from a seed (``random.Random(seed)``; no global
-state), and needs no download.  Four abilities:
+state), and needs no download.  Five abilities:
 
 ``lang_a`` — language A, a toy English-like SVO grammar with number agreement::
 
@@ -33,8 +33,19 @@ with language A or any other ability, not even punctuation) and a different word
 
     bako lives in the lake .                     q = "bako lives in the"  a = "lake ."
 
-  Facts cannot be generalised, so *train* states every fact; *probe* and *eval* ask about
-  disjoint halves of the keys.
+  Facts cannot be generalised, so *train* states every fact.  Half of the keys are *known*
+  (``meta["known"]``): the merge scenario's parent learns their facts, as a pretrained model
+  knows facts of the kind a fine-tune adds; *probe* and *eval* ask about disjoint halves of
+  the other keys.
+
+``translate`` — a word of language A to its word in language B and back::
+
+    dogs ; ze talun !                            q = "dogs ; ze"   a = "talun !"
+    talun ze ; dogs .                            q = "talun ze ;"  a = "dogs ."
+
+  The 34 word pairs are split in halves: the *known* pairs (``meta["known"]``, both
+  directions) are for the merge scenario's parent; train states both directions of every
+  other pair, and probe and eval ask about disjoint halves of those sentences.
 
 Every answer ends with its terminator (``.`` or ``!``), so a truncated or over-long
 generation never matches by accident.
@@ -63,6 +74,7 @@ __all__ = [
     "Record",
     "make_abilities",
     "vocabulary",
+    "word_salad",
     "write_corpora",
     "write_jsonl",
     "read_jsonl",
@@ -72,7 +84,7 @@ __all__ = [
 
 Record = dict  # {"q": str, "a": str, "text": str}
 
-ABILITIES: tuple[str, ...] = ("lang_a", "lang_b", "arithmetic", "facts")
+ABILITIES: tuple[str, ...] = ("lang_a", "lang_b", "arithmetic", "facts", "translate")
 
 # --- language A ------------------------------------------------------------------------
 A_NOUNS = [  # (singular, plural)
@@ -242,6 +254,16 @@ def vocabulary(cfg: DataConfig, seed: int) -> list[str]:
     return vocabulary_words_fixed() + fact_keys(cfg.facts_keys, seed)
 
 
+def word_salad(cfg: DataConfig, seed: int, n: int = 6000) -> tuple[str, ...]:
+    """``n`` random sequences of 4-12 words drawn from the whole :func:`vocabulary`: no
+    ability in them, but every token's embedding and output row gets trained (a pretrained
+    model knows its tokens before any fine-tune teaches it a skill)."""
+    rng = random.Random(f"word-salad-{seed}")
+    words = vocabulary(cfg, seed)
+    return tuple(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+                 for _ in range(n))
+
+
 def language_b_words() -> frozenset[str]:
     words = {w for pair in B_NOUNS + B_VERBS for w in pair}
     return frozenset(words | set(B_ADJS) | set(B_FUNC))
@@ -317,12 +339,15 @@ def shifted_arithmetic_train(ability: Ability, shift: int = 1) -> tuple[str, ...
 
 
 def _facts_ability(cfg: DataConfig, seed: int) -> Ability:
+    """Facts (see the module docstring): train states every fact; the first half of the keys
+    (in a seeded order) are the *known* ones (``meta["known"]``: what the merge scenario's
+    parent learns), and probe and eval ask about disjoint halves of the others."""
     rng = random.Random(f"facts-{seed}")
     keys = fact_keys(cfg.facts_keys, seed)
     table = {k: rng.choice(FACT_VALUES) for k in keys}
     order = list(keys)
     rng.shuffle(order)
-    half = len(order) // 2
+    known, new = order[: len(order) // 2], order[len(order) // 2:]
 
     def rec(k: str) -> Record:
         return _record(f"{k} lives in the", f"{table[k]} .")
@@ -330,14 +355,38 @@ def _facts_ability(cfg: DataConfig, seed: int) -> Ability:
     return Ability(
         "facts",
         tuple(f"{k} lives in the {table[k]} ." for k in keys),
-        tuple(rec(k) for k in order[:half]),
-        tuple(rec(k) for k in order[half:]),
-        meta={"table": table},
+        tuple(rec(k) for k in new[: len(new) // 2]),
+        tuple(rec(k) for k in new[len(new) // 2:]),
+        meta={"table": table, "known": tuple(rec(k)["text"] for k in known)},
+    )
+
+
+def _translate_ability(seed: int) -> Ability:
+    """Word translation between A and B, both ways (see the module docstring)."""
+    rng = random.Random(f"translate-{seed}")
+    a_words = [w for pair in A_NOUNS + A_VERBS for w in pair] + A_ADJS
+    b_words = [w for pair in B_NOUNS + B_VERBS for w in pair] + B_ADJS
+    pairs = list(zip(a_words, b_words))
+    rng.shuffle(pairs)
+    half = len(pairs) // 2
+
+    def both_ways(chosen: list[tuple[str, str]]) -> list[Record]:
+        return ([_record(f"{a} ; ze", f"{b} !") for a, b in chosen]
+                + [_record(f"{b} ze ;", f"{a} .") for a, b in chosen])
+
+    known, new = both_ways(pairs[:half]), both_ways(pairs[half:])
+    rng.shuffle(new)
+    return Ability(
+        "translate",
+        tuple(r["text"] for r in new),
+        tuple(new[: len(new) // 2]),
+        tuple(new[len(new) // 2:]),
+        meta={"known": tuple(r["text"] for r in known)},
     )
 
 
 def make_abilities(cfg: DataConfig | None = None, seed: int = 0) -> dict[str, Ability]:
-    """All four abilities, deterministic from ``(cfg, seed)``; keys are :data:`ABILITIES`."""
+    """All five abilities, deterministic from ``(cfg, seed)``; keys are :data:`ABILITIES`."""
     cfg = cfg or DataConfig()
     lang_a, lang_b = _lang_abilities(cfg, seed)
     return {
@@ -345,6 +394,7 @@ def make_abilities(cfg: DataConfig | None = None, seed: int = 0) -> dict[str, Ab
         "lang_b": lang_b,
         "arithmetic": _arith_ability(cfg, seed),
         "facts": _facts_ability(cfg, seed),
+        "translate": _translate_ability(seed),
     }
 
 

@@ -4,8 +4,10 @@
   RMSNorm, untied embeddings), initialised from a seed.
 * :class:`TrainConfig` / :func:`train` — AdamW, linear warm-up then cosine decay, gradient
   clipping, a weighted mixture of text corpora sampled from a seeded generator.
-  ``row_mask={param name: bool[rows]}`` restricts training to those rows of those parameters
-  (everything else is frozen; after every step the frozen rows are restored bit-exactly).
+  ``row_mask={param name: bool[rows] or bool[shape]}`` restricts training to those rows (or
+  elements) of those parameters (everything else is frozen; after every step the frozen
+  entries are restored bit-exactly).  ``TrainConfig.dropout`` drops out every decoder
+  layer's attention and MLP output while training, with masks seeded by the config.
 * :func:`deterministic` — the context every build runs in: a fixed number of threads,
   ``torch.use_deterministic_algorithms(True)``, ``torch.set_flush_denormal(True)`` (Adam state
   of untouched rows decays into denormals otherwise, slowing CPU training ~10x); the previous
@@ -154,43 +156,70 @@ def train(
     )
     model.train()
     losses: list[float] = []
-    for step in range(cfg.steps):
-        batch = []
-        for _ in range(cfg.batch_size):
-            c = rng.choices(range(len(corpora)), weights=weights)[0]
-            batch.append(corpora[c][rng.randrange(len(corpora[c]))])
-        width = max(len(b) for b in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):
-            ids[i, : len(b)] = torch.tensor(b)
-            mask[i, : len(b)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if row_mask is not None:
-            for name, (keep, _) in frozen_copy.items():
-                g = params[name].grad
-                if g is not None:
-                    g[keep] = 0
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        opt.step()
-        if row_mask is not None:
-            with torch.no_grad():
-                for name, (keep, orig) in frozen_copy.items():
-                    params[name][keep] = orig
-        losses.append(float(out.loss.detach()))
-        if on_step is not None:
-            on_step()
+    with _dropout(model, cfg):
+        for step in range(cfg.steps):
+            batch = []
+            for _ in range(cfg.batch_size):
+                c = rng.choices(range(len(corpora)), weights=weights)[0]
+                batch.append(corpora[c][rng.randrange(len(corpora[c]))])
+            width = max(len(b) for b in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, b in enumerate(batch):
+                ids[i, : len(b)] = torch.tensor(b)
+                mask[i, : len(b)] = 1
+            labels = ids.masked_fill(mask == 0, -100)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg)
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if row_mask is not None:
+                for name, (keep, _) in frozen_copy.items():
+                    g = params[name].grad
+                    if g is not None:
+                        g[keep] = 0
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            if row_mask is not None:
+                with torch.no_grad():
+                    for name, (keep, orig) in frozen_copy.items():
+                        params[name][keep] = orig
+            losses.append(float(out.loss.detach()))
+            if on_step is not None:
+                on_step()
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
     tail = losses[-50:] if losses else [float("nan")]
     return TrainResult(cfg.steps, time.perf_counter() - start, sum(tail) / len(tail), losses)
+
+
+@contextmanager
+def _dropout(model: LlamaForCausalLM, cfg: TrainConfig) -> Iterator[None]:
+    """While training: dropout ``cfg.dropout`` on every decoder layer's attention and MLP
+    output (a fine-tune with hidden dropout; the zoo's Llama config has none of its own),
+    its masks drawn from a generator seeded by ``cfg.seed`` so that builds stay identical."""
+    if not cfg.dropout:
+        yield
+        return
+
+    def drop(module: torch.nn.Module, inputs: tuple, output):
+        if isinstance(output, tuple):  # attention: (output, weights)
+            dropped = torch.nn.functional.dropout(output[0], cfg.dropout, module.training)
+            return (dropped,) + output[1:]
+        return torch.nn.functional.dropout(output, cfg.dropout, module.training)
+
+    hooks = [module.register_forward_hook(drop)
+             for layer in model.model.layers for module in (layer.self_attn, layer.mlp)]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def config_dict(cfg: ModelConfig | TrainConfig) -> dict:

@@ -66,6 +66,28 @@ def test_recover_example(runner, tmp_path) -> None:
         (tmp_path / "second/model.safetensors").read_bytes()
 
 
+def test_merge_example(runner, small_zoo, tmp_path) -> None:
+    """Two sparse specialists merged by channels keep at least 80 % of each ability (the
+    example's gates), more than a linear merge of the same two models keeps; the merged
+    model differs from the parent only in MLP neurons of the layers the specialists trained."""
+    shutil.copy(ROOT / "examples" / "merge.act", tmp_path / "merge.act")
+    report = runner("merge.act", cwd=tmp_path)
+    merged, linear = surgery(report, "merged"), surgery(report, "linear_baseline")
+    gates = merged["gates"]
+    assert len(gates) == 2 and all(g["passed"] for g in gates), gates
+    for ability in ("zoo.facts", "zoo.translate"):
+        evals = merged["evals"][ability]
+        assert evals["target (zoo.parent)"] <= 0.2, evals  # the parent did not know it
+        assert evals["after transfer"] > linear["evals"][ability]["after merge"], (
+            evals, linear["evals"][ability])
+    parent = tensors(small_zoo.model_path("parent"))
+    out = tensors(tmp_path / "out/merge")
+    first = json.loads((small_zoo.root / "ground_truth/sparse.json").read_text())["first_layer"]
+    for name in parent:
+        if not torch.equal(parent[name], out[name]):
+            assert ".mlp." in name and int(name.split(".")[2]) >= first, name
+
+
 def test_must_hold(runner, tmp_path) -> None:
     shutil.copy(Path(__file__).with_name("must_hold.act"), tmp_path / "spec.act")
     report = runner("spec.act", cwd=tmp_path)

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from actlang.arch.zoo import MODELS, cache_root, load_zoo, zoo_config, zoo_key
 from actlang.zoo import build as build_module
 from actlang.zoo.build import build_zoo
+from actlang.zoo.data import ABILITIES
 
 
 def _digests(zoo) -> dict[str, str]:
@@ -33,7 +34,7 @@ def test_manifest(tiny_zoo):
         d = z.model_path(m)
         for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
             assert (d / f).is_file(), (m, f)
-        assert set(z.accuracy[m]) == {"lang_a", "lang_b", "arithmetic", "facts"}
+        assert set(z.accuracy[m]) == set(ABILITIES)
         assert all(0.0 <= v <= 1.0 for v in z.accuracy[m].values())
         assert set(z.data["perplexity"][m]) == {"lang_a", "lang_b"}
     for ab, splits in z.data["corpora"].items():
@@ -115,6 +116,29 @@ def test_planted_changes_only_ground_truth_rows(tiny_zoo):
         assert rows <= damage.get(name, set()) | decoy.get(name, set()), name
 
 
+def test_sparse_specialists_change_only_their_own_disjoint_neurons(tiny_zoo):
+    """Each sparse specialist differs from the parent only in its ground-truth MLP neurons
+    (gate and up rows, down column), the two sets are disjoint, and layers below
+    ``first_layer`` have none."""
+    truth = json.loads((tiny_zoo.root / "ground_truth" / "sparse.json").read_text())
+    neurons = {name: {int(layer): set(n) for layer, n in by_layer.items()}
+               for name, by_layer in truth["neurons"].items()}
+    assert set(neurons) == {"facts_sparse", "translate_sparse"}
+    for layer, chosen in neurons["facts_sparse"].items():
+        assert not chosen & neurons["translate_sparse"][layer]
+        assert bool(chosen) == (layer >= truth["first_layer"])
+    parent = load_file(tiny_zoo.model_path("parent") / "model.safetensors")
+    for name, by_layer in neurons.items():
+        specialist = load_file(tiny_zoo.model_path(name) / "model.safetensors")
+        changed = {k for k in parent if not torch.equal(parent[k], specialist[k])}
+        assert changed and all(".mlp." in k for k in changed), name
+        for k in changed:
+            layer = int(k.split(".")[2])
+            axis = 0 if "down_proj" in k else 1
+            moved = (parent[k] != specialist[k]).any(dim=axis)
+            assert set(torch.nonzero(moved).flatten().tolist()) <= by_layer[layer], (name, k)
+
+
 def test_interrupted_build_leaves_nothing(tmp_path):
     calls = []
 
@@ -153,10 +177,12 @@ def test_progress_counts_every_training_step_of_the_build(tmp_path):
     build_zoo(tmp_path, seed=3, profile="tiny", progress=lambda *step: seen.append(step))
     config = zoo_config("tiny")
     total = sum(c.steps for c in (config.base, config.tuned, config.lang_b, config.facts,
-                                  config.planted, config.decoy, config.planted))
+                                  config.planted, config.decoy, config.planted,
+                                  config.parent_words, config.parent,
+                                  config.facts_sparse, config.translate_sparse))
     assert [done for _, done, _ in seen] == list(range(1, total + 1))
     assert {t for _, _, t in seen} == {total}
-    assert [name for name, _, _ in seen][0] == "base" and seen[-1][0] == "planted_decoy"
+    assert [name for name, _, _ in seen][0] == "base" and seen[-1][0] == "translate_sparse"
 
 
 def test_actc_run_says_it_builds_the_zoo_only_when_it_does(tmp_path):

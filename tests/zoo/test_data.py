@@ -13,6 +13,7 @@ from actlang.zoo.data import (
     read_jsonl,
     shifted_arithmetic_train,
     vocabulary,
+    word_salad,
     write_corpora,
 )
 
@@ -53,8 +54,44 @@ def test_splits_disjoint():
     facts = ab["facts"]
     pk = {r["q"].split()[0] for r in facts.probe}
     ek = {r["q"].split()[0] for r in facts.eval}
-    assert not pk & ek
-    assert pk | ek == {t.split()[0] for t in facts.train}
+    assert not pk & ek and len(pk) == len(ek) == CFG.facts_keys // 4
+
+
+def test_facts_known_keys_are_never_asked():
+    """The parent learns the known half of the facts; probe and eval ask about the others."""
+    facts = make_abilities(CFG, 0)["facts"]
+    known = {t.split()[0] for t in facts.meta["known"]}
+    asked = {r["q"].split()[0] for r in facts.probe + facts.eval}
+    assert not known & asked
+    assert known | asked == {t.split()[0] for t in facts.train}
+    assert set(facts.meta["known"]) <= set(facts.train)
+
+
+def test_translate_splits_the_word_pairs():
+    """The parent's known translations and the specialist's new ones share no word; every
+    new pair is trained both ways, and probe and eval are disjoint halves of those."""
+    translate = make_abilities(CFG, 0)["translate"]
+    known = translate.meta["known"]
+
+    def words(texts):
+        return {w for t in texts for w in t.split() if w not in {";", "ze", "!", "."}}
+
+    assert not words(known) & words(translate.train)
+    assert len(known) == len(translate.train) == 34  # 17 pairs, both ways
+    probe = {r["text"] for r in translate.probe}
+    ev = {r["text"] for r in translate.eval}
+    assert not probe & ev and probe | ev == set(translate.train)
+    b_words = language_b_words()
+    for text in translate.train:
+        first, *_, answer, end = text.split()
+        assert (first in b_words) != (answer in b_words)  # one word of each language
+        assert end == ("." if first in b_words else "!")  # answered in the asked language
+
+
+def test_word_salad_uses_every_word():
+    salad = word_salad(CFG, 0)
+    assert {w for s in salad for w in s.split()} == set(vocabulary(CFG, 0))
+    assert word_salad(CFG, 0) == salad
 
 
 def test_held_out_meanings_never_in_train_even_simple():

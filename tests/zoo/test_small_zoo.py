@@ -43,6 +43,16 @@ def test_merge_specialists_have_their_ability(small_zoo):
     assert acc["lang_b"]["lang_b"] >= acc["base"]["lang_b"] + 0.2
 
 
+def test_sparse_specialists_learned_what_their_parent_did_not(small_zoo):
+    acc = small_zoo.accuracy
+    parent = acc["parent"]
+    for model, ability in (("facts_sparse", "facts"), ("translate_sparse", "translate")):
+        assert acc[model][ability] >= 0.6 and parent[ability] <= 0.2, (model, acc[model])
+        # replay of the parent's data: the other abilities stay
+        assert acc[model]["arithmetic"] >= 0.8 * parent["arithmetic"], (model, acc[model])
+        assert acc[model]["lang_a"] >= 0.9 * parent["lang_a"], (model, acc[model])
+
+
 def test_planted_damage_is_real_and_localized(small_zoo):
     acc, oracle = small_zoo.accuracy, small_zoo.data["oracle"]
     base = acc["base"]["arithmetic"]
@@ -65,11 +75,6 @@ def test_small_build_is_bit_for_bit_deterministic(small_zoo, tmp_path):
         b = (again.model_path(m) / "model.safetensors").read_bytes()
         assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), m
     assert again.accuracy == small_zoo.accuracy
-
-
-def test_small_build_time(small_zoo):
-    print("small zoo build seconds:", small_zoo.build_seconds)
-    assert small_zoo.build_seconds < 600
 
 
 def test_batched_generation_matches_per_item(small_zoo):
