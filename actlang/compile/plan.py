@@ -36,7 +36,7 @@ from actlang.arch.files import has_tokenizer, pickle_files, safetensors_files
 from actlang.arch.gguf import read_gguf_header
 from actlang.arch.registry import MERGE_METHODS, SCORES, ScoreMethod
 from actlang.arch.safetensors import Headers, check_compatible
-from actlang.arch.selection import measures_outputs, output_axis, raw_twin
+from actlang.arch.selection import UnitGroup, measures_outputs, output_axis, raw_twin
 from actlang.compile import ops as O
 from actlang.compile.bind import (
     candidate_entries,
@@ -492,6 +492,7 @@ def _validate_rules(graph: nx.DiGraph, models: dict[str, ModelInfo]
                 selectable[op] = Selectable(units=sum(g.n_units for g in groups),
                                             channels=sum(g.n_channels for g in groups))
                 _warn_count_meant_as_share(rule.budget, selectable[op].units)
+                _warn_down_rows_beside_neurons(groups)
         except RuntimeUserError as error:
             raise PlanError(error, rule.span) from None
         for warning in caught:
@@ -512,6 +513,24 @@ def _warn_count_meant_as_share(budget: P.Budget, units: int) -> None:
     warnings.warn(f"`budget = {shown}` selects {shown} of {units:,} candidate units "
                   f"({100 * count / units:.2g} %); a share is written with %: "
                   f"`budget = {shown}%`", SelectionWarning, stacklevel=2)
+
+
+def _warn_down_rows_beside_neurons(groups: list[UnitGroup]) -> None:
+    """At ``granularity = neuron`` a neuron moves its gate and up rows and its down column;
+    a down projection among the candidates is ranked by its own rows as well, and each of
+    those rows crosses every neuron of its layer (a specialist's row also carries the other
+    neurons' parent values)."""
+    neurons = {g.name.removesuffix("neuron") for g in groups if g.kind == "neuron"}
+    rows = [g.name for g in groups
+            if g.kind == "channel" and g.name.endswith(".down")
+            and g.name.removesuffix("down") in neurons]
+    if rows:
+        more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
+        warnings.warn(f"at granularity = neuron each neuron moves its down column, and the "
+                      f"rows of {rows[0]}{more} are ranked as units of their own, each "
+                      f"crossing every neuron of its layer; to rank neurons only, leave the "
+                      f"down projections out (`channels = mlp.gate + mlp.up`)",
+                      SelectionWarning, stacklevel=2)
 
 
 def _selects(graph: nx.DiGraph) -> list[O.Select]:

@@ -244,6 +244,19 @@ def test_a_count_budget_far_below_one_percent_warns_that_a_share_was_meant(actc,
         assert quiet.returncode == 0 and "W501" not in quiet.stderr, quiet.stderr
 
 
+def test_down_rows_ranked_beside_neurons_warn(actc, write_spec):
+    """At granularity = neuron, `channels = mlp` also ranks mlp.down's rows, each crossing
+    every neuron: the plan says so, and how to rank neurons only."""
+    rule = ('surgery s -> "out/s" {{ target = tuned  transfer sums from base {{\n'
+            '  channels = {channels}  granularity = neuron  budget = 10% per layer }} }}')
+    planned = actc("plan", str(write_spec(rule.format(channels="mlp"))))
+    assert planned.returncode == 0, planned.stderr
+    assert "warning[W501]" in planned.stderr and "mlp.gate + mlp.up" in planned.stderr
+    quiet = actc("plan", str(write_spec(rule.format(channels="mlp.gate + mlp.up"),
+                                        name="quiet.act")))
+    assert quiet.returncode == 0 and "W501" not in quiet.stderr, quiet.stderr
+
+
 def test_a_finetunes_peak_counts_the_models_still_loaded_and_its_training_state(write_spec,
                                                                                 tmp_path) -> None:
     """Peak memory is resident memory: the runtime, the models loaded while an op runs
