@@ -20,11 +20,11 @@ the abilities):
   through its own random ``sparse_neurons`` share of the MLP neurons (a gate and an up row
   and a down column each) of every layer from ``sparse_first_layer`` on — the shares are
   disjoint; everything else is frozen — as sparse fine-tuning methods train, with hidden
-  dropout and replay of the parent's data: ``facts_sparse`` learns the ``facts`` table,
-  ``translate_sparse`` the other half of the translations.  (Both new halves are what the
-  ``facts`` and ``translate`` probe and eval splits ask about.)  The neurons are saved as ground
-  truth (``ground_truth/sparse.json``).  Surgery (``examples/merge.act``): merge both into
-  ``parent``.
+  dropout and replay of the parent's data: ``facts_sparse`` learns the other half of the
+  facts, ``translate_sparse`` the other half of the translations (the halves that the
+  ``facts`` and ``translate`` probe and eval splits ask about).  The neurons are saved as
+  ground truth (``ground_truth/sparse.json``).  Surgery (``examples/merge.act``): merge
+  both into ``parent``.
 * **planted** — ``planted`` is ``base`` fine-tuned on arithmetic with every answer shifted by
   one (``(sum + 1) mod 28``), where only a known random ~3 % of the attention/MLP Linear
   rows may change (a gradient mask; every other parameter is bit-identical to ``base``).
