@@ -17,8 +17,8 @@ Nothing here imports torch: ``tests/lang`` and ``tests/compile`` run without it.
 
 **Tests never write into the repository.** Hypothesis keeps its example database in the
 system's temporary directory, pytest's own cache is off (``-p no:cacheprovider`` in
-pyproject.toml), and the session fails if it ends with a file the repository did not have,
-or without one it had (bytecode and the virtual environment aside).
+pyproject.toml), and the session fails if it ends with a file the repository did not have, without one it had,
+or with one whose content changed (bytecode and the virtual environment aside).
 """
 
 from __future__ import annotations
@@ -50,15 +50,19 @@ settings.register_profile("actlang", database=DirectoryBasedExampleDatabase(
 settings.load_profile("actlang")
 
 
-def repository_files() -> set[str]:
+def repository_files() -> dict[str, str]:
     """Every file and folder of the repository, but the virtual environment, git's own
-    folder and Python's bytecode."""
-    found = set()
+    folder and Python's bytecode, each with a fingerprint of its content (folders: "")."""
+    found = {}
     for folder, subfolders, files in os.walk(REPOSITORY):
         subfolders[:] = [d for d in subfolders if d not in (".venv", ".git", "__pycache__")]
         relative = os.path.relpath(folder, REPOSITORY)
-        found.update(os.path.join(relative, name) for name in subfolders + files
-                     if not name.endswith(".pyc"))
+        found.update({os.path.join(relative, name): "" for name in subfolders})
+        for name in files:
+            if not name.endswith(".pyc"):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    found[os.path.join(relative, name)] = hashlib.sha256(f.read()).hexdigest()
     return found
 
 
@@ -72,8 +76,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     after = repository_files()
     if before != after:
-        changed = [f"+ {p}" for p in sorted(after - before)] + \
-            [f"- {p}" for p in sorted(before - after)]
+        changed = [f"+ {p}" for p in sorted(after.keys() - before.keys())] + \
+            [f"- {p}" for p in sorted(before.keys() - after.keys())] + \
+            [f"~ {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line("\ntests wrote into the repository (they must write only into "
@@ -82,7 +87,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-_BEFORE = pytest.StashKey[set]()
+_BEFORE = pytest.StashKey[dict]()
 
 #: The vocabulary of a pair's word-level tokenizer (after <pad>, <bos>, <eos>, <unk>).
 WORDS = [str(i) for i in range(10)] + ["plus", "is", "the", "cat", "dog", "sees", "."]
