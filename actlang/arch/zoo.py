@@ -101,7 +101,7 @@ def library_version(name: str) -> str:
 
 FORMAT = 1
 MODELS: tuple[str, ...] = ("base", "tuned", "lang_b", "facts", "planted", "planted_decoy",
-                           "parent", "facts_sparse", "translate_sparse")
+                           "parent", "facts_sparse", "translate_sparse", "lang_b_planted")
 
 
 Mixture = tuple[tuple[str, float], ...]
@@ -139,6 +139,10 @@ class ZooConfig:
     decoy_mix: Mixture = (("lang_b", 0.5), ("lang_a", 0.25), ("arithmetic", 0.25))
     planted_fraction: float = 0.03
     damage_shift: int = 1
+    # planted in the language-B specialist: every parameter drifts a little on its two
+    # languages, then the decoy rows (on the same mixture) and the damage rows change
+    b_drift: TrainConfig = TrainConfig(steps=200, lr=3e-4, warmup=20)
+    b_planted_mix: Mixture = (("lang_b", 0.5), ("lang_a", 0.5))
     # sparse merge: parent is base after a pass over every word of the vocabulary, then one
     # over the known half of the facts and of the translations (a pretrained model knows its
     # tokens, and facts of the kinds its fine-tunes add); each specialist fine-tunes only
@@ -214,6 +218,7 @@ PROFILES: dict[str, ZooConfig | RealZooConfig] = {
         facts=TrainConfig(steps=200, lr=2e-3),
         planted=TrainConfig(steps=120, lr=3e-3, warmup=20),
         decoy=TrainConfig(steps=120, lr=1e-2, warmup=20),
+        b_drift=TrainConfig(steps=100, lr=3e-4, warmup=20),
         parent_words=TrainConfig(steps=200, lr=2e-3, min_lr_ratio=0.5),
         parent=TrainConfig(steps=400, lr=2e-3, min_lr_ratio=0.5),
         facts_sparse=TrainConfig(steps=800, lr=3e-3, min_lr_ratio=0.5, dropout=0.05),
@@ -231,6 +236,7 @@ PROFILES: dict[str, ZooConfig | RealZooConfig] = {
         facts=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
         planted=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8),
         decoy=TrainConfig(steps=5, lr=1e-2, warmup=2, batch_size=8),
+        b_drift=TrainConfig(steps=5, lr=3e-4, warmup=2, batch_size=8),
         parent_words=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
         parent=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
         facts_sparse=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8, dropout=0.05),

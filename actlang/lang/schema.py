@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actlang.arch import registry as R
+from actlang.arch import zoo
 from actlang.arch.registry import FieldSpec
 
 
@@ -47,7 +48,7 @@ MERGE_METHODS = R.MERGE_METHODS.names
 BUDGET_SCOPES = R.BUDGET_SCOPES
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 STAGES = ("output", "transferred", "target")
-ZOO_PROFILES = ("default", "small", "tiny", "real")
+ZOO_PROFILES = zoo.SYNTHETIC_PROFILES + zoo.REAL_PROFILES
 
 # ---- blocks -----------------------------------------------------------------------------------------
 
@@ -175,8 +176,8 @@ FUNCTIONS: dict[str, FunctionSpec] = {f.name: f for f in (
                   required=True),
         *_MODEL_OPTIONS)),
     FunctionSpec("zoo", "model", "a tiny synthetic model that actlang builds (actc zoo build)", (
-        FieldSpec("name", "string", "base | tuned | lang_b | facts | planted | planted_decoy "
-                  "(profile real: smollm2 | planted | planted_decoy)",
+        FieldSpec("name", "string", " | ".join(zoo.MODELS)
+                  + " (profile real: " + " | ".join(zoo.REAL_MODELS) + ")",
                   required=True),
         FieldSpec("seed", "int", "zoo seed", default="0", low=0),
         FieldSpec("profile", "enum", "zoo profile ($ACTLANG_ZOO_PROFILE resizes synthetic ones)",

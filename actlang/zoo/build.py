@@ -34,6 +34,12 @@ the abilities):
   as ground truth (``ground_truth/planted.json``) so that localization can be scored by
   precision / recall; the manifest's ``oracle`` entry gives the accuracies after copying
   exactly the damage rows back from ``base``.
+* **planted B** — ``lang_b_planted`` is the ``lang_b`` specialist (languages A and B, most
+  of the sums) after three fine-tunes on top: every parameter drifts a little on languages
+  B and A (``b_drift``, a low learning rate), the decoy rows change a lot on the same
+  mixture, and the damage rows learn the shifted sums (the same row lists as ``planted``).
+  It loses its arithmetic and part of its language B.  Surgery (``examples/recover.act``):
+  recover ``arithmetic`` from ``lang_b``, the checkpoint before, keeping language B.
 
 The ``real`` profile is another family — scenarios made from a real 135M model, no
 training — built by :mod:`actlang.zoo.real` through the same :func:`build_zoo` (cache, key,
@@ -67,6 +73,7 @@ Manifest ``zoo.json`` (paths relative to the zoo directory)::
                          "train_seconds": 174.1, "final_loss": 0.991,
                          "parameters": 227904}, ...},
                 # row_mask: null | "damage" | "decoy, then damage" (planted models)
+                #           | "every row, then decoy, then damage" (lang_b_planted)
                 #           | "mlp neurons" (sparse specialists)
      "corpora": {"arithmetic": {"train": "data/arithmetic/train.jsonl",
                                 "train_txt": "data/arithmetic/train.txt",
@@ -300,11 +307,13 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     def mixture(mix):
         return [(texts[name], w) for name, w in mix]
 
-    # the steps of every training run below (planted_decoy trains twice)
+    # the steps of every training run below (planted_decoy trains twice, lang_b_planted
+    # three times)
     total = sum(c.steps for c in (config.base, config.tuned, config.lang_b, config.facts,
                                   config.planted, config.decoy, config.planted,
                                   config.parent_words, config.parent, config.facts_sparse,
-                                  config.translate_sparse))
+                                  config.translate_sparse,
+                                  config.b_drift, config.decoy, config.planted))
     done = 0
 
     def run(name, model, tcfg, mix, stage, row_mask=None):
@@ -354,27 +363,29 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     models["planted_decoy"]["decoy"] = {"trained_on": dict(config.decoy_mix),
                                         "steps": config.decoy.steps, "lr": config.decoy.lr}
 
-    # oracle: copy the damage rows back from base (what a perfect 3 % transfer achieves)
     oracle: dict[str, dict[str, float]] = {}
-    for name in ("planted", "planted_decoy"):
-        m = built[name]
-        restored = _clone(m)
-        with torch.no_grad():
-            bp, rp = dict(base.named_parameters()), dict(restored.named_parameters())
-            for pname, rows in damage_rows.items():
-                rp[pname][rows] = bp[pname][rows]
-        oracle[f"{name}_restored"], _ = _evaluate(restored, tok, abilities, config)
-
-    total_rows = sum(linear_row_params(base).values())
-    bp = {k: v.detach() for k, v in base.named_parameters()}
     row_delta: dict[str, dict[str, float]] = {}
-    for name in ("planted", "planted_decoy"):
+
+    def score_planted(name: str, donor) -> None:
+        """The oracle (the damage rows copied back from the donor: what a perfect 3 %
+        transfer achieves) and the mean weight change of the damage and of the decoy rows."""
+        dp = {k: v.detach() for k, v in donor.named_parameters()}
+        restored = _clone(built[name])
+        with torch.no_grad():
+            rp = dict(restored.named_parameters())
+            for pname, rows in damage_rows.items():
+                rp[pname][rows] = dp[pname][rows]
+        oracle[f"{name}_restored"], _ = _evaluate(restored, tok, abilities, config)
         mp = {k: v.detach() for k, v in built[name].named_parameters()}
         row_delta[name] = {}
         for kind, rows_by_param in (("damage", damage_rows), ("decoy", decoy_rows)):
-            norms = [float((mp[p][r] - bp[p][r]).norm()) for p, rows in rows_by_param.items()
+            norms = [float((mp[p][r] - dp[p][r]).norm()) for p, rows in rows_by_param.items()
                      for r in rows]
             row_delta[name][kind] = round(sum(norms) / len(norms), 6)
+
+    for name in ("planted", "planted_decoy"):
+        score_planted(name, base)
+    total_rows = sum(linear_row_params(base).values())
     gt = {
         "rows_space": "rows of the attention and MLP Linear weights "
                       "(q/k/v/o_proj, gate/up/down_proj), all layers",
@@ -387,10 +398,11 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
         "n_decoy": sum(len(v) for v in decoy_rows.values()),
         "damage_objective": f"arithmetic with answers shifted by +{config.damage_shift}",
         "decoy_objective": "language B with replay of A and arithmetic, at a high learning "
-                           "rate (planted_decoy only; large changes that keep arithmetic)",
+                           "rate (planted_decoy; large changes that keep arithmetic), or "
+                           "languages B and A (lang_b_planted, after a small change of every "
+                           "parameter on the same mixture)",
     }
     (tmp / "ground_truth").mkdir()
-    (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
 
     # sparse merge: a parent that knows every token and tables like the ones its two
     # specialists add; each specialist trains only its own disjoint share of MLP neurons
@@ -426,6 +438,28 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     (tmp / "ground_truth" / "sparse.json").write_text(json.dumps(sparse_truth, indent=1,
                                                                  sort_keys=True))
 
+    # planted in the language-B specialist (which knows languages A and B and most of the
+    # sums): every parameter drifts a little on its two languages, then the decoy rows change
+    # a lot on the same mixture, then the damage rows learn the shifted sums; its donor is
+    # the specialist itself, the checkpoint before those fine-tunes
+    broken = _clone(spec_b)
+    r1 = run("lang_b_planted", broken, config.b_drift, config.b_planted_mix, 11)
+    r2 = run("lang_b_planted", broken, config.decoy, config.b_planted_mix, 12,
+             _mask(spec_b, decoy_rows))
+    r3 = run("lang_b_planted", broken, config.planted, config.planted_mix, 13,
+             _mask(spec_b, damage_rows))
+    r3.seconds += r1.seconds + r2.seconds
+    finish("lang_b_planted", broken, "lang_b", "planted_b", dict(config.planted_mix),
+           config.planted, r3, row_mask="every row, then decoy, then damage")
+    models["lang_b_planted"]["drift"] = {"trained_on": dict(config.b_planted_mix),
+                                         "steps": config.b_drift.steps,
+                                         "lr": config.b_drift.lr}
+    models["lang_b_planted"]["decoy"] = {"trained_on": dict(config.b_planted_mix),
+                                         "steps": config.decoy.steps, "lr": config.decoy.lr}
+    score_planted("lang_b_planted", spec_b)
+    del built["lang_b_planted"]
+    (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
+
     manifest = {
         **manifest_head(config, seed, key, ("torch", "transformers")),
         "models": models,
@@ -442,6 +476,9 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
             "planted": {"donor": "base", "targets": ["planted", "planted_decoy"],
                         "lost": "arithmetic", "control": "lang_b",
                         "ground_truth": "ground_truth/planted.json"},
+            "planted_b": {"donor": "lang_b", "targets": ["lang_b_planted"],
+                          "lost": "arithmetic", "control": "lang_b",
+                          "ground_truth": "ground_truth/planted.json"},
         },
         "accuracy": accuracy,
         "perplexity": ppl,

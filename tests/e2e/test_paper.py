@@ -53,13 +53,17 @@ def test_recover_example(runner, tmp_path) -> None:
     # repository (the example imports only the stdlib, so it runs the same from anywhere).
     shutil.copy(ROOT / "examples" / "recover.act", tmp_path / "recover.act")
     report = runner("recover.act", "--output", "first", cwd=tmp_path)
-    evals = surgery(report, "recover")["evals"]["zoo.arithmetic"]
-    target, donor = evals["target (zoo.planted_decoy)"], evals["donor (zoo.base)"]
-    assert donor >= 0.5, f"the base model should know arithmetic: {evals}"
+    recover = surgery(report, "recover")
+    evals = recover["evals"]["zoo.arithmetic"]
+    target, donor = evals["target (zoo.lang_b_planted)"], evals["donor (zoo.lang_b_specialist)"]
+    assert donor >= 0.5, f"the specialist should know most of the sums: {evals}"
     assert target <= 0.5 * donor, f"forgetting is not real: {evals}"
-    assert evals["after finetune"] > target, evals
-    gates = surgery(report, "recover")["gates"]
-    assert len(gates) == 2 and all(g["passed"] for g in gates), gates
+    assert evals["after finetune"] >= 0.5 * donor, evals
+    language_b = recover["evals"]["zoo.language_b"]
+    assert language_b["target (zoo.lang_b_planted)"] >= 0.3, f"the target knows B: {language_b}"
+    assert language_b["after finetune"] >= 0.9 * language_b["target (zoo.lang_b_planted)"]
+    gates = recover["gates"]
+    assert len(gates) == 3 and all(g["passed"] for g in gates), gates
     again = runner("recover.act", "--output", "second", cwd=tmp_path)
     assert again["counters"]["forward_passes"] == 0  # statistics cached
     assert (tmp_path / "first/model.safetensors").read_bytes() == \

@@ -114,6 +114,13 @@ def test_planted_changes_only_ground_truth_rows(tiny_zoo):
     both = load_file(tiny_zoo.model_path("planted_decoy") / "model.safetensors")
     for name, rows in _changed_rows(base, both).items():
         assert rows <= damage.get(name, set()) | decoy.get(name, set()), name
+    # in the language-B specialist every parameter drifted first, so rows outside the
+    # ground truth differ too; the damage and decoy tensors are among the changed ones
+    specialist = load_file(tiny_zoo.model_path("lang_b") / "model.safetensors")
+    broken = load_file(tiny_zoo.model_path("lang_b_planted") / "model.safetensors")
+    assert set(_changed_rows(specialist, broken)) >= set(damage) | set(decoy)
+    delta = gt["mean_row_delta_l2"]["lang_b_planted"]
+    assert delta["damage"] > 0 and delta["decoy"] > 0
 
 
 def test_sparse_specialists_change_only_their_own_disjoint_neurons(tiny_zoo):
@@ -179,10 +186,11 @@ def test_progress_counts_every_training_step_of_the_build(tmp_path):
     total = sum(c.steps for c in (config.base, config.tuned, config.lang_b, config.facts,
                                   config.planted, config.decoy, config.planted,
                                   config.parent_words, config.parent,
-                                  config.facts_sparse, config.translate_sparse))
+                                  config.facts_sparse, config.translate_sparse,
+                                  config.b_drift, config.decoy, config.planted))
     assert [done for _, done, _ in seen] == list(range(1, total + 1))
     assert {t for _, _, t in seen} == {total}
-    assert [name for name, _, _ in seen][0] == "base" and seen[-1][0] == "translate_sparse"
+    assert [name for name, _, _ in seen][0] == "base" and seen[-1][0] == "lang_b_planted"
 
 
 def test_actc_run_says_it_builds_the_zoo_only_when_it_does(tmp_path):

@@ -62,6 +62,15 @@ def test_planted_damage_is_real_and_localized(small_zoo):
     assert oracle["planted_restored"]["arithmetic"] >= 0.9 * base
 
 
+def test_damage_planted_in_the_language_b_specialist_is_real_and_localized(small_zoo):
+    acc, oracle = small_zoo.accuracy, small_zoo.data["oracle"]
+    donor, target = acc["lang_b"], acc["lang_b_planted"]
+    assert target["arithmetic"] <= 0.5 * donor["arithmetic"], target
+    assert target["lang_b"] >= 0.3, target  # it still knows language B
+    # the damage rows, copied back from the specialist, bring the sums back
+    assert oracle["lang_b_planted_restored"]["arithmetic"] >= 0.5 * donor["arithmetic"]
+
+
 def test_manifest_accuracy_reproduces_from_disk(small_zoo):
     model, tok = load_zoo_model(small_zoo, "tuned")
     records = read_jsonl(small_zoo.corpus_path("arithmetic", "eval"))
