@@ -92,6 +92,27 @@ def localization_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def planted_b_table(runs: list[dict]) -> str:
+    """The damage in the language-B specialist: each score's precision against the damaged
+    rows, arithmetic and language B after the transfer and after the masked fine-tune, with
+    the transfer (lambda 1) and without it (lambda 0: the fine-tune alone)."""
+    lines = ["| seed | score | lambda | precision | arithmetic: transfer | + finetune "
+             "| language B: transfer | + finetune |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        if run["surgery"] not in ("planted_b", "planted_b_s1"):
+            continue
+        sweep = run["sweep"]
+        truth = next(iter(run["report"].get("truth", {}).values()), {})
+        arithmetic, language_b = (run["evals"][a] for a in run["evals"])
+        lines.append(f"| {1 if run['surgery'].endswith('s1') else 0} | {sweep['score']} | "
+                     f"{sweep['lambda']} | {fmt(truth.get('precision'))} | "
+                     f"{fmt(arithmetic.get('after transfer'))} | "
+                     f"{fmt(arithmetic.get('after finetune'))} | "
+                     f"{fmt(language_b.get('after transfer'))} | "
+                     f"{fmt(language_b.get('after finetune'))} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     runs = load(Path(sys.argv[1] if len(sys.argv) > 1 else "out/compare"))
     print("### ACT vs controls at equal budgets\n\n" + channels_table(runs))
@@ -100,6 +121,7 @@ def main() -> None:
                               "dare")))
     print("\n### Localization against the planted ground truth\n\n" + localization_table(runs))
     print("\n" + simple_table(runs, ("planted", "decoy", "decoy_weight_delta")))
+    print("\n### Damage in the language-B specialist\n\n" + planted_b_table(runs))
 
 
 if __name__ == "__main__":

@@ -140,9 +140,11 @@ class ZooConfig:
     planted_fraction: float = 0.03
     damage_shift: int = 1
     # planted in the language-B specialist: every parameter drifts a little on its two
-    # languages, then the decoy rows (on the same mixture) and the damage rows change
+    # languages, then the decoy rows change (on the same mixture), then the damage rows
+    # (shifted sums, with replay of both languages: a fine-tune that broke one skill)
     b_drift: TrainConfig = TrainConfig(steps=200, lr=3e-4, warmup=20)
     b_planted_mix: Mixture = (("lang_b", 0.5), ("lang_a", 0.5))
+    b_damage_mix: Mixture = (("arithmetic_shifted", 0.5), ("lang_b", 0.25), ("lang_a", 0.25))
     # sparse merge: parent is base after a pass over every word of the vocabulary, then one
     # over the known half of the facts and of the translations (a pretrained model knows its
     # tokens, and facts of the kinds its fine-tunes add); each specialist fine-tunes only

@@ -37,9 +37,10 @@ the abilities):
 * **planted B** — ``lang_b_planted`` is the ``lang_b`` specialist (languages A and B, most
   of the sums) after three fine-tunes on top: every parameter drifts a little on languages
   B and A (``b_drift``, a low learning rate), the decoy rows change a lot on the same
-  mixture, and the damage rows learn the shifted sums (the same row lists as ``planted``).
-  It loses its arithmetic and part of its language B.  Surgery (``examples/recover.act``):
-  recover ``arithmetic`` from ``lang_b``, the checkpoint before, keeping language B.
+  mixture, and the damage rows learn the shifted sums with replay of both languages (the
+  same row lists as ``planted``).  It loses its arithmetic and keeps its languages.
+  Surgery (``examples/recover.act``): recover ``arithmetic`` from ``lang_b``, the
+  checkpoint before, keeping language B.
 
 The ``real`` profile is another family — scenarios made from a real 135M model, no
 training — built by :mod:`actlang.zoo.real` through the same :func:`build_zoo` (cache, key,
@@ -440,16 +441,17 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
 
     # planted in the language-B specialist (which knows languages A and B and most of the
     # sums): every parameter drifts a little on its two languages, then the decoy rows change
-    # a lot on the same mixture, then the damage rows learn the shifted sums; its donor is
-    # the specialist itself, the checkpoint before those fine-tunes
+    # a lot on the same mixture, then the damage rows learn the shifted sums with replay of
+    # both languages; its donor is the specialist itself, the checkpoint before those
+    # fine-tunes
     broken = _clone(spec_b)
     r1 = run("lang_b_planted", broken, config.b_drift, config.b_planted_mix, 11)
     r2 = run("lang_b_planted", broken, config.decoy, config.b_planted_mix, 12,
              _mask(spec_b, decoy_rows))
-    r3 = run("lang_b_planted", broken, config.planted, config.planted_mix, 13,
+    r3 = run("lang_b_planted", broken, config.planted, config.b_damage_mix, 13,
              _mask(spec_b, damage_rows))
     r3.seconds += r1.seconds + r2.seconds
-    finish("lang_b_planted", broken, "lang_b", "planted_b", dict(config.planted_mix),
+    finish("lang_b_planted", broken, "lang_b", "planted_b", dict(config.b_damage_mix),
            config.planted, r3, row_mask="every row, then decoy, then damage")
     models["lang_b_planted"]["drift"] = {"trained_on": dict(config.b_planted_mix),
                                          "steps": config.b_drift.steps,
