@@ -92,7 +92,8 @@ Manifest ``zoo.json`` (paths relative to the zoo directory)::
                                     "ground_truth": "ground_truth/sparse.json"},
                    "planted": {"donor": "base", "targets": ["planted", "planted_decoy"],
                                "lost": "arithmetic", "control": "lang_b",
-                               "ground_truth": "ground_truth/planted.json"}},
+                               "ground_truth": "ground_truth/planted.json"},
+                   "planted_b": {"donor": "lang_b", "targets": ["lang_b_planted"], ...}},
      "accuracy": {"<model>": {"<ability>": exact-match accuracy on its eval split}},
      "perplexity": {"<model>": {"lang_a": ..., "lang_b": ...}},   # on the eval texts
      "oracle": {"planted_restored": {ability: acc}, ...},       # damage rows copied back
@@ -115,6 +116,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actlang.arch.zoo import (
+    Mixture,
     RealZooConfig,
     TrainConfig,
     ZooConfig,
@@ -235,6 +237,11 @@ def _neuron_mask(model, neurons: dict[int, list[int]]) -> dict[str, torch.Tensor
     return masks
 
 
+def _trained(tcfg: TrainConfig, mix: Mixture) -> dict[str, Any]:
+    """A training stage as the manifest records it."""
+    return {"trained_on": dict(mix), "steps": tcfg.steps, "lr": tcfg.lr}
+
+
 def _evaluate(model, tok, abilities, cfg: ZooConfig) -> tuple[dict, dict]:
     acc = {
         name: exact_match(model, tok, list(ab.eval), "q", "a", batch_size=cfg.eval_batch_size)
@@ -263,16 +270,18 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     ppl: dict[str, dict[str, float]] = {}
     built: dict[str, Any] = {}
 
-    def finish(name, model, parent, scenario, trained_on, tcfg, result, row_mask=None):
+    def finish(name, model, parent, scenario, mix, tcfg, result, row_mask=None, earlier=()):
+        """Save and evaluate a trained model and record it in the manifest: its last
+        training stage (``mix``, ``tcfg``) and, by name, the stages before it (``earlier``:
+        ``(stage, tcfg, mix)``)."""
         _save(model, tok, tmp / "models" / name)
         accuracy[name], ppl[name] = _evaluate(model, tok, abilities, config)
         models[name] = {
             "path": f"models/{name}",
             "parent": parent,
             "scenario": scenario,
-            "trained_on": trained_on,
-            "steps": tcfg.steps,
-            "lr": tcfg.lr,
+            **_trained(tcfg, mix),
+            **{stage: _trained(c, m) for stage, c, m in earlier},
             "row_mask": row_mask,
             "train_seconds": round(result.seconds, 2),
             "final_loss": round(result.final_loss, 4),
@@ -329,21 +338,21 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     base = make_model(config.model, len(tok), seed, pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     r = run("base", base, config.base, config.base_mix, 1)
-    finish("base", base, None, "recover", dict(config.base_mix), config.base, r)
+    finish("base", base, None, "recover", config.base_mix, config.base, r)
 
     tuned = _clone(base)
     r = run("tuned", tuned, config.tuned, config.tuned_mix, 2)
-    finish("tuned", tuned, "base", "recover", dict(config.tuned_mix), config.tuned, r)
+    finish("tuned", tuned, "base", "recover", config.tuned_mix, config.tuned, r)
     del built["tuned"]
 
     # merge: two mild specialists of base
     spec_b = _clone(base)
     r = run("lang_b", spec_b, config.lang_b, config.lang_b_mix, 3)
-    finish("lang_b", spec_b, "base", "merge", dict(config.lang_b_mix), config.lang_b, r)
+    finish("lang_b", spec_b, "base", "merge", config.lang_b_mix, config.lang_b, r)
     del built["lang_b"]
     spec_f = _clone(base)
     r = run("facts", spec_f, config.facts, config.facts_mix, 4)
-    finish("facts", spec_f, "base", "merge", dict(config.facts_mix), config.facts, r)
+    finish("facts", spec_f, "base", "merge", config.facts_mix, config.facts, r)
     del built["facts"]
 
     # planted: damage through a known random set of rows (+ decoys)
@@ -352,17 +361,16 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     decoy_rows = _random_rows(base, config.planted_fraction, rng, exclude=damage_rows)
     planted = _clone(base)
     r = run("planted", planted, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
-    finish("planted", planted, "base", "planted", dict(config.planted_mix),
+    finish("planted", planted, "base", "planted", config.planted_mix,
            config.planted, r, row_mask="damage")
 
     decoy = _clone(base)
     r1 = run("planted_decoy", decoy, config.decoy, config.decoy_mix, 6, _mask(base, decoy_rows))
     r2 = run("planted_decoy", decoy, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
     r2.seconds += r1.seconds
-    finish("planted_decoy", decoy, "base", "planted", dict(config.planted_mix),
-           config.planted, r2, row_mask="decoy, then damage")
-    models["planted_decoy"]["decoy"] = {"trained_on": dict(config.decoy_mix),
-                                        "steps": config.decoy.steps, "lr": config.decoy.lr}
+    finish("planted_decoy", decoy, "base", "planted", config.planted_mix,
+           config.planted, r2, row_mask="decoy, then damage",
+           earlier=[("decoy", config.decoy, config.decoy_mix)])
 
     oracle: dict[str, dict[str, float]] = {}
     row_delta: dict[str, dict[str, float]] = {}
@@ -411,10 +419,8 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     r1 = run("parent", parent, config.parent_words, config.parent_words_mix, 7)
     r2 = run("parent", parent, config.parent, config.parent_mix, 8)
     r2.seconds += r1.seconds
-    finish("parent", parent, "base", "sparse_merge", dict(config.parent_mix), config.parent, r2)
-    models["parent"]["words"] = {"trained_on": dict(config.parent_words_mix),
-                                 "steps": config.parent_words.steps,
-                                 "lr": config.parent_words.lr}
+    finish("parent", parent, "base", "sparse_merge", config.parent_mix, config.parent, r2,
+           earlier=[("words", config.parent_words, config.parent_words_mix)])
     del built["parent"]
     shares = _disjoint_neurons(parent, config.sparse_neurons, config.sparse_first_layer,
                                random.Random(f"sparse-{seed}"), 2)
@@ -425,7 +431,7 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
              shares[1])):
         specialist = _clone(parent)
         r = run(name, specialist, tcfg, mix, stage, _neuron_mask(parent, chosen))
-        finish(name, specialist, "parent", "sparse_merge", dict(mix), tcfg, r,
+        finish(name, specialist, "parent", "sparse_merge", mix, tcfg, r,
                row_mask="mlp neurons")
         del built[name]
         neurons[name] = chosen
@@ -451,13 +457,10 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     r3 = run("lang_b_planted", broken, config.planted, config.b_damage_mix, 13,
              _mask(spec_b, damage_rows))
     r3.seconds += r1.seconds + r2.seconds
-    finish("lang_b_planted", broken, "lang_b", "planted_b", dict(config.b_damage_mix),
-           config.planted, r3, row_mask="every row, then decoy, then damage")
-    models["lang_b_planted"]["drift"] = {"trained_on": dict(config.b_planted_mix),
-                                         "steps": config.b_drift.steps,
-                                         "lr": config.b_drift.lr}
-    models["lang_b_planted"]["decoy"] = {"trained_on": dict(config.b_planted_mix),
-                                         "steps": config.decoy.steps, "lr": config.decoy.lr}
+    finish("lang_b_planted", broken, "lang_b", "planted_b", config.b_damage_mix,
+           config.planted, r3, row_mask="every row, then decoy, then damage",
+           earlier=[("drift", config.b_drift, config.b_planted_mix),
+                    ("decoy", config.decoy, config.b_planted_mix)])
     score_planted("lang_b_planted", spec_b)
     del built["lang_b_planted"]
     (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
