@@ -17,8 +17,9 @@ Nothing here imports torch: ``tests/lang`` and ``tests/compile`` run without it.
 
 **Tests never write into the repository.** Hypothesis keeps its example database in the
 system's temporary directory, pytest's own cache is off (``-p no:cacheprovider`` in
-pyproject.toml), and the session fails if it ends with a file the repository did not have, without one it had,
-or with one whose content changed (bytecode and the virtual environment aside).
+pyproject.toml), and the session fails if it ends with a file the repository did not have,
+without one it had, or with one whose content changed (bytecode and the virtual environment
+aside; ``tests/test_repository_check.py`` checks the check).
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ settings.register_profile("actlang", database=DirectoryBasedExampleDatabase(
 settings.load_profile("actlang")
 
 
-def repository_files() -> dict[str, str]:
-    """Every file and folder of the repository, but the virtual environment, git's own
-    folder and Python's bytecode, each with a fingerprint of its content (folders: "")."""
+def repository_files(root: Path = REPOSITORY) -> dict[str, str]:
+    """Every file and folder under ``root``, but the virtual environment, git's own folder
+    and Python's bytecode, each with a fingerprint of its content (folders: "")."""
     found = {}
-    for folder, subfolders, files in os.walk(REPOSITORY):
+    for folder, subfolders, files in os.walk(root):
         subfolders[:] = [d for d in subfolders if d not in (".venv", ".git", "__pycache__")]
-        relative = os.path.relpath(folder, REPOSITORY)
+        relative = os.path.relpath(folder, root)
         found.update({os.path.join(relative, name): "" for name in subfolders})
         for name in files:
             if not name.endswith(".pyc"):
@@ -64,6 +65,14 @@ def repository_files() -> dict[str, str]:
                 with open(path, "rb") as f:
                     found[os.path.join(relative, name)] = hashlib.sha256(f.read()).hexdigest()
     return found
+
+
+def repository_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What happened between two :func:`repository_files` snapshots: ``+ path`` added,
+    ``- path`` removed, ``~ path`` content changed."""
+    return ([f"+ {p}" for p in sorted(after.keys() - before.keys())]
+            + [f"- {p}" for p in sorted(before.keys() - after.keys())]
+            + [f"~ {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -76,9 +85,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     after = repository_files()
     if before != after:
-        changed = [f"+ {p}" for p in sorted(after.keys() - before.keys())] + \
-            [f"- {p}" for p in sorted(before.keys() - after.keys())] + \
-            [f"~ {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+        changed = repository_changes(before, after)
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line("\ntests wrote into the repository (they must write only into "
