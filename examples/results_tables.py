@@ -94,10 +94,12 @@ def localization_table(runs: list[dict]) -> str:
 
 def planted_b_table(runs: list[dict]) -> str:
     """The damage in the language-B specialist: each score's precision against the damaged
-    rows, arithmetic and language B after the transfer and after the masked fine-tune, with
-    the transfer (lambda 1) and without it (lambda 0: the fine-tune alone)."""
-    lines = ["| seed | score | lambda | precision | arithmetic: transfer | + finetune "
-             "| language B: transfer | + finetune |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    rows, arithmetic and language B after the transfer and after the masked fine-tune of
+    each length, with the transfer (lambda 1) and without it (lambda 0: the fine-tune
+    alone)."""
+    lines = ["| seed | score | lambda | fine-tune steps | precision | arithmetic: transfer "
+             "| + finetune | language B: transfer | + finetune |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for run in runs:
         if run["surgery"] not in ("planted_b", "planted_b_s1"):
             continue
@@ -105,7 +107,8 @@ def planted_b_table(runs: list[dict]) -> str:
         truth = next(iter(run["report"].get("truth", {}).values()), {})
         arithmetic, language_b = (run["evals"][a] for a in run["evals"])
         lines.append(f"| {1 if run['surgery'].endswith('s1') else 0} | {sweep['score']} | "
-                     f"{sweep['lambda']} | {fmt(truth.get('precision'))} | "
+                     f"{sweep['lambda']} | {sweep.get('steps', '')} | "
+                     f"{fmt(truth.get('precision'))} | "
                      f"{fmt(arithmetic.get('after transfer'))} | "
                      f"{fmt(arithmetic.get('after finetune'))} | "
                      f"{fmt(language_b.get('after transfer'))} | "

@@ -140,10 +140,14 @@ class ZooConfig:
     planted_fraction: float = 0.03
     damage_shift: int = 1
     # planted in the language-B specialist: every parameter drifts a little on its two
-    # languages, then the decoy rows change (on the same mixture), then the damage rows
-    # (shifted sums, with replay of both languages: a fine-tune that broke one skill)
+    # languages; then a wider set of decoy rows (b_decoy_fraction) changes a lot as
+    # planted_decoy's did (decoy, decoy_mix); then the damage rows change by less (shifted
+    # sums with replay of both languages at a low learning rate: a fine-tune that broke one
+    # skill with smaller weight changes than the fine-tune before it made)
     b_drift: TrainConfig = TrainConfig(steps=200, lr=3e-4, warmup=20)
     b_planted_mix: Mixture = (("lang_b", 0.5), ("lang_a", 0.5))
+    b_decoy_fraction: float = 0.10
+    b_damage: TrainConfig = TrainConfig(steps=300, lr=1e-3, warmup=20)
     b_damage_mix: Mixture = (("arithmetic_shifted", 0.5), ("lang_b", 0.25), ("lang_a", 0.25))
     # sparse merge: parent is base after a pass over every word of the vocabulary, then one
     # over the known half of the facts and of the translations (a pretrained model knows its
@@ -221,6 +225,7 @@ PROFILES: dict[str, ZooConfig | RealZooConfig] = {
         planted=TrainConfig(steps=120, lr=3e-3, warmup=20),
         decoy=TrainConfig(steps=120, lr=1e-2, warmup=20),
         b_drift=TrainConfig(steps=100, lr=3e-4, warmup=20),
+        b_damage=TrainConfig(steps=120, lr=2e-3, warmup=20),
         parent_words=TrainConfig(steps=200, lr=2e-3, min_lr_ratio=0.5),
         parent=TrainConfig(steps=400, lr=2e-3, min_lr_ratio=0.5),
         facts_sparse=TrainConfig(steps=800, lr=3e-3, min_lr_ratio=0.5, dropout=0.05),
@@ -239,6 +244,7 @@ PROFILES: dict[str, ZooConfig | RealZooConfig] = {
         planted=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8),
         decoy=TrainConfig(steps=5, lr=1e-2, warmup=2, batch_size=8),
         b_drift=TrainConfig(steps=5, lr=3e-4, warmup=2, batch_size=8),
+        b_damage=TrainConfig(steps=5, lr=1e-3, warmup=2, batch_size=8),
         parent_words=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
         parent=TrainConfig(steps=5, lr=2e-3, warmup=2, batch_size=8),
         facts_sparse=TrainConfig(steps=5, lr=3e-3, warmup=2, batch_size=8, dropout=0.05),

@@ -36,9 +36,12 @@ the abilities):
   exactly the damage rows back from ``base``.
 * **planted B** — ``lang_b_planted`` is the ``lang_b`` specialist (languages A and B, most
   of the sums) after three fine-tunes on top: every parameter drifts a little on languages
-  B and A (``b_drift``, a low learning rate), the decoy rows change a lot on the same
-  mixture, and the damage rows learn the shifted sums with replay of both languages (the
-  same row lists as ``planted``).  It loses its arithmetic and keeps its languages.
+  B and A (``b_drift``, a low learning rate); a random ``b_decoy_fraction`` (10 %) of the
+  rows, disjoint from the damage, changes a lot as ``planted_decoy``'s decoys did (language
+  B with replay, a high learning rate: large changes that keep arithmetic); then the damage
+  rows (the same row lists as ``planted``) learn the shifted sums with replay of both
+  languages at a low learning rate (``b_damage``: smaller changes than the decoys').  It loses its arithmetic
+  and keeps its languages, and the largest weight changes are not where the damage is.
   Surgery (``examples/recover.act``): recover ``arithmetic`` from ``lang_b``, the
   checkpoint before, keeping language B.
 
@@ -55,7 +58,9 @@ config, the seed, the zoo's source code and the torch / transformers versions)::
     data/<ability>/             train.txt, train.jsonl ({"text"}), probe.jsonl, eval.jsonl
                                 ({"q", "a", "text"})
     ground_truth/planted.json   {"damage": {param: [rows]}, "decoy": {param: [rows]},
-                                "total_rows", "n_damage", "n_decoy", "mean_row_delta_l2", ...}
+                                "decoy_b": {param: [rows]} (lang_b_planted's decoys),
+                                "total_rows", "n_damage", "n_decoy", "n_decoy_b",
+                                "mean_row_delta_l2": {model: {"damage", "decoy"}}, ...}
     ground_truth/sparse.json    {"fraction", "first_layer", "neurons": {model: {layer: [n]}}}
 
 A build writes into a hidden temporary directory next to the target and renames it into
@@ -74,7 +79,7 @@ Manifest ``zoo.json`` (paths relative to the zoo directory)::
                          "train_seconds": 174.1, "final_loss": 0.991,
                          "parameters": 227904}, ...},
                 # row_mask: null | "damage" | "decoy, then damage" (planted models)
-                #           | "every row, then decoy, then damage" (lang_b_planted)
+                #           | "every row, then decoy_b, then damage" (lang_b_planted)
                 #           | "mlp neurons" (sparse specialists)
      "corpora": {"arithmetic": {"train": "data/arithmetic/train.jsonl",
                                 "train_txt": "data/arithmetic/train.txt",
@@ -323,7 +328,7 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
                                   config.planted, config.decoy, config.planted,
                                   config.parent_words, config.parent, config.facts_sparse,
                                   config.translate_sparse,
-                                  config.b_drift, config.decoy, config.planted))
+                                  config.b_drift, config.decoy, config.b_damage))
     done = 0
 
     def run(name, model, tcfg, mix, stage, row_mask=None):
@@ -375,9 +380,10 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     oracle: dict[str, dict[str, float]] = {}
     row_delta: dict[str, dict[str, float]] = {}
 
-    def score_planted(name: str, donor) -> None:
+    def score_planted(name: str, donor, decoys: dict[str, list[int]]) -> None:
         """The oracle (the damage rows copied back from the donor: what a perfect 3 %
-        transfer achieves) and the mean weight change of the damage and of the decoy rows."""
+        transfer achieves) and the mean weight change of the damage and of the ``decoys``
+        rows."""
         dp = {k: v.detach() for k, v in donor.named_parameters()}
         restored = _clone(built[name])
         with torch.no_grad():
@@ -387,13 +393,13 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
         oracle[f"{name}_restored"], _ = _evaluate(restored, tok, abilities, config)
         mp = {k: v.detach() for k, v in built[name].named_parameters()}
         row_delta[name] = {}
-        for kind, rows_by_param in (("damage", damage_rows), ("decoy", decoy_rows)):
+        for kind, rows_by_param in (("damage", damage_rows), ("decoy", decoys)):
             norms = [float((mp[p][r] - dp[p][r]).norm()) for p, rows in rows_by_param.items()
                      for r in rows]
             row_delta[name][kind] = round(sum(norms) / len(norms), 6)
 
     for name in ("planted", "planted_decoy"):
-        score_planted(name, base)
+        score_planted(name, base, decoy_rows)
     total_rows = sum(linear_row_params(base).values())
     gt = {
         "rows_space": "rows of the attention and MLP Linear weights "
@@ -407,9 +413,10 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
         "n_decoy": sum(len(v) for v in decoy_rows.values()),
         "damage_objective": f"arithmetic with answers shifted by +{config.damage_shift}",
         "decoy_objective": "language B with replay of A and arithmetic, at a high learning "
-                           "rate (planted_decoy; large changes that keep arithmetic), or "
-                           "languages B and A (lang_b_planted, after a small change of every "
-                           "parameter on the same mixture)",
+                           "rate (planted_decoy; large changes that keep arithmetic)",
+        "decoy_b_objective": "the same as decoy, through 10 % of the rows, after a small "
+                             "change of every parameter on languages B and A "
+                             "(lang_b_planted; the damage that follows is smaller)",
     }
     (tmp / "ground_truth").mkdir()
 
@@ -446,22 +453,26 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
                                                                  sort_keys=True))
 
     # planted in the language-B specialist (which knows languages A and B and most of the
-    # sums): every parameter drifts a little on its two languages, then the decoy rows change
-    # a lot on the same mixture, then the damage rows learn the shifted sums with replay of
-    # both languages; its donor is the specialist itself, the checkpoint before those
-    # fine-tunes
+    # sums): every parameter drifts a little on its two languages, then a wider set of decoy
+    # rows changes a lot on language B with replay, then the damage rows learn the shifted
+    # sums with replay of both languages, by smaller changes; its donor is the specialist
+    # itself, the checkpoint before those fine-tunes
+    b_decoy_rows = _random_rows(spec_b, config.b_decoy_fraction,
+                                random.Random(f"planted-b-{seed}"), exclude=damage_rows)
     broken = _clone(spec_b)
     r1 = run("lang_b_planted", broken, config.b_drift, config.b_planted_mix, 11)
-    r2 = run("lang_b_planted", broken, config.decoy, config.b_planted_mix, 12,
-             _mask(spec_b, decoy_rows))
-    r3 = run("lang_b_planted", broken, config.planted, config.b_damage_mix, 13,
+    r2 = run("lang_b_planted", broken, config.decoy, config.decoy_mix, 12,
+             _mask(spec_b, b_decoy_rows))
+    r3 = run("lang_b_planted", broken, config.b_damage, config.b_damage_mix, 13,
              _mask(spec_b, damage_rows))
     r3.seconds += r1.seconds + r2.seconds
     finish("lang_b_planted", broken, "lang_b", "planted_b", config.b_damage_mix,
-           config.planted, r3, row_mask="every row, then decoy, then damage",
+           config.b_damage, r3, row_mask="every row, then decoy_b, then damage",
            earlier=[("drift", config.b_drift, config.b_planted_mix),
-                    ("decoy", config.decoy, config.b_planted_mix)])
-    score_planted("lang_b_planted", spec_b)
+                    ("decoy", config.decoy, config.decoy_mix)])
+    score_planted("lang_b_planted", spec_b, b_decoy_rows)
+    gt["decoy_b"] = b_decoy_rows
+    gt["n_decoy_b"] = sum(len(v) for v in b_decoy_rows.values())
     del built["lang_b_planted"]
     (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
 

@@ -70,6 +70,29 @@ def test_recover_example(runner, tmp_path) -> None:
         (tmp_path / "second/model.safetensors").read_bytes()
 
 
+def test_localized_forgetting_needs_the_activation_guided_channels(runner, tmp_path) -> None:
+    """Where the largest weight changes are not the damage (lang_b_planted), the channels
+    whose own change moves their output on the arithmetic probe find more of the damaged
+    rows and restore more arithmetic than weight-delta or random channels of the same
+    budget, and the transfer adds to the same short masked fine-tune alone."""
+    shutil.copy(Path(__file__).with_name("localized_forgetting.act"), tmp_path / "spec.act")
+    report = runner("spec.act", cwd=tmp_path)
+
+    def point(score: str, lam: str) -> tuple[dict, float]:
+        found = surgery(report, "channels", score=score, **{"lambda": lam})
+        truth = json.loads((Path(found["output"]) / "report.json").read_text())["truth"]
+        return found["evals"]["zoo.arithmetic"], next(iter(truth.values()))["precision"]
+
+    (local, local_precision), (alone, _) = point("local_absdiff", "1.0"), point("local_absdiff", "0.0")
+    (delta, delta_precision), (rand, rand_precision) = (point("weight_delta", "1.0"),
+                                                        point("random(seed=0)", "1.0"))
+    assert local_precision > delta_precision > rand_precision
+    assert local["after transfer"] >= delta["after transfer"] + 0.1, (local, delta)
+    assert local["after transfer"] >= rand["after transfer"] + 0.1, (local, rand)
+    assert local["after finetune"] >= alone["after finetune"] + 0.3, (local, alone)
+    assert local["after finetune"] > max(delta["after finetune"], rand["after finetune"])
+
+
 def test_merge_example(runner, small_zoo, tmp_path) -> None:
     """Two sparse specialists merged by channels keep at least 80 % of each ability (the
     example's gates), more than a linear merge of the same two models keeps; the merged

@@ -115,10 +115,14 @@ def test_planted_changes_only_ground_truth_rows(tiny_zoo):
     for name, rows in _changed_rows(base, both).items():
         assert rows <= damage.get(name, set()) | decoy.get(name, set()), name
     # in the language-B specialist every parameter drifted first, so rows outside the
-    # ground truth differ too; the damage and decoy tensors are among the changed ones
+    # ground truth differ too; its own, wider decoy set (10 % of the rows, disjoint from
+    # the damage) and the damage tensors are among the changed ones
+    decoy_b = {k: set(v) for k, v in gt["decoy_b"].items()}
+    assert gt["n_decoy_b"] == sum(map(len, decoy_b.values())) > 2 * gt["n_damage"]
+    assert not any(damage.get(k, set()) & rows for k, rows in decoy_b.items())
     specialist = load_file(tiny_zoo.model_path("lang_b") / "model.safetensors")
     broken = load_file(tiny_zoo.model_path("lang_b_planted") / "model.safetensors")
-    assert set(_changed_rows(specialist, broken)) >= set(damage) | set(decoy)
+    assert set(_changed_rows(specialist, broken)) >= set(damage) | set(decoy_b)
     delta = gt["mean_row_delta_l2"]["lang_b_planted"]
     assert delta["damage"] > 0 and delta["decoy"] > 0
 

@@ -69,6 +69,9 @@ def test_damage_planted_in_the_language_b_specialist_is_real_and_localized(small
     assert target["lang_b"] >= 0.3, target  # it still knows language B
     # the damage rows, copied back from the specialist, bring the sums back
     assert oracle["lang_b_planted_restored"]["arithmetic"] >= 0.5 * donor["arithmetic"]
+    # and they are not where the weights changed most: the decoys moved further
+    delta = small_zoo.ground_truth()["mean_row_delta_l2"]["lang_b_planted"]
+    assert delta["damage"] < delta["decoy"], delta
 
 
 def test_manifest_accuracy_reproduces_from_disk(small_zoo):
