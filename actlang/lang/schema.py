@@ -70,7 +70,8 @@ TRANSFER_FIELDS = _fields(
     FieldSpec("score", "score", "how channels are ranked", default="paired_absdiff"),
     FieldSpec("normalize", "enum", "score normalization", default="none",
               choices=NORMALIZATIONS),
-    FieldSpec("contrast", "float", "beta of the contrastive score s(probe) - beta*s(control)",
+    FieldSpec("contrast", "float", "beta of the contrastive score s(probe) - beta*s(control) "
+              "(activation scores; weight_delta and random have none)",
               default="0.0", low=0.0),
     FieldSpec("granularity", "enum", "the unit that is scored and selected",
               default="channel", choices=GRANULARITIES),
