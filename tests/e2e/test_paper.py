@@ -83,9 +83,10 @@ def test_localized_forgetting_needs_the_activation_guided_channels(runner, tmp_p
         truth = json.loads((Path(found["output"]) / "report.json").read_text())["truth"]
         return found["evals"]["zoo.arithmetic"], next(iter(truth.values()))["precision"]
 
-    (local, local_precision), (alone, _) = point("local_absdiff", "1.0"), point("local_absdiff", "0.0")
-    (delta, delta_precision), (rand, rand_precision) = (point("weight_delta", "1.0"),
-                                                        point("random(seed=0)", "1.0"))
+    local, local_precision = point("local_absdiff", "1.0")
+    alone, _ = point("local_absdiff", "0.0")  # the same channels, nothing copied
+    delta, delta_precision = point("weight_delta", "1.0")
+    rand, rand_precision = point("random(seed=0)", "1.0")
     assert local_precision > delta_precision > rand_precision
     assert local["after transfer"] >= delta["after transfer"] + 0.1, (local, delta)
     assert local["after transfer"] >= rand["after transfer"] + 0.1, (local, rand)
