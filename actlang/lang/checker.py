@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from actlang.arch.registry import MERGE_METHODS, budget_mode, scope_words
+from actlang.arch.registry import MERGE_METHODS, SCORES, budget_mode, scope_words
 from actlang.lang import ast, schema
 from actlang.lang import program as P
 from actlang.lang.diagnostics import (
@@ -1159,6 +1159,15 @@ class _Checker:
                               "to have a control corpus", _field_span(stmt, "contrast"),
                               hint="add `control = ...` to the ability, or drop contrast",
                               site=scope.recipe_site)
+        score = f["score"].name
+        # a sweep over scores that share one contrast compares them on purpose: no warning
+        score_swept = any(label == "score" for label, _ in self.sweep.axes.values())
+        if contrast > 0 and SCORES[score].inputs not in ("paired", "unpaired") and \
+                not score_swept:
+            self.warning("W001", f"contrast has no effect with `score = {score}`: it subtracts "
+                         "the score of the control corpus's activations, and this score "
+                         "reads none", _field_span(stmt, "contrast"),
+                         hint="drop contrast, or rank by activations (e.g. local_absdiff)")
         channels = f["channels"]
         max_per_module = f.get("max_per_module")
         if max_per_module is not None and max_per_module.kind == "threshold":

@@ -172,6 +172,22 @@ def test_zero_budget_is_a_warning_not_an_error(tmp_path: Path) -> None:
     assert [(d.severity, d.code) for d in diagnostics] == [("warning", "W001")]
 
 
+@pytest.mark.parametrize("score, warned", [("weight_delta", True), ("random(seed = 1)", True),
+                                           ("local_absdiff", False),
+                                           ("sweep(weight_delta, paired_absdiff)", False)])
+def test_contrast_on_a_score_without_activations_is_a_warning(tmp_path: Path, score: str,
+                                                               warned: bool) -> None:
+    program, diagnostics, _ = check(tmp_path / "s.act", PRELUDE +
+                                    'surgery s -> "o" { target = tuned transfer math from base '
+                                    f'{{ budget = 1%\n score = {score}\n contrast = 0.5 }} }}')
+    assert program is not None, [d.message for d in diagnostics]
+    warnings = [d for d in diagnostics if d.severity == "warning"]
+    assert [d.code for d in warnings] == (["W001"] if warned else []), warnings
+    if warned:  # at the contrast field, naming the score
+        assert warnings[0].span.line == PRELUDE.count("\n") + 3
+        assert "contrast has no effect with `score = " in warnings[0].message
+
+
 def test_every_example_and_stdlib_file_checks() -> None:
     root = Path(__file__).parents[2]
     files = sorted([*root.glob("examples/*.act"), *root.glob("stdlib/**/*.act")])
