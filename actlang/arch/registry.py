@@ -199,6 +199,12 @@ class ScoreMethod(Option):
     params: tuple[FieldSpec, ...] = ()
     refuses: tuple[str, ...] = ()
 
+    @property
+    def reads_activations(self) -> bool:
+        """Whether the score ranks by activation statistics (forward passes on a corpus),
+        which a contrast, a control corpus and normalization act on."""
+        return self.inputs in ("paired", "unpaired")
+
 
 SCORES: Registry[ScoreMethod] = Registry(
     "score",

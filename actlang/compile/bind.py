@@ -90,7 +90,7 @@ def candidate_entries(space: ChannelSpace, rule: P.TransferRule, *,
     terms = [(sign, _term(t)) for sign, t in rule.channels.terms]
     entries = S.candidate_entries(space, terms, exclude=[_term(t) for _, t in rule.exclude.terms],
                                   layers=layers, include_global=rule.include_global, warn=warn)
-    if SCORES[rule.score.name].inputs not in ("paired", "unpaired"):
+    if not SCORES[rule.score.name].reads_activations:
         return entries
     unmeasured = [e for e in entries if e.hook is None and e.kind != "raw"]
     if not unmeasured:

@@ -650,7 +650,7 @@ def _check_scorable(rule: P.TransferRule, space: ChannelSpace, entries: list[Ent
             f"leave {raw[0]}{' and the like' if len(raw) > 1 else ''} out of module(...)"
         raise RuntimeUserError(f"`{method.name}` cannot score {kinds} channels",
                                hint=hint + " or use paired_absdiff")
-    if method.inputs not in ("paired", "unpaired"):
+    if not method.reads_activations:
         return  # weight_delta reads weights along any axis; random reads nothing
     entry = next((e for e in entries if e.kind == "raw" and not measures_outputs(space, e)),
                  None)

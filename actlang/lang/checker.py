@@ -1162,8 +1162,7 @@ class _Checker:
         score = f["score"].name
         # a sweep over scores that share one contrast compares them on purpose: no warning
         score_swept = any(label == "score" for label, _ in self.sweep.axes.values())
-        if contrast > 0 and SCORES[score].inputs not in ("paired", "unpaired") and \
-                not score_swept:
+        if contrast > 0 and not SCORES[score].reads_activations and not score_swept:
             self.warning("W001", f"contrast has no effect with `score = {score}`: it subtracts "
                          "the score of the control corpus's activations, and this score "
                          "reads none", _field_span(stmt, "contrast"),

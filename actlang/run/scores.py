@@ -145,8 +145,8 @@ def compute_scores(
     ``sum_abs_a`` / ``sum_abs_b``); the others need unpaired ``a`` and ``b``.
     """
     spec = SCORES[method] if method in SCORES else None
-    if spec is None or spec.inputs not in ("paired", "unpaired"):
-        statistical = [m.name for m in SCORES if m.inputs in ("paired", "unpaired")]
+    if spec is None or not spec.reads_activations:
+        statistical = [m.name for m in SCORES if m.reads_activations]
         raise RuntimeUserError(f"unknown score {method!r} (a statistical score is needed)",
                                hint=f"scores: {', '.join(statistical)}")
     if normalize not in (None, *NORMALIZATIONS.names):
