@@ -40,8 +40,9 @@ the abilities):
   rows, disjoint from the damage, changes a lot as ``planted_decoy``'s decoys did (language
   B with replay, a high learning rate: large changes that keep arithmetic); then the damage
   rows (the same row lists as ``planted``) learn the shifted sums with replay of both
-  languages at a low learning rate (``b_damage``: smaller changes than the decoys').  It loses its arithmetic
-  and keeps its languages, and the largest weight changes are not where the damage is.
+  languages at a low learning rate (``b_damage``: smaller changes than the decoys').  It
+  loses its arithmetic and keeps its languages, and its largest weight changes are not
+  where the damage is.
   Surgery (``examples/recover.act``): recover ``arithmetic`` from ``lang_b``, the
   checkpoint before, keeping language B.
 
@@ -364,6 +365,9 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     rng = random.Random(f"planted-{seed}")
     damage_rows = _random_rows(base, config.planted_fraction, rng)
     decoy_rows = _random_rows(base, config.planted_fraction, rng, exclude=damage_rows)
+    # lang_b_planted's own, wider decoys, from a generator independent of the draws above
+    b_decoy_rows = _random_rows(base, config.b_decoy_fraction,
+                                random.Random(f"planted-b-{seed}"), exclude=damage_rows)
     planted = _clone(base)
     r = run("planted", planted, config.planted, config.planted_mix, 5, _mask(base, damage_rows))
     finish("planted", planted, "base", "planted", config.planted_mix,
@@ -411,12 +415,14 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
         "mean_row_delta_l2": row_delta,
         "n_damage": sum(len(v) for v in damage_rows.values()),
         "n_decoy": sum(len(v) for v in decoy_rows.values()),
+        "decoy_b": b_decoy_rows,
+        "n_decoy_b": sum(len(v) for v in b_decoy_rows.values()),
         "damage_objective": f"arithmetic with answers shifted by +{config.damage_shift}",
         "decoy_objective": "language B with replay of A and arithmetic, at a high learning "
                            "rate (planted_decoy; large changes that keep arithmetic)",
-        "decoy_b_objective": "the same as decoy, through 10 % of the rows, after a small "
-                             "change of every parameter on languages B and A "
-                             "(lang_b_planted; the damage that follows is smaller)",
+        "decoy_b_objective": f"the same as decoy, through {config.b_decoy_fraction:.0%} of "
+                             "the rows, after a small change of every parameter on languages "
+                             "B and A (lang_b_planted; the damage that follows is smaller)",
     }
     (tmp / "ground_truth").mkdir()
 
@@ -457,8 +463,6 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
     # rows changes a lot on language B with replay, then the damage rows learn the shifted
     # sums with replay of both languages, by smaller changes; its donor is the specialist
     # itself, the checkpoint before those fine-tunes
-    b_decoy_rows = _random_rows(spec_b, config.b_decoy_fraction,
-                                random.Random(f"planted-b-{seed}"), exclude=damage_rows)
     broken = _clone(spec_b)
     r1 = run("lang_b_planted", broken, config.b_drift, config.b_planted_mix, 11)
     r2 = run("lang_b_planted", broken, config.decoy, config.decoy_mix, 12,
@@ -471,8 +475,6 @@ def _build_into(tmp: Path, config: ZooConfig, seed: int, key: str,
            earlier=[("drift", config.b_drift, config.b_planted_mix),
                     ("decoy", config.decoy, config.decoy_mix)])
     score_planted("lang_b_planted", spec_b, b_decoy_rows)
-    gt["decoy_b"] = b_decoy_rows
-    gt["n_decoy_b"] = sum(len(v) for v in b_decoy_rows.values())
     del built["lang_b_planted"]
     (tmp / "ground_truth" / "planted.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
 
